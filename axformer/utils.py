@@ -1,0 +1,112 @@
+"""Small shared helpers: errors with a fix, atomic writes, seeding, environment facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A user-facing error: bad input, missing file, bad config value.
+
+    The CLI prints only the message (no traceback) and exits with status 2, so the message must name
+    the file or key at fault and say how to fix it.
+    """
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}. Choose a writable output directory.") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # rename is atomic on POSIX: readers see the old file or the whole new one, never a half.
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to ``path`` through a temp file + rename."""
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    # numpy / torch scalars and paths show up in metrics; make them plain JSON.
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch; make CPU kernels deterministic."""
+    import numpy as np
+    import torch
+
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0 (got {seed}).")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this code runs from, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def env_info() -> dict[str, Any]:
+    """Library versions and host facts for the ``env`` block of metrics.json (GPU facts: measure.py)."""
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "driver": None,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
