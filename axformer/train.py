@@ -1,0 +1,162 @@
+"""THE training / evaluation loop. Fine-tuning, distillation and every scoring step share it.
+
+`evaluate` returns per-sample losses because the AxFormer search (prune.py) accepts a candidate on the
+fraction of search samples it leaves no worse, not only on the mean loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from axformer import metrics as M
+from axformer.tasks import Task
+from axformer.utils import ConfigError, set_seed
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyper-parameters (defaults: BERT fine-tuning recipe, Devlin et al. 2019, §A.3)."""
+
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # linear warm-up over the first 10 % of steps, then linear decay
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_batch_size: int = 128
+    progress: bool = True
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)}).")
+
+
+@dataclass
+class EvalResult:
+    """Everything a scoring step needs from one pass over a dataset."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    losses: np.ndarray  # per sample: cross-entropy, or squared error for regression
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits[:, 0] if self.logits.shape[1] == 1 else self.logits.argmax(-1)
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.losses.mean())
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> torch.Tensor:
+    """Loss of each sample, shape (B,): CE for classification, squared error for regression (STS-B)."""
+    if is_regression:
+        return (logits.view(-1).float() - labels.view(-1).float()) ** 2
+    return torch.nn.functional.cross_entropy(logits.float(), labels.view(-1).long(), reduction="none")
+
+
+def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Dynamic padding: each batch is padded to its own longest row, not to max_length."""
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen, num_workers=0)
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def train(
+    model: torch.nn.Module,
+    train_ds,
+    tokenizer,
+    task: Task,
+    cfg: TrainConfig,
+    loss_fn: LossFn | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place with AdamW + linear schedule; returns the loss curve and wall time.
+
+    ``loss_fn(logits, batch)`` replaces the task loss (distillation passes a KD loss that closes over
+    the teacher); by default the mean of ``per_sample_loss``.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg.validate()
+    set_seed(cfg.seed)
+    device = next(model.parameters()).device
+    loader = make_loader(train_ds, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    total_steps = max(1, math.ceil(cfg.epochs * len(loader)))
+    no_decay = ("bias", "LayerNorm.weight", "layernorm", "layer_norm")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not any(s in n for s in no_decay)],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and any(s in n for s in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
+    if loss_fn is None:
+        def loss_fn(logits, batch):  # noqa: E306 — the default task loss
+            return per_sample_loss(logits, batch["labels"].to(logits.device), task.is_regression).mean()
+
+    curve: list[float] = []
+    step = 0
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(total=total_steps, desc="train", disable=not cfg.progress, mininterval=2.0)
+    while step < total_steps:
+        for batch in loader:
+            logits = model(**_model_inputs(batch, device)).logits
+            loss = loss_fn(logits, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            curve.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(curve[-20:]):.4f}")
+            if step >= total_steps:
+                break
+    bar.close()
+    model.eval()
+    return {"loss_curve": curve, "steps": step, "wall_s": time.perf_counter() - t0, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, ds, tokenizer, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over ``ds`` in order (eval mode, no grad)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs, labs = [], []
+    for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
+        outs.append(model(**_model_inputs(batch, device)).logits.float().cpu())
+        labs.append(batch["labels"])
+    return torch.cat(outs).numpy(), torch.cat(labs).numpy()
+
+
+def evaluate(model: torch.nn.Module, ds, tokenizer, task: Task, batch_size: int = 128) -> EvalResult:
+    """Predictions, per-sample losses and the task metrics of ``model`` on ``ds``."""
+    logits, labels = predict_logits(model, ds, tokenizer, batch_size)
+    losses = per_sample_loss(torch.from_numpy(logits), torch.from_numpy(labels), task.is_regression).numpy()
+    res = EvalResult(logits=logits, labels=labels, losses=losses)
+    res.metrics = M.compute(task, res.predictions, labels)
+    return res

@@ -1,0 +1,130 @@
+"""Data loading: every shipped file, exact row counts, quirks, search split, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from axformer import data
+from axformer.tasks import get_task
+from axformer.utils import ConfigError
+
+# data README: data rows per file (header excluded)
+ROWS = {
+    ("sst2", "train"): 67349, ("sst2", "dev"): 872, ("mrpc", "train"): 3668, ("mrpc", "dev"): 408,
+    ("cola", "train"): 8551, ("cola", "dev"): 1043, ("rte", "train"): 2490, ("rte", "dev"): 277,
+    ("stsb", "train"): 5749, ("stsb", "dev"): 1500, ("qnli", "dev"): 5463,
+}
+
+
+@pytest.mark.parametrize("task,split", sorted(ROWS))
+def test_every_shipped_file_reads_with_exact_row_count(data_dir, task, split):
+    ds = data.load_split(get_task(task), split, data_dir)
+    assert len(ds) == ROWS[(task, split)]
+    assert all(isinstance(t, str) and t for t in ds["text_a"][:50])
+
+
+def test_label_distributions_match_readme(data_dir):
+    assert np.bincount(data.load_split(get_task("mrpc"), "train", data_dir)["label"]).tolist() == [1194, 2474]
+    assert np.bincount(data.load_split(get_task("cola"), "dev", data_dir)["label"]).tolist() == [322, 721]
+    # RTE: not_entailment -> 0, entailment -> 1
+    assert np.bincount(data.load_split(get_task("rte"), "dev", data_dir)["label"]).tolist() == [131, 146]
+    sts = np.asarray(data.load_split(get_task("stsb"), "train", data_dir)["label"])
+    assert sts.min() == 0.0 and sts.max() == 5.0 and abs(sts.mean() - 2.701) < 1e-3
+
+
+def test_quirks_bom_quotes_headerless(data_dir):
+    mrpc = data.load_split(get_task("mrpc"), "dev", data_dir)
+    assert mrpc[0]["text_a"].startswith("He said the foodservice")  # header with BOM was recognised
+    assert mrpc[0]["text_b"].startswith('" The foodservice')  # a leading quote is kept verbatim
+    cola = data.load_split(get_task("cola"), "dev", data_dir)
+    assert cola[-1]["text_a"]  # last row has no newline, still complete
+    assert cola[0]["text_a"] == "The sailors rode the breeze clear of the rocks."
+    sst = data.load_split(get_task("sst2"), "dev", data_dir)
+    assert not sst[0]["text_a"].endswith(" ")  # trailing space before the tab stripped
+
+
+def test_qnli_train_missing_is_explained(data_dir):
+    with pytest.raises(ConfigError, match="QNLI train.tsv .*not in the offline data folder"):
+        data.load_split(get_task("qnli"), "train", data_dir)
+
+
+def test_search_split_disjoint_seeded_stratified(data_dir):
+    task = get_task("mrpc")
+    a = data.make_splits(task, data_dir, seed=3)
+    b = data.make_splits(task, data_dir, seed=3)
+    c = data.make_splits(task, data_dir, seed=4)
+    assert set(a.search["idx"]).isdisjoint(a.train["idx"])
+    assert len(a.search) + len(a.train) == 3668
+    assert a.search["idx"] == b.search["idx"] and a.train["idx"] == b.train["idx"]
+    assert a.search["idx"] != c.search["idx"]
+    assert len(a.search) == round(0.15 * 3668)
+    pos = np.mean(a.search["label"])
+    assert abs(pos - 2474 / 3668) < 0.002  # stratified: class balance preserved
+
+
+def test_search_cap_and_train_subsample_recorded(data_dir):
+    s = data.make_splits(get_task("sst2"), data_dir, seed=0, search_max=300, train_max=500, dev_max=50)
+    assert (len(s.search), len(s.train), len(s.dev)) == (300, 500, 50)
+    assert set(s.search["idx"]).isdisjoint(s.train["idx"])
+    assert s.info["n_train"] == 500 and s.info["n_search"] == 300 and s.info["n_train_full"] == 67349
+
+
+def test_regression_split_spans_range(data_dir):
+    s = data.make_splits(get_task("stsb"), data_dir, seed=0)
+    lab = np.asarray(s.search["label"])
+    assert lab.min() < 0.5 and lab.max() > 4.5
+
+
+def _copy_task(data_dir: Path, tmp_path: Path, glue: str) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(data_dir / "glue" / glue, root / "glue" / glue)
+    return root
+
+
+def test_missing_data_dir_is_clear(tmp_path, monkeypatch):
+    monkeypatch.delenv("AXFORMER_DATA", raising=False)
+    with pytest.raises(ConfigError, match="AXFORMER_DATA"):
+        data.data_root(None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        data.data_root(tmp_path / "nope")
+
+
+def test_missing_file_names_it(tmp_path):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"RTE/train.tsv"):
+        data.load_split(get_task("rte"), "train", tmp_path)
+
+
+def test_malformed_rows_fail_with_line_number(data_dir, tmp_path):
+    root = _copy_task(data_dir, tmp_path, "RTE")
+    f = root / "glue" / "RTE" / "dev.tsv"
+    lines = f.read_text().split("\n")
+    lines[5] = "\t".join(lines[5].split("\t")[:2])  # truncated row
+    f.write_text("\n".join(lines))
+    with pytest.raises(ConfigError, match=r"dev.tsv:6: expected 4 tab-separated fields, found 2"):
+        data.load_split(get_task("rte"), "dev", root)
+    lines = (data_dir / "glue/RTE/dev.tsv").read_text().split("\n")
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\tmaybe"
+    f.write_text("\n".join(lines))
+    with pytest.raises(ConfigError, match=r"dev.tsv:4: bad label 'maybe'"):
+        data.load_split(get_task("rte"), "dev", root)
+
+
+def test_bad_split_and_task_names():
+    with pytest.raises(ConfigError, match="unknown task 'sst5'.*choose one of"):
+        get_task("sst5")
+    assert get_task("SST-2").name == "sst2"
+
+
+def test_tokenize_keeps_pairs_and_labels(data_dir, tokenizer):
+    task = get_task("mrpc")
+    ds = data.load_split(task, "dev", data_dir).select(range(8))
+    tok = data.tokenize(ds, tokenizer, task, max_length=32)
+    assert set(tok.column_names) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    assert max(len(x) for x in tok["input_ids"]) <= 32
+    assert any(1 in tt for tt in tok["token_type_ids"])  # second segment present
+    assert tok["labels"] == ds["label"]

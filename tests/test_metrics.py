@@ -1,0 +1,46 @@
+"""Official GLUE metrics against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from axformer import metrics as M
+from axformer.tasks import get_task
+
+
+def test_accuracy_and_f1_by_hand():
+    preds = np.array([1, 1, 0, 0, 1, 0])
+    labels = np.array([1, 0, 0, 1, 1, 0])
+    # TP=2 (0,4), FP=1 (1), FN=1 (3): P=2/3, R=2/3, F1=2/3; accuracy 4/6
+    assert M.accuracy(preds, labels) == pytest.approx(4 / 6)
+    assert M.f1(preds, labels) == pytest.approx(2 / 3)
+
+
+def test_mcc_by_hand():
+    preds = np.array([1, 1, 1, 0, 0, 1, 0, 1])
+    labels = np.array([1, 1, 0, 0, 1, 1, 0, 1])
+    tp, tn, fp, fn = 4, 2, 1, 1
+    want = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert M.mcc(preds, labels) == pytest.approx(want)
+
+
+def test_pearson_spearman_by_hand():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    y = np.array([1.0, 3.0, 2.0, 5.0])
+    xm, ym = x - x.mean(), y - y.mean()
+    r = (xm @ ym) / math.sqrt((xm @ xm) * (ym @ ym))
+    assert M.pearson(x, y) == pytest.approx(r)
+    # ranks of y: 1,3,2,4 -> d = 0,1,1,0 -> rho = 1 - 6*2/(4*15) = 0.8
+    assert M.spearman(x, y) == pytest.approx(0.8)
+    assert M.pearson(np.ones(4), y) == 0.0  # constant predictor: r undefined -> 0
+
+
+def test_compute_names_and_constant_baseline():
+    task = get_task("mrpc")
+    out = M.compute(task, np.array([1, 0]), np.array([1, 1]))
+    assert set(out) == {"f1", "accuracy"}
+    base = M.constant_baseline(task, np.array([1, 1, 0]), np.array([1, 0, 1, 1]))
+    assert base["accuracy"] == 0.75 and base["f1"] == pytest.approx(2 * 0.75 / 1.75)
+    sts = M.constant_baseline(get_task("stsb"), np.array([1.0, 3.0]), np.array([0.0, 5.0]))
+    assert sts["pearson"] == 0.0

@@ -1,0 +1,193 @@
+"""Tests for axformer.report on a small hand-made results tree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axformer import report
+from axformer.utils import ConfigError
+
+# (task, variant, seed) -> (dev metric, params_encoder, params_total, bytes, p50 b1, p50 b32) ; None = no latency
+DEV = {
+    ("sst2", "finetune", 0): 0.910, ("sst2", "finetune", 1): 0.920,
+    ("sst2", "finetune+axformer", 0): 0.905, ("sst2", "finetune+axformer", 1): 0.895,
+    ("sst2", "majority", 0): 0.509, ("sst2", "majority", 1): 0.509,
+    ("rte", "finetune", 0): 0.650, ("rte", "finetune", 1): 0.670,
+    ("rte", "finetune+axformer", 0): 0.660, ("rte", "finetune+axformer", 1): 0.640,
+    ("rte", "majority", 0): 0.527, ("rte", "majority", 1): 0.527,
+}
+ENC = {"finetune": 10_000_000, "finetune+axformer": 6_000_000, "majority": None}
+TOT = {"finetune": 22_000_000, "finetune+axformer": 18_000_000, "majority": None}
+# p50 ms at batch 1 / 32; the axformer variant is faster.
+P50 = {"finetune": (8.0, 100.0), "finetune+axformer": (5.0, 60.0)}
+
+
+def _latency(variant: str, seed: int) -> list[dict] | None:
+    if variant == "majority":
+        return None
+    base = P50["finetune"]
+    mine = P50[variant]
+    jitter = 1.0 + 0.02 * seed
+    return [
+        {"device": "cpu", "batch_size": b, "seq_len": 128, "p50_ms": p * jitter, "p90_ms": p * 1.1, "mean_ms": p,
+         "std_ms": 0.1, "n_iters": 30, "threads": 2, "baseline_p50_ms": b0, "speedup": b0 / (p * jitter)}
+        for b, p, b0 in ((1, mine[0], base[0]), (32, mine[1], base[1]))
+    ]
+
+
+def _metrics(task: str, variant: str, seed: int) -> dict:
+    return {
+        "task": task, "model": "minilm", "variant": variant, "seed": seed, "profile": "default",
+        "git_commit": "abc", "created": "2024-01-01T00:00:00",
+        "metric": {"name": "accuracy", "dev": DEV[(task, variant, seed)], "search": 0.9, "n_dev": 100,
+                   "secondary": {"f1": 0.5}},
+        "size": {"params_total": TOT[variant], "params_encoder": ENC[variant],
+                 "bytes_on_disk": None if TOT[variant] is None else TOT[variant] * 4},
+        "latency": _latency(variant, seed),
+        "memory": None if variant == "majority" else {"peak_bytes": 123, "source": "rss"},
+        "env": {"torch": "2.0", "transformers": "4.0", "cuda": None, "gpu_name": None, "driver": None,
+                "cpu": "test", "threads": 2},
+        "train": {"wall_s": 10.0},
+    }
+
+
+DECISIONS = {
+    "hard_attention": {"k": 30, "layers_selected": [0, 2]},
+    "removed": ["L5.ffn", "L4.head3", "L3.ffn_group2", "L1.attn"],
+    "n_layers": 6, "n_heads": 12, "n_groups": 12,
+    "candidates": [
+        {"element": "L5.ffn", "layer": 5, "kind": "ffn", "index": None, "loss": 0.26, "frac_no_worse": 0.4,
+         "class": "harmful", "accepted": True},
+        {"element": "L4.ffn", "layer": 4, "kind": "ffn", "index": None, "loss": 0.30, "frac_no_worse": 0.2,
+         "class": "important", "accepted": False},
+        {"element": "L4.head3", "layer": 4, "kind": "head", "index": 3, "loss": 0.27, "frac_no_worse": 0.5,
+         "class": "less_important", "accepted": True},
+    ],
+}
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    for task, variant, seed in DEV:
+        run = results / task / "minilm" / variant / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps(_metrics(task, variant, seed)))
+    (results / "sst2" / "minilm" / "finetune+axformer" / "seed0" / "decisions.json").write_text(json.dumps(DECISIONS))
+    return results
+
+
+def test_collect_and_summary(tree: Path, tmp_path: Path) -> None:
+    df = report.collect(tree)
+    assert len(df) == len(DEV)
+    for col in ("task", "model", "variant", "seed", "metric_dev", "metric_name", "metric_secondary_f1",
+                "size_params_encoder", "env_torch", "memory_peak_bytes", "train_wall_s",
+                "latency_b1_p50_ms", "latency_b32_speedup", "latency_b32_baseline_p50_ms", "run_dir"):
+        assert col in df.columns, col
+    maj = df[df["variant"] == "majority"]
+    assert maj["latency_b32_p50_ms"].isna().all() and not maj["latency_measured"].any()
+    row = df[(df["task"] == "sst2") & (df["variant"] == "finetune+axformer") & (df["seed"] == 1)].iloc[0]
+    assert row["latency_b32_p50_ms"] == pytest.approx(60.0 * 1.02)
+    assert bool(row["has_decisions"]) is False
+
+    out = report.write_summary(df, tmp_path / "summary.csv")
+    back = pd.read_csv(out)
+    assert len(back) == len(DEV)
+    assert list(back.columns) == list(df.columns)
+    assert set(zip(back["task"], back["variant"], back["seed"])) == set(DEV)
+
+
+def test_variant_table_by_hand(tree: Path) -> None:
+    df = report.collect(tree)
+    vt = report.variant_table(df, "sst2")
+    assert list(vt["variant"]) == ["finetune", "finetune+axformer", "majority"]
+    ax = vt.set_index("variant").loc["finetune+axformer"]
+    vals = [0.905, 0.895]
+    assert ax["metric_mean"] == pytest.approx(0.900)
+    assert ax["metric_std"] == pytest.approx(math.sqrt(((0.905 - 0.9) ** 2 + (0.895 - 0.9) ** 2) / 1))
+    assert ax["metric_std"] == pytest.approx(float(np.std(vals, ddof=1)))
+    assert ax["n_seeds"] == 2
+    assert ax["params_encoder_ratio"] == pytest.approx(0.6)
+    assert ax["params_total_ratio"] == pytest.approx(18 / 22)
+    sp32 = np.mean([100.0 / 60.0, 100.0 / (60.0 * 1.02)])
+    assert ax["speedup_b32"] == pytest.approx(sp32)
+    assert ax["size_mb"] == pytest.approx(72.0)
+    ft = vt.set_index("variant").loc["finetune"]
+    assert ft["params_encoder_ratio"] == pytest.approx(1.0)
+    assert ft["metric_std"] == pytest.approx(float(np.std([0.91, 0.92], ddof=1)))
+    maj = vt.set_index("variant").loc["majority"]
+    assert math.isnan(maj["speedup_b32"]) and math.isnan(maj["params_encoder_ratio"])
+
+    md = report.to_markdown(vt)
+    assert "| finetune+axformer |" in md and "0.900 ± 0.007" in md and "1.65×" in md
+    tex = report.to_latex(vt)
+    assert "\\toprule" in tex and "0.900 $\\pm$ 0.007" in tex and "finetune+axformer" in tex
+
+    head = report.all_tasks_table(df)
+    assert list(head["variant"]) == ["finetune", "finetune+axformer", "majority"]
+    cell = head.set_index("variant").loc["finetune+axformer", "sst2 (accuracy)"]
+    assert cell == f"0.900 ± 0.007 ({sp32:.2f}×)"
+    assert head.set_index("variant").loc["majority", "rte (accuracy)"] == "0.527 ± 0.000"
+
+
+def test_pareto_front() -> None:
+    pts = [(1.0, 0.8), (2.0, 0.9), (3.0, 0.85), (2.0, 0.7), (0.5, 0.5), (float("nan"), 0.99), (2.0, 0.9)]
+    assert report.pareto_front(pts) == [True, True, False, False, True, False, True]
+    assert report.pareto_front([]) == []
+
+
+def test_removal_grid() -> None:
+    grid, dims = report.removal_grid(DECISIONS)
+    assert dims == {"n_layers": 6, "n_heads": 12, "n_groups": 12}
+    assert grid.shape == (6, 12 + 12 + 3)
+    attn, ffn, ha = 24, 25, 26
+    assert grid[4, 3] == report.REMOVED and grid[3, 12 + 2] == report.REMOVED
+    assert grid[5, ffn] == report.REMOVED and (grid[5, 12:24] == report.IMPLIED).all()
+    assert grid[1, attn] == report.REMOVED and (grid[1, :12] == report.IMPLIED).all()
+    assert grid[4, ffn] == report.TRIED
+    assert list(np.nonzero(grid[:, ha] == report.HARD)[0]) == [0, 2]
+    assert report.parse_element("L3.ffn_group2") == (3, "ffn_group", 2)
+
+
+def test_render_writes_everything(tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    figs = tmp_path / "figures"
+    caplog.set_level("INFO", logger="axformer.report")
+    out = report.render(tree, figs, tmp_path / "summary.csv")
+    expected = [f"{kind}_{task}.{ext}" for kind in ("accuracy_vs_latency", "speedup_size_bars")
+                for task in ("sst2", "rte") for ext in ("pdf", "png")]
+    expected += [f"removal_map_sst2_minilm_finetune-axformer_seed0.{ext}" for ext in ("pdf", "png")]
+    for name in expected:
+        p = figs / name
+        assert p.is_file() and p.stat().st_size > 0, name
+        assert p in out
+    assert (figs / "accuracy_vs_latency_sst2.pdf").read_bytes().startswith(b"%PDF")
+    assert (figs / "accuracy_vs_latency_sst2.png").read_bytes().startswith(b"\x89PNG")
+    for name in ("tables/sst2.md", "tables/sst2.tex", "tables/rte.md", "tables/rte.tex", "tables/all_tasks.md", "README.md"):
+        assert (figs / name).is_file() and (figs / name).stat().st_size > 0, name
+    readme = (figs / "README.md").read_text()
+    assert "accuracy_vs_latency_sst2.png" in readme and "removal_map_sst2" in readme
+    assert "majority: no latency measured" in readme
+    assert any("skipped minilm/majority" in r.getMessage() for r in caplog.records)
+    assert len(pd.read_csv(tmp_path / "summary.csv")) == len(DEV)
+    assert not list(figs.rglob("*.tmp"))
+
+
+def test_malformed_metrics_names_file(tree: Path) -> None:
+    bad = tree / "rte" / "minilm" / "finetune" / "seed1" / "metrics.json"
+    bad.write_text('{"task": "rte", "metric": ')
+    with pytest.raises(ConfigError, match="rte/minilm/finetune/seed1/metrics.json"):
+        report.collect(tree)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="seed1/metrics.json"):
+        report.collect(tree)
+
+
+def test_missing_results_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        report.collect(tmp_path / "nope")
