@@ -144,6 +144,254 @@ def vars_subset(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, An
     return {k: getattr(args, k) for k in keys}
 
 
+# ---------------------------------------------------------------- approximate (AxFormer)
+def _parent_split_args(parent: str | os.PathLike, args: argparse.Namespace) -> argparse.Namespace:
+    """Split/data arguments of the fine-tuning run that produced ``parent``, so the search split is the same."""
+    from axformer import results
+
+    step = results.read(Path(parent) / "axformer_step.json")
+    ns = argparse.Namespace(**step["split"])
+    ns.task = step["task"]
+    if getattr(args, "data_dir", None):
+        ns.data_dir = args.data_dir
+    ns.model_spec = step.get("model_spec")
+    ns.variant = step.get("variant", "finetune")
+    return ns
+
+
+def _parse_k(raw: str) -> int | float:
+    try:
+        return int(raw)
+    except ValueError:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"--topk must be an int (keys per query) or a fraction in (0, 1] (got {raw!r}).") from None
+
+
+def _approximate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parent", required=True, help="checkpoint to approximate (e.g. the finetune checkpoint)")
+    p.add_argument("--ckpt", required=True, help="output checkpoint folder")
+    p.add_argument("--metrics", required=True, help="output step record (JSON)")
+    p.add_argument("--decisions", required=True, help="output decisions.json")
+    p.add_argument("--mode", default="full", choices=["full", "prune", "hardattn"])
+    p.add_argument("--granularity", default="fine", choices=["fine", "blocks"])
+    p.add_argument("--accept-rule", default="paper", choices=["paper", "meanloss", "metric"])
+    p.add_argument("--accept-frac", type=float, default=0.5, help="N: fraction of search samples no worse")
+    p.add_argument("--less-important", type=float, default=1.1)
+    p.add_argument("--groups", type=int, default=12)
+    p.add_argument("--topk", default="30", help="hard attention K: int, or fraction of the real length")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@step("approximate", "AxFormer search on the search split: hard attention, then accuracy-driven pruning")
+@with_args(_approximate_args)
+def cmd_approximate(args: argparse.Namespace) -> None:
+    from axformer import data, models, prune, results
+    from axformer.utils import atomic_write_json
+
+    _check_writable(args.ckpt, args.metrics, args.decisions)
+    _setup_threads(args.threads)
+    cfg = prune.PruneConfig(accept_rule=args.accept_rule, accept_frac=args.accept_frac,
+                            less_important=args.less_important, n_groups=args.groups, topk=_parse_k(args.topk),
+                            mode=args.mode, granularity=args.granularity, batch_size=args.batch_size,
+                            progress=not args.no_progress)
+    cfg.validate()
+    split = _parent_split_args(args.parent, args)
+    model, tokenizer = models.load_checkpoint(args.parent)
+    task, splits, tok = load_task_data(split, tokenizer)
+    res = prune.search(model, tok["search"], tokenizer, task, cfg)
+    lengths = [len(x) for x in tok["search"]["input_ids"]]
+    dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
+    variant = f"{split.variant}+axformer"
+    step_info = {"split": vars(split) | {}, "task": task.name, "model_spec": split.model_spec, "variant": variant}
+    step_info["split"] = {k: v for k, v in step_info["split"].items() if k not in ("task", "model_spec", "variant")}
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
+    atomic_write_json(args.decisions, dec)
+    record = {
+        "search": {"wall_s": res.wall_s, "passes": res.passes, "candidates": len(res.candidates),
+                   "removed": res.removed, "hard_attention_layers": res.hard_attention_layers,
+                   "topk": cfg.topk, "k_effective_mean": dec["hard_attention"]["k_effective_mean"],
+                   "frac_rows_noop": dec["hard_attention"]["frac_rows_noop"],
+                   "accept_rule": cfg.accept_rule, "accept_frac": cfg.accept_frac, "mode": cfg.mode,
+                   "granularity": cfg.granularity, "loss_before": res.original["loss"],
+                   "loss_after": res.final["loss"], "search_metric_before": res.original["metric"],
+                   "search_metric_after": res.final["metric"]},
+        "size": results.size_block(model, ckpt),
+        "data": splits.info,
+    }
+    atomic_write_json(args.metrics, record)
+    print(f"{task.name} axformer: search loss {res.original['loss']:.4f} -> {res.final['loss']:.4f}, "
+          f"removed {len(res.removed)} elements, hard attention in {res.hard_attention_layers}, "
+          f"{res.passes} passes in {res.wall_s:.0f} s")
+
+
+# ---------------------------------------------------------------- measure, majority, report
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", default="adhoc", help="name of the config profile, recorded in metrics.json")
+    p.add_argument("--model", default=None, help="model spec recorded in metrics.json (default: the baseline's)")
+    p.add_argument("--variant-name", required=True, help="variant name recorded in metrics.json, e.g. finetune+axformer+int8")
+    p.add_argument("--baseline", required=True, help="finetune checkpoint: timed interleaved with the variant")
+    p.add_argument("--variant", required=True, help="checkpoint of the variant (for X+int8: X's checkpoint)")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"], help="quantize the variant before measuring")
+    p.add_argument("--quantize-backend", default="auto", help="auto | torch_dynamic | torchao | bitsandbytes")
+    p.add_argument("--step-json", nargs="+", action="extend", default=[], metavar="STEP.json",
+                   help="step records whose extra blocks (train, search, data, distill, ...) are copied in")
+    p.add_argument("--metrics", required=True, help="output metrics.json")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    # None = MeasureConfig's default (the defaults live in the dataclass only)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--min-iters", type=int, default=None)
+    p.add_argument("--min-seconds", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for evaluation and timing (recorded)")
+    p.add_argument("--data-dir", default=None, help="overrides the data_dir stored in the baseline checkpoint")
+
+
+def _serialized_bytes(model) -> int | None:
+    """Bytes of ``torch.save(model.state_dict())``: the on-disk size of a variant that is never saved (int8)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    try:
+        torch.save(model.state_dict(), buf)
+    except Exception:  # noqa: BLE001 - an exotic backend without a serialisable state dict: size unknown
+        return None
+    return buf.tell()
+
+
+@step("measure", "metric (dev + search), size, latency vs the baseline, memory and FLOPs of one variant -> metrics.json")
+@with_args(_measure_args)
+def cmd_measure(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from axformer import data, measure, models, results, train
+    from axformer.tasks import get_task
+
+    _nonneg("seed", args.seed)
+    _check_writable(args.metrics)
+    _setup_threads(args.threads)
+    knobs = ("batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads")
+    cfg = measure.MeasureConfig(device=args.device, **{k: getattr(args, k) for k in knobs if getattr(args, k) is not None})
+    device = measure.check_device(cfg)  # fail before loading anything
+    task = get_task(args.task)
+    split = _parent_split_args(args.baseline, args)  # the baseline's split: the same dev and search rows
+    if get_task(split.task).name != task.name:
+        raise ConfigError(f"--task {task.name} but the baseline checkpoint {args.baseline} was fine-tuned on {split.task}.")
+    step_records = [(p, results.read(p)) for p in args.step_json]  # read first: a missing file fails early
+
+    baseline, tokenizer = models.load_checkpoint(args.baseline)
+    # For the finetune variant the two paths are equal: this is a second, independent model object, so the
+    # interleaved speedup of finetune vs itself shows the noise floor of the timing.
+    variant, vtok = models.load_checkpoint(args.variant)
+    quant_info = None
+    if args.quantize == "int8":
+        from axformer.quantize import QuantizeConfig, quantize
+
+        variant, quant_info = quantize(variant, QuantizeConfig(backend=args.quantize_backend, device=str(device),
+                                                               inplace=True))
+    else:
+        variant.to(device)
+
+    splits = data.make_splits(task, split.data_dir, split.seed, split.search_frac, split.search_max, split.train_max,
+                              split.dev_max, allow_hub=bool(getattr(split, "allow_hub", False)))
+    dev = train.evaluate(variant, data.tokenize(splits.dev, vtok, task, split.max_length), vtok, task)
+    search = train.evaluate(variant, data.tokenize(splits.search, vtok, task, split.max_length), vtok, task)
+
+    texts_b = list(splits.dev["text_b"]) if task.is_pair else None
+    # int8 variants are never saved: their size on disk is what torch.save of the quantized weights takes
+    m = measure.measure_pair(baseline, variant, tokenizer, list(splits.dev["text_a"]), texts_b, cfg,
+                             variant_dir=None if quant_info else args.variant)
+    if quant_info:
+        m["size"]["bytes_on_disk"] = _serialized_bytes(variant)
+        m["size"]["bytes_on_disk_source"] = "torch.save(state_dict) of the quantized model (int8 is applied at measurement)"
+
+    rec = results.new_record(task.name, args.model or split.model_spec or "unknown", args.variant_name, args.seed,
+                             args.profile)
+    for _path, srec in step_records:  # later records (nearer the variant) win
+        rec.update({k: v for k, v in srec.items() if k not in results.SCHEMA_KEYS})
+    rec["steps"] = [str(p) for p, _ in step_records]
+    rec["metric"] = results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search))
+    rec["metric"]["dev_loss"] = dev.mean_loss
+    rec["metric"]["search_loss"] = search.mean_loss
+    rec.update({k: m[k] for k in ("size", "latency", "memory", "flops", "env")})
+    rec["data"] = splits.info
+    rec["measure"] = asdict(cfg)
+    rec["checkpoints"] = {"baseline": str(args.baseline), "variant": str(args.variant)}
+    if quant_info is not None:
+        rec["quantize"] = quant_info
+    results.write(args.metrics, rec)
+    lat = rec["latency"][0]
+    print(f"{task.name} {args.variant_name} seed {args.seed}: dev {task.metric} = {rec['metric']['dev']:.4f}, "
+          f"p50 {lat['p50_ms']:.2f} ms at batch {lat['batch_size']} (speedup {lat['speedup']:.2f}x) -> {args.metrics}")
+
+
+def _majority_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    _split_args(p)
+    p.add_argument("--model", default="none", help="model folder the row is filed under (the predictor uses none)")
+    p.add_argument("--metrics", required=True, help="output metrics.json")
+
+
+@step("majority", "constant predictor row: majority class of train' (train' mean for regression) scored on dev")
+@with_args(_majority_args)
+def cmd_majority(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from axformer import data, metrics, results
+    from axformer.tasks import get_task
+
+    _nonneg("seed", args.seed)
+    _check_writable(args.metrics)
+    task = get_task(args.task)
+    splits = data.make_splits(task, args.data_dir, args.seed, args.search_frac, args.search_max, args.train_max,
+                              args.dev_max, allow_hub=args.allow_hub)
+    train_labels = np.asarray(splits.train["label"])
+    dev = metrics.constant_baseline(task, train_labels, np.asarray(splits.dev["label"]))
+    search = metrics.constant_baseline(task, train_labels, np.asarray(splits.search["label"]))
+    if task.is_regression:
+        predictor = {"kind": "train' mean", "value": float(train_labels.mean())}
+    else:
+        values, counts = np.unique(train_labels, return_counts=True)
+        predictor = {"kind": "majority class of train'", "value": int(values[np.argmax(counts)]),
+                     "share_train": float(counts.max() / counts.sum())}
+    rec = results.new_record(task.name, args.model, "majority", args.seed, args.profile)
+    rec["metric"] = results.metric_block(task, dev, search, len(splits.dev), len(splits.search))
+    # no model: size, latency and memory stay null (never 0)
+    rec["note"] = "constant predictor"
+    rec["predictor"] = predictor
+    rec["data"] = splits.info
+    results.write(args.metrics, rec)
+    print(f"{task.name} majority seed {args.seed}: dev {task.metric} = {rec['metric']['dev']:.4f} -> {args.metrics}")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default="results", help="folder with <task>/<model>/<variant>/seed<k>/metrics.json")
+    p.add_argument("--figures", default="figures", help="output folder for tables and figures")
+    p.add_argument("--summary", default=None, help="output CSV (default: RESULTS/summary.csv)")
+    p.add_argument("--batch-size", type=int, default=None, help="latency batch size used in plots (default: report's)")
+
+
+@step("report", "collect every metrics.json into summary.csv, tables and figures")
+@with_args(_report_args)
+def cmd_report(args: argparse.Namespace) -> None:
+    from axformer import report
+
+    summary = args.summary or str(Path(args.results) / "summary.csv")
+    _check_writable(summary, str(Path(args.figures) / "README.md"))
+    kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    written = report.render(args.results, args.figures, summary, **kw)
+    print(f"report: {len(written)} files written (summary {summary}, figures in {args.figures})")
+
+
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="axformer", description=__doc__.splitlines()[0])
