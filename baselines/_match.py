@@ -1,0 +1,124 @@
+"""Equal-size comparisons: how much did AxFormer remove, read from its decisions.json.
+
+Config keys understood by :func:`resolve_target` (all optional):
+
+* ``match``: path to an AxFormer ``decisions.json`` (written by ``axformer approximate``).
+* ``match_by``: ``"heads"`` — remove as many heads as AxFormer removed in total, a removed attention block
+  counting as all its heads; ``"params"`` — shrink until the encoder has no more parameters than AxFormer's.
+* ``match_params``: shorthand for ``match_by="params"``: an int (the target encoder parameter count), a path
+  to a decisions.json, or ``true`` (use ``match``).
+* ``target_params``: an explicit target encoder parameter count (implies ``match_by="params"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from axformer import elements
+from axformer.utils import ConfigError
+
+MATCH_BY = ("heads", "params")
+
+
+def load_decisions(path: str | Path) -> dict[str, Any]:
+    """A decisions.json as a dict; a missing or corrupt file is a ConfigError naming it."""
+    p = Path(path)
+    try:
+        dec = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"decisions file {p} does not exist: run `axformer approximate` first.") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"decisions file {p} is not valid JSON ({exc}); re-run `axformer approximate`.") from None
+    if not isinstance(dec, dict) or ("arch" not in dec and "removed" not in dec):
+        raise ConfigError(f"{p} has neither 'arch' nor 'removed': is it a decisions.json of `axformer approximate`?")
+    return dec
+
+
+def removed_heads(dec: dict[str, Any], n_heads: int) -> int:
+    """Heads AxFormer removed in total; a removed attention block counts as all ``n_heads`` of its heads."""
+    arch = dec.get("arch")
+    if isinstance(arch, dict) and isinstance(arch.get("layers"), list):
+        return sum(n_heads - len(rec.get("heads", [])) for rec in arch["layers"])
+    per_layer: dict[int, set[int] | None] = {}
+    for name in dec.get("removed", []):
+        try:
+            el = elements.Element.from_name(name)
+        except ValueError as exc:
+            raise ConfigError(f"decisions.json: {exc}") from None
+        if el.kind == "attn":
+            per_layer[el.layer] = None  # all heads
+        elif el.kind == "head" and per_layer.get(el.layer, set()) is not None:
+            per_layer.setdefault(el.layer, set()).add(el.index)
+    return sum(n_heads if s is None else len(s) for s in per_layer.values())
+
+
+def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
+    """Encoder parameter count of ``model``'s ORIGINAL architecture cut down to ``arch`` (built on the meta
+    device: no memory, no weights)."""
+    cfg = copy.deepcopy(model.config)
+    ax = dict(getattr(cfg, "axformer", None) or {})
+    ax.pop("arch", None)
+    ax.pop("hard_attention", None)
+    cfg.axformer = ax
+    with torch.device("meta"):
+        shell = type(model)(cfg)
+    try:
+        elements.apply_architecture(shell, arch)
+    except ValueError as exc:
+        raise ConfigError(f"the AxFormer architecture record does not fit this model: {exc}") from None
+    return elements.count_encoder_params(shell)
+
+
+def _as_count(v: Any, key: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or int(v) != v:
+        raise ConfigError(f"{key} must be a non-negative integer parameter count (got {v!r}).")
+    return int(v)
+
+
+def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str) -> dict[str, Any] | None:
+    """What to match, or None when no matching key is set.
+
+    Returns ``{"by": "heads", "n_heads": N, "source": path}`` or
+    ``{"by": "params", "params_encoder": P, "source": path | "target_params"}``.
+    """
+    match = cfg.get("match")
+    by = cfg.get("match_by")
+    target = cfg.get("target_params")
+    mp = cfg.get("match_params")
+    if mp not in (None, False):
+        if by not in (None, "params"):
+            raise ConfigError(f"match_params conflicts with match_by={by!r}.")
+        by = "params"
+        if isinstance(mp, str):
+            if match not in (None, mp):
+                raise ConfigError(f"match_params={mp!r} and match={match!r} name different decisions files; give one.")
+            match = mp
+        elif mp is not True:
+            if target is not None and _as_count(target, "target_params") != _as_count(mp, "match_params"):
+                raise ConfigError("match_params and target_params give different targets; give one.")
+            target = mp
+    if target is not None:
+        if by not in (None, "params"):
+            raise ConfigError(f"target_params is a parameter count; it cannot be matched by {by!r}.")
+        return {"by": "params", "params_encoder": _as_count(target, "target_params"), "source": "target_params"}
+    if match is None:
+        if by is not None or mp is True:
+            raise ConfigError("match_by / match_params need --match DECISIONS.json (or --target-params N).")
+        return None
+    by = by or default_by
+    if by not in MATCH_BY:
+        raise ConfigError(f"match_by must be one of {list(MATCH_BY)} (got {by!r}).")
+    dec = load_decisions(match)
+    n_orig = int(model.config.num_attention_heads)
+    if by == "heads":
+        return {"by": "heads", "n_heads": removed_heads(dec, n_orig), "source": str(match)}
+    arch = dec.get("arch")
+    if not isinstance(arch, dict):
+        raise ConfigError(f"{match} has no 'arch' record, needed to match by parameters.")
+    return {"by": "params", "params_encoder": encoder_params_of_arch(model, arch), "source": str(match)}
