@@ -182,6 +182,8 @@ def _approximate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=int, default=12)
     p.add_argument("--topk", default="30", help="hard attention K: int, or fraction of the real length")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--search-max", type=int, default=None,
+                   help="use at most this many rows of the parent's search split (stratified, seeded)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -203,6 +205,16 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     split = _parent_split_args(args.parent, args)
     model, tokenizer = models.load_checkpoint(args.parent)
     task, splits, tok = load_task_data(split, tokenizer)
+    if args.search_max is not None and args.search_max < len(splits.search):
+        # a stratified subset of the same search split: still never trained on, just cheaper per pass
+        import numpy as np
+
+        if args.search_max < 1:
+            raise ConfigError(f"--search-max must be >= 1 (got {args.search_max}).")
+        keep = data.stratified_pick(task, np.asarray(splits.search["label"]), args.search_max,
+                                    np.random.default_rng(split.seed))
+        splits.search, tok["search"] = splits.search.select(keep), tok["search"].select(keep)
+        splits.info["n_search_used"] = len(keep)
     res = prune.search(model, tok["search"], tokenizer, task, cfg)
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
@@ -235,7 +247,8 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="adhoc", help="name of the config profile, recorded in metrics.json")
     p.add_argument("--model", default=None, help="model spec recorded in metrics.json (default: the baseline's)")
-    p.add_argument("--variant-name", required=True, help="variant name recorded in metrics.json, e.g. finetune+axformer+int8")
+    p.add_argument("--variant-name", required=True,
+                   help="variant name recorded in metrics.json, e.g. finetune+axformer+int8")
     p.add_argument("--baseline", required=True, help="finetune checkpoint: timed interleaved with the variant")
     p.add_argument("--variant", required=True, help="checkpoint of the variant (for X+int8: X's checkpoint)")
     p.add_argument("--quantize", default="none", choices=["none", "int8"], help="quantize the variant before measuring")
@@ -268,7 +281,7 @@ def _serialized_bytes(model) -> int | None:
     return buf.tell()
 
 
-@step("measure", "metric (dev + search), size, latency vs the baseline, memory and FLOPs of one variant -> metrics.json")
+@step("measure", "metric (dev + search), size, latency vs the baseline, memory and FLOPs of a variant -> metrics.json")
 @with_args(_measure_args)
 def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
@@ -280,12 +293,14 @@ def cmd_measure(args: argparse.Namespace) -> None:
     _check_writable(args.metrics)
     _setup_threads(args.threads)
     knobs = ("batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads")
-    cfg = measure.MeasureConfig(device=args.device, **{k: getattr(args, k) for k in knobs if getattr(args, k) is not None})
+    given = {k: getattr(args, k) for k in knobs if getattr(args, k) is not None}
+    cfg = measure.MeasureConfig(device=args.device, **given)
     device = measure.check_device(cfg)  # fail before loading anything
     task = get_task(args.task)
     split = _parent_split_args(args.baseline, args)  # the baseline's split: the same dev and search rows
     if get_task(split.task).name != task.name:
-        raise ConfigError(f"--task {task.name} but the baseline checkpoint {args.baseline} was fine-tuned on {split.task}.")
+        raise ConfigError(f"--task {task.name} but the baseline checkpoint {args.baseline} was fine-tuned on "
+                          f"{split.task}; pass that task's finetune checkpoint.")
     step_records = [(p, results.read(p)) for p in args.step_json]  # read first: a missing file fails early
 
     baseline, tokenizer = models.load_checkpoint(args.baseline)
@@ -312,7 +327,8 @@ def cmd_measure(args: argparse.Namespace) -> None:
                              variant_dir=None if quant_info else args.variant)
     if quant_info:
         m["size"]["bytes_on_disk"] = _serialized_bytes(variant)
-        m["size"]["bytes_on_disk_source"] = "torch.save(state_dict) of the quantized model (int8 is applied at measurement)"
+        m["size"]["bytes_on_disk_source"] = ("torch.save(state_dict) of the quantized model "
+                                             "(int8 is applied at measurement, never saved)")
 
     rec = results.new_record(task.name, args.model or split.model_spec or "unknown", args.variant_name, args.seed,
                              args.profile)
@@ -390,6 +406,169 @@ def cmd_report(args: argparse.Namespace) -> None:
     kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
     written = report.render(args.results, args.figures, summary, **kw)
     print(f"report: {len(written)} files written (summary {summary}, figures in {args.figures})")
+
+
+# ---------------------------------------------------------------- distill
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parent", required=True, help="fine-tuned teacher checkpoint (unedited: the finetune checkpoint)")
+    p.add_argument("--ckpt", required=True, help="output student checkpoint folder")
+    p.add_argument("--metrics", required=True, help="output step record (JSON)")
+    p.add_argument("--layers", type=int, default=None, help="student depth (default: half the teacher's, min 1)")
+    p.add_argument("--strategy", default="every_other", choices=["every_other", "evenly", "first"],
+                   help="which teacher layers initialise the student (see axformer/distill.py)")
+    p.add_argument("--init", default="teacher", choices=["teacher", "pretrained"])
+    p.add_argument("--pretrained", default=None, help="with --init pretrained: a BERT-architecture model spec")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft (teacher) loss")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@step("distill", "knowledge distillation of the fine-tuned model into a shallower BERT student on train'")
+@with_args(_distill_args)
+def cmd_distill(args: argparse.Namespace) -> None:
+    from axformer import distill, models, results, train
+    from axformer.utils import atomic_write_json
+
+    _check_writable(args.ckpt, args.metrics)
+    _setup_threads(args.threads)
+    dcfg = distill.DistillConfig(n_layers=args.layers, temperature=args.temperature, alpha=args.alpha,
+                                 strategy=args.strategy, init=args.init, pretrained=args.pretrained)
+    dcfg.validate()
+    split = _parent_split_args(args.parent, args)
+    cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=split.seed,
+                            progress=not args.no_progress)
+    cfg.validate()
+    teacher, tokenizer = models.load_checkpoint(args.parent)
+    distill.check_unedited(teacher)
+    task, splits, tok = load_task_data(split, tokenizer)
+    if dcfg.init == "pretrained":
+        student = distill.pretrained_student(dcfg.pretrained, task, tokenizer, seed=split.seed)
+        if dcfg.n_layers is not None and dcfg.n_layers != student.config.num_hidden_layers:
+            raise ConfigError(f"--layers {dcfg.n_layers} but the pretrained student {dcfg.pretrained!r} has "
+                              f"{student.config.num_hidden_layers} layers; drop --layers with --init pretrained.")
+    else:
+        student = distill.make_student(teacher, dcfg.resolve_layers(teacher), dcfg.strategy)
+    log = distill.distill(teacher, student, tok["train"], tokenizer, task, cfg, dcfg.temperature, dcfg.alpha)
+    dev = train.evaluate(student, tok["dev"], tokenizer, task)
+    search = train.evaluate(student, tok["search"], tokenizer, task)
+    step_info = {"split": {k: v for k, v in vars(split).items() if k not in ("task", "model_spec", "variant")},
+                 "task": task.name, "model_spec": split.model_spec, "variant": f"{split.variant}+distill"}
+    ckpt = models.save_checkpoint(student, tokenizer, args.ckpt, extra=step_info)
+    curve = log["loss_curve"]
+    record = {
+        "distill": {"n_layers": student.config.num_hidden_layers,
+                    "teacher_layers": student.config.axformer_distill.get("teacher_layers"),
+                    "teacher_num_layers": teacher.config.num_hidden_layers, "strategy": dcfg.strategy,
+                    "init": dcfg.init, "pretrained": dcfg.pretrained,
+                    "temperature": dcfg.temperature, "alpha": dcfg.alpha, "wall_s": log["wall_s"],
+                    "steps": log["steps"], "loss_first": curve[0],
+                    "loss_last20_mean": sum(curve[-20:]) / len(curve[-20:]),
+                    "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size},
+        "size": results.size_block(student, ckpt),
+        "data": splits.info,
+        "metric": results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search)),
+    }
+    record["metric"]["search_loss"] = search.mean_loss
+    atomic_write_json(args.metrics, record)
+    print(f"{task.name} distill: {record['distill']['teacher_num_layers']} -> {record['distill']['n_layers']} layers, "
+          f"dev {task.metric} = {record['metric']['dev']:.4f} (train {log['wall_s']:.0f} s) -> {args.metrics}")
+
+
+# ---------------------------------------------------------------- baseline (peer compression methods, baselines/)
+def _parse_kv(items: list[str]) -> dict[str, Any]:
+    """``--arg key=value`` pairs -> cfg dict; values are JSON when they parse (3, 0.5, true, null, [1,2]), else text."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--arg takes key=value pairs (got {item!r}), e.g. --arg step_heads=4.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _baseline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="registered baseline name (baselines/: headprune, layerdrop, ...)")
+    p.add_argument("--parent", required=True, help="checkpoint to compress (e.g. the finetune checkpoint)")
+    p.add_argument("--ckpt", required=True, help="output checkpoint folder")
+    p.add_argument("--metrics", required=True, help="output step record (JSON)")
+    p.add_argument("--match", default=None, metavar="DECISIONS.json",
+                   help="AxFormer decisions.json: remove as much as AxFormer did (equal-size comparison)")
+    p.add_argument("--match-by", default=None, choices=["heads", "params"],
+                   help="with --match: count removed heads, or encoder parameters (default: the method's)")
+    p.add_argument("--target-params", type=int, default=None, help="target encoder parameter count")
+    p.add_argument("--n-heads", type=int, default=None, help="headprune: heads to remove")
+    p.add_argument("--k", type=int, default=None, help="layerdrop: top layers to drop")
+    p.add_argument("--epochs", type=float, default=None, help="re-training epochs (methods that re-train)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--arg", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="extra method arguments passed into cfg (value parsed as JSON when it can be)")
+    p.add_argument("--variant-name", default=None, help="variant recorded in the checkpoint (default: parent+method)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@step("baseline", "a peer compression method from baselines/ (head pruning, layer dropping, ...) on a checkpoint")
+@with_args(_baseline_args)
+def cmd_baseline(args: argparse.Namespace) -> None:
+    import baselines
+    from axformer import models, results, train
+    from axformer.utils import atomic_write_json
+
+    _check_writable(args.ckpt, args.metrics)
+    _setup_threads(args.threads)
+    fn = baselines.get(args.method)  # unknown name: ConfigError listing the available ones, before any loading
+    flags = {"match": args.match, "match_by": args.match_by, "target_params": args.target_params,
+             "n_heads": args.n_heads, "k": args.k, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    cfg = {k: v for k, v in flags.items() if v is not None}
+    extra = _parse_kv(args.arg)
+    clash = sorted(set(extra) & set(cfg))
+    if clash:
+        raise ConfigError(f"--arg sets {clash}, which a flag already sets; give each value once.")
+    cfg.update(extra)
+    if args.match is not None and not Path(args.match).is_file():
+        raise ConfigError(f"--match {args.match} does not exist: run `axformer approximate` on the same parent first.")
+    split = _parent_split_args(args.parent, args)
+    cfg.setdefault("seed", split.seed)
+    cfg.setdefault("progress", not args.no_progress)
+    model, tokenizer = models.load_checkpoint(args.parent)
+    task, splits, tok = load_task_data(split, tokenizer)
+    t0 = time.perf_counter()
+    out = fn(model, tokenizer, task, dict(tok), dict(cfg))
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+        raise TypeError(f"baseline {args.method!r} must return (model, info: dict), got {type(out).__name__}.")
+    model, info = out
+    wall = time.perf_counter() - t0
+    dev = train.evaluate(model, tok["dev"], tokenizer, task)
+    search = train.evaluate(model, tok["search"], tokenizer, task)
+    variant = args.variant_name or f"{split.variant}+{args.method}"
+    step_info = {"split": {k: v for k, v in vars(split).items() if k not in ("task", "model_spec", "variant")},
+                 "task": task.name, "model_spec": split.model_spec, "variant": variant,
+                 "baseline": {"method": args.method, "cfg": cfg}}
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
+    record = {
+        "baseline": {"method": args.method, "cfg": cfg, "wall_s": wall, "parent": str(args.parent), "info": info},
+        "size": results.size_block(model, ckpt),
+        "data": splits.info,
+        "metric": results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search)),
+    }
+    record["metric"]["search_loss"] = search.mean_loss
+    record["metric"]["dev_loss"] = dev.mean_loss
+    atomic_write_json(args.metrics, record)
+    print(f"{task.name} baseline {args.method}: encoder params {record['size']['params_encoder']}, "
+          f"dev {task.metric} = {record['metric']['dev']:.4f} ({wall:.0f} s) -> {args.metrics}")
 
 
 # ---------------------------------------------------------------- entry point

@@ -107,15 +107,25 @@ class CachedEvaluator:
         return mask
 
     @torch.inference_mode()
-    def prepare(self, layer: int) -> None:
-        """Cache the hidden states entering ``layer`` (valid while layers < ``layer`` stay unchanged)."""
+    def prepare(self, layer: int, advance: bool = False) -> None:
+        """Cache the hidden states entering ``layer`` (valid while layers < ``layer`` stay unchanged).
+
+        ``advance=True`` promises that the layers between the current cache point and ``layer`` are final,
+        so the cache moves forward by running only those layers (the hard-attention phase walks first ->
+        last and fixes each layer before the next).
+        """
         self.model.eval()
+        if advance and self.cache_layer is not None and self.cache_layer <= layer:
+            start, states = self.cache_layer, self.cache
+        else:
+            bm = self.model.base_model
+            start = 0
+            states = [bm.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+                      for b in self.batches]
         self.cache = []
-        bm = self.model.base_model
-        for b in self.batches:
-            h = bm.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+        for b, h in zip(self.batches, states):
             mask = self._mask(h, b["attention_mask"])
-            for lay in self._layers()[:layer]:
+            for lay in self._layers()[start:layer]:
                 h = lay(h, mask)
             self.cache.append(h)
         self.cache_layer = layer
@@ -200,6 +210,7 @@ class _Search:
             if getattr(layers[i].attention, "self", None) is None:
                 continue  # attention block already skipped
             chosen = self.res.hard_attention_layers
+            self.ev.prepare(i, advance=True)  # layers < i are decided: move the cache forward cheaply
             hard_attention.enable(self.model, chosen + [i], self.cfg.topk)
             accepted, _ = self.judge(f"L{i}.hardattn", i, "hardattn", None, "hard_attention")
             if accepted:

@@ -1,0 +1,41 @@
+# AxFormer benchmark: fine-tune -> AxFormer / distill / baselines -> int8 -> measure -> report.
+# The DAG (docs/DESIGN.md §2) is composed from the profile: see workflow/rules/common.smk for the
+# variant grammar and workflow/schemas/config.schema.yaml for every config key.
+#
+#   snakemake --cores all                                                   # default profile (MiniLM, CPU)
+#   snakemake --cores 2 --configfile workflow/config/smoke.yaml             # < 1 min smoke run
+#   snakemake --workflow-profile workflow/profiles/slurm --configfile workflow/config/paper.yaml
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A profile given with --configfile replaces default.yaml (it is not merged into it), so every profile
+# file is the complete record of its run; --config KEY=VALUE still overrides single keys.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "workflow", "config", "default.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    **WILDCARD_CONSTRAINTS,
+
+
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/axformer.smk"
+include: "workflow/rules/compress.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+    localrule: True

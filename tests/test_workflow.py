@@ -1,0 +1,253 @@
+"""The Snakemake workflow: the smoke DAG end to end, variants composed from config, the SLURM profile,
+config validation before any job, and the three profiles against the schema.
+
+Every run goes through the `snakemake` command (``python -m snakemake``) with ``--directory tmp_path``,
+so nothing is written into the repository.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from axformer.results import SCHEMA_KEYS, model_name
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIG_DIR = REPO / "workflow" / "config"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+PROFILES = ("default", "paper", "smoke")
+
+pytestmark = pytest.mark.skipif(shutil.which("axformer") is None, reason="the axformer console script is not installed")
+
+
+def load_profile(name: str) -> dict:
+    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+
+
+def snakemake(workdir: Path, *args: str, data_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AXFORMER_DATA": str(data_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake (dry) run: rule -> job count."""
+    stats: dict[str, int] = {}
+    if "Job stats:" not in out:
+        return stats
+    for line in out.split("Job stats:", 1)[1].splitlines()[3:]:
+        m = re.fullmatch(r"(\S+)\s+(\d+)", line.strip())
+        if not m:
+            break
+        stats[m.group(1)] = int(m.group(2))
+    return stats
+
+
+def runnable_variants(cfg: dict) -> tuple[list[str], list[str]]:
+    """Variants of a profile whose CLI steps exist today (the smoke test grows as steps land)."""
+    from axformer.cli import STEPS as CLI
+
+    ok, left_out = [], []
+    for variant in cfg["variants"]:
+        needed = {"measure"}
+        for name in variant.split("+"):
+            step = cfg["steps"][name]
+            needed.add(step["command"])
+            if step.get("match"):
+                needed.add(cfg["steps"][step["match"]]["command"])
+        needed.discard("quantize")  # applied by `axformer measure --quantize`
+        (ok if needed <= set(CLI) else left_out).append(variant)
+    return ok, left_out
+
+
+def has_decisions(cfg: dict, variant: str) -> bool:
+    steps = variant.split("+")
+    if cfg["steps"][steps[-1]]["command"] == "quantize":
+        steps = steps[:-1]
+    return cfg["steps"][steps[-1]]["command"] == "approximate"
+
+
+def _fail_msg(res: subprocess.CompletedProcess, workdir: Path) -> str:
+    logs = "\n".join(f"--- {p.relative_to(workdir)}\n{p.read_text()[-1500:]}" for p in sorted(workdir.rglob("*.log"))
+                     if ".snakemake" not in p.parts and "error" in p.read_text().lower())
+    return f"rc {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}\n{logs}"
+
+
+# ------------------------------------------------------------------------------------------------ (1)
+def test_smoke_dag_end_to_end(tmp_path, data_dir):
+    cfg = load_profile("smoke")
+    variants, left_out = runnable_variants(cfg)
+    if left_out:
+        warnings.warn(f"smoke variants left out (their CLI steps do not exist yet): {left_out}")
+    args = ["--configfile", str(CONFIG_DIR / "smoke.yaml"), "--cores", "2"]
+    if left_out:
+        args += ["--config", f"variants={json.dumps(variants)}"]
+    res = snakemake(tmp_path, *args, data_dir=data_dir)
+    assert res.returncode == 0, _fail_msg(res, tmp_path)
+
+    results = tmp_path / cfg["results_dir"]
+    ckpts = tmp_path / cfg["checkpoints_dir"]
+    expected = []
+    for task in cfg["tasks"]:
+        for model in map(model_name, cfg["models"]):
+            for seed in range(cfg["seeds"]):
+                for variant in [*variants, "majority"]:
+                    run = results / task / model / variant / f"seed{seed}"
+                    expected.append((variant, run))
+    for variant, run in expected:
+        rec = json.loads((run / "metrics.json").read_text())
+        missing = [k for k in SCHEMA_KEYS if k not in rec]
+        assert not missing, f"{run}: metrics.json lacks {missing}"
+        assert rec["variant"] == variant and rec["profile"] == "smoke"
+        assert isinstance(rec["metric"]["dev"], float) and rec["metric"]["n_dev"] == cfg["split"]["dev_max"]
+        if variant == "majority":
+            assert rec["size"] is None and rec["latency"] is None and rec["memory"] is None
+            assert rec["note"] == "constant predictor"
+            continue
+        assert rec["size"]["params_encoder"] > 0 and rec["size"]["bytes_on_disk"] > 0
+        assert [b["batch_size"] for b in rec["latency"]] == cfg["measure"]["batch_sizes"]
+        assert all(b["speedup"] > 0 and b["baseline_p50_ms"] > 0 for b in rec["latency"])
+        assert rec["memory"]["peak_bytes"] is None or rec["memory"]["peak_bytes"] > 0  # never 0
+        assert rec["env"]["torch"] and rec["env"]["threads"] == cfg["measure"]["threads"]
+        assert "train" in rec and "data" in rec  # merged from the finetune step record
+        if variant.endswith("+int8"):
+            assert rec["quantize"]["dtype"] == "int8"
+        if "distill" in variant.split("+"):
+            assert "distill" in rec
+        if has_decisions(cfg, variant):
+            dec = run / "decisions.json"
+            assert dec.is_file(), f"{variant}: no decisions.json next to metrics.json"
+            src = ckpts.joinpath(*run.relative_to(results).parts[:2], variant.removesuffix("+int8"), run.name)
+            assert json.loads(dec.read_text()) == json.loads((src / "decisions.json").read_text())
+        else:
+            assert not (run / "decisions.json").exists()
+
+    with open(results / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["variant"] for r in rows) == sorted(v for v, _ in expected)
+    assert (tmp_path / cfg["figures_dir"] / "README.md").is_file()
+    # checkpoints were renamed into place: no half-written temp folders are left
+    assert not [p for p in ckpts.rglob(".*tmp*") if p.is_dir()]
+
+    again = snakemake(tmp_path, *args, "-n", data_dir=data_dir)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, _fail_msg(again, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ (2)
+def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
+    base = snakemake(tmp_path / "base", "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n", "-p", data_dir=data_dir)
+    assert base.returncode == 0, base.stderr[-3000:]
+    before = job_stats(base.stdout)
+
+    cfg = load_profile("smoke")
+    override = {
+        "steps": {
+            # a new AxFormer setting and a new peer method: config entries only, no rule code
+            "axformer_k4": {"command": "approximate", "args": {"mode": "hardattn", "topk": 4}},
+            "dummyprune": {"command": "baseline", "args": {"method": "dummyprune", "n_heads": 1}},
+        },
+        "variants": [*cfg["variants"], "finetune+axformer_k4+int8", "finetune+dummyprune"],
+    }
+    extra = tmp_path / "override.yaml"
+    extra.write_text(yaml.safe_dump(override))
+    res = snakemake(tmp_path / "new", "--configfile", str(CONFIG_DIR / "smoke.yaml"), str(extra), "-n", "-p",
+                    data_dir=data_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = job_stats(res.stdout)
+    n = len(cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
+    assert after["approximate"] == before["approximate"] + n
+    assert after["baseline"] == before["baseline"] + n
+    assert after["measure"] == before["measure"] + 2 * n
+    assert after["decisions"] == before["decisions"] + n
+    out = res.stdout
+    assert "axformer baseline" in out and "--method dummyprune --n-heads 1" in out
+    assert "--mode hardattn --topk 4" in out
+    assert re.search(r"--variant-name finetune\+axformer_k4\+int8 .*--quantize int8", out)
+    assert "/finetune+dummyprune/seed0/metrics.json" in out
+
+
+# ------------------------------------------------------------------------------------------------ (3)
+def test_slurm_profile_dry_run(tmp_path, data_dir):
+    res = snakemake(tmp_path, "--workflow-profile", str(SLURM_PROFILE), "--configfile", str(CONFIG_DIR / "paper.yaml"),
+                    "-n", data_dir=data_dir)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "workflow specific profile" in out and str(SLURM_PROFILE) in out
+    stats = job_stats(res.stdout)
+    paper = load_profile("paper")
+    assert stats["finetune"] == len(paper["tasks"]) * len(paper["models"]) * paper["seeds"]
+    # per-rule cluster resources from the profile's set-resources
+    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive"
+    assert re.search(measure_res, res.stdout, re.S)
+    prof = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    assert prof["executor"] == "slurm"
+    assert {"finetune", "approximate", "distill", "baseline", "measure"} <= set(prof["set-resources"])
+
+
+# ------------------------------------------------------------------------------------------------ (4)
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ('tasks=["sst5"]', "tasks"),
+        ("seeds=0", "seeds"),
+        ('variants=["finetune","finetune+nosuchstep"]', "variants"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, data_dir, override, key):
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "smoke.yaml"), "--config", override, "--cores", "1",
+                    data_dir=data_dir)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert f"config key '{key}" in err, err[-2000:]
+    if key == "variants":
+        assert "nosuchstep" in err
+    assert "Building DAG" not in err and "rule " not in err.split("config key", 1)[1]
+    assert not (tmp_path / "smoke").exists()  # no job ran, no output folder was made
+
+
+# ------------------------------------------------------------------------------------------------ (5)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_validate_against_schema(profile):
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(load_profile(profile))
+    validate(cfg, str(SCHEMA))  # raises on any bad key or value
+    assert cfg["profile"] == profile
+
+
+def test_schema_documents_every_key():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for key, sub in schema["properties"].items():
+        assert "description" in sub, f"schema key {key} has no description"
+        assert "default" in sub or key in schema.get("required", []), f"schema key {key} has no default"
+        assert "type" in sub or "$ref" in sub, f"schema key {key} has no type"
+    for key, sub in schema["$defs"]["step"]["properties"].items():
+        assert "description" in sub and ("default" in sub or key == "command"), f"steps.*.{key}"
+    for key, sub in schema["properties"]["measure"]["properties"].items():
+        assert {"type", "description", "default"} <= set(sub), f"measure.{key}"
+
+
+@pytest.mark.parametrize("profile", ["default", "paper"])
+def test_default_and_paper_dry_run(tmp_path, data_dir, profile):
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / f"{profile}.yaml"), "--cores", "2", "-n",
+                    data_dir=data_dir)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    cfg = load_profile(profile)
+    stats = job_stats(res.stdout)
+    runs = len(cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
+    assert stats["finetune"] == runs
+    assert stats["measure"] == runs * len(cfg["variants"])
+    assert stats["majority"] == runs and stats["report"] == 1

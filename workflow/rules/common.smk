@@ -1,0 +1,319 @@
+# Shared by all workflow files: config validation, path patterns, the variant grammar and input functions.
+#
+# A variant is a chain of step names (keys of the config's steps registry) joined by plus signs,
+# applied in order and rooted at `finetune`: `finetune+distill+axformer+int8` = fine-tune, distill,
+# AxFormer search, then int8 at measurement. Every prefix that ends in a checkpoint-producing step has a
+# checkpoint folder; a step with command `quantize` (int8) writes none and may only come last.
+
+import os
+import re
+import shlex
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from axformer.results import model_name
+from axformer.tasks import TASKS
+
+SCHEMA = "../schemas/config.schema.yaml"
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _config_error(key, msg):
+    raise WorkflowError(f"config key '{key}': {msg}")
+
+
+def _schema_path(err):
+    """'$.steps.foo.threads' -> 'steps.foo.threads' (the key a jsonschema error is about)."""
+    path = getattr(err, "json_path", "$").lstrip("$").lstrip(".")
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = sorted(k for k in err.instance if k not in allowed)
+        if extra:
+            path = ".".join(p for p in (path, extra[0]) if p)
+    elif err.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", err.message)
+        if missing:
+            path = ".".join(p for p in (path, missing[0]) if p)
+    return path or "<top level>"
+
+
+try:
+    validate(config, schema=SCHEMA)
+except WorkflowError as exc:
+    import jsonschema
+
+    err = exc.__context__  # snakemake raises its WorkflowError while handling jsonschema's error
+    if not isinstance(err, jsonschema.exceptions.ValidationError):
+        raise
+    _config_error(_schema_path(err), f"{err.message} (keys and allowed values: workflow/schemas/config.schema.yaml)")
+
+STEPS = config["steps"]
+# What each CLI command does in the DAG: root (no parent), builds a checkpoint, writes decisions.json.
+COMMANDS = {
+    "finetune": {"checkpoint": True, "decisions": False},
+    "approximate": {"checkpoint": True, "decisions": True},
+    "distill": {"checkpoint": True, "decisions": False},
+    "baseline": {"checkpoint": True, "decisions": False},
+    "quantize": {"checkpoint": False, "decisions": False},
+}
+
+
+def _check_config():
+    """Cross-key checks the schema cannot express; each error names the key and a valid value."""
+    if config.get("data_dir") is None:
+        config["data_dir"] = os.environ.get("AXFORMER_DATA")
+    if not config["data_dir"]:
+        _config_error("data_dir", "not set: set it in the profile, with --config data_dir=PATH, or set AXFORMER_DATA.")
+    data_dir = os.path.abspath(os.path.expanduser(config["data_dir"]))
+    if not os.path.isdir(data_dir):
+        _config_error("data_dir", f"{data_dir} is not a folder; point it at the folder that holds glue/.")
+    config["data_dir"] = data_dir
+
+    for task in config["tasks"]:
+        if "train" not in TASKS[task].splits and not config["allow_hub"]:
+            _config_error("tasks", f"task {task!r} has no train file offline; drop it or set allow_hub: true.")
+
+    names = [model_name(m) for m in config["models"]]
+    if len(set(names)) != len(names):
+        _config_error("models", f"two specs map to the same folder name ({names}); keep one.")
+
+    if STEPS["finetune"]["command"] != "finetune":
+        _config_error("steps.finetune.command", "the root step `finetune` must have command: finetune.")
+    for name, st in STEPS.items():
+        if st["command"] == "finetune" and name != "finetune":
+            _config_error(f"steps.{name}.command", "only the root step `finetune` may use command finetune.")
+        if st["match"] is not None:
+            if st["command"] != "baseline":
+                _config_error(f"steps.{name}.match", "only baseline steps take `match`.")
+            if st["match"] not in STEPS or not COMMANDS[STEPS[st["match"]]["command"]]["decisions"]:
+                valid = sorted(n for n, s in STEPS.items() if COMMANDS[s["command"]]["decisions"])
+                _config_error(f"steps.{name}.match", f"{st['match']!r} is not an approximate step (one of {valid}).")
+        if st["command"] == "baseline" and "method" not in st["args"]:
+            _config_error(f"steps.{name}.args.method", "baseline steps need args.method (the baselines/ method name).")
+
+    for variant in config["variants"]:
+        parts = variant.split("+")
+        for i, name in enumerate(parts):
+            if name not in STEPS:
+                _config_error("variants", f"variant {variant!r} uses step {name!r}, which is not a key of `steps` "
+                              f"(known steps: {', '.join(sorted(STEPS))}).")
+            if i > 0 and name == "finetune":
+                _config_error("variants", f"variant {variant!r}: finetune can only be the first step.")
+            if not COMMANDS[STEPS[name]["command"]]["checkpoint"] and i != len(parts) - 1:
+                _config_error("variants", f"variant {variant!r}: {name!r} writes no checkpoint, so it must be the "
+                              "last step (e.g. finetune+axformer+int8).")
+
+
+_check_config()
+
+TASK_NAMES = config["tasks"]
+MODEL_SPECS = {model_name(m): m for m in config["models"]}  # {model} wildcard -> spec for the CLI
+SEEDS = list(range(config["seeds"]))
+RES = config["results_dir"].rstrip("/")
+CKPTS = config["checkpoints_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/")
+FIGS = config["figures_dir"].rstrip("/")
+
+# Path patterns ({variant} may contain '+').
+RUN = "{task}/{model}/{variant}/seed{seed}"
+CKPT_DIR = f"{CKPTS}/{RUN}/ckpt"            # the checkpoint folder (written by the CLI: temp dir + rename)
+STEP_RECORD = f"{CKPTS}/{RUN}/step.json"    # the step's own record (train / search / distill blocks)
+CKPT_DECISIONS = f"{CKPTS}/{RUN}/decisions.json"
+METRICS = f"{RES}/{RUN}/metrics.json"
+DECISIONS = f"{RES}/{RUN}/decisions.json"
+
+
+# ------------------------------------------------------------------------------ the variant grammar
+STEP_NAME = r"[A-Za-z0-9_]+"
+
+
+def _alt(names):
+    """Regex alternation of step names; a never-matching pattern when there are none."""
+    return "(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")" if names else "(?!)"
+
+
+def steps_with(command):
+    return [n for n, s in STEPS.items() if s["command"] == command]
+
+
+def variant_ending_in(names):
+    """Regex of variants whose last step is one of ``names`` (for rule-level wildcard_constraints)."""
+    return rf"finetune(?:\+{STEP_NAME})*\+{_alt(names)}"
+
+
+QUANT_STEPS = steps_with("quantize")
+DECISION_STEPS = [n for n, s in STEPS.items() if COMMANDS[s["command"]]["decisions"]]
+
+# Global wildcard constraints (applied in the Snakefile): {variant} contains '+' and is rooted at
+# finetune, so it never swallows 'majority' or a path separator; {seed} is digits only.
+WILDCARD_CONSTRAINTS = dict(
+    task="|".join(re.escape(t) for t in TASKS),
+    model=r"[^/]+",
+    seed=r"\d+",
+    variant=rf"finetune(?:\+{STEP_NAME})*",
+)
+
+
+def variant_steps(variant):
+    return variant.split("+")
+
+
+def checkpoint_variant(variant):
+    """The variant whose checkpoint holds the weights: ``variant`` minus a trailing quantize step."""
+    c = variant_steps(variant)
+    return "+".join(c[:-1]) if c[-1] in QUANT_STEPS else variant
+
+
+def last_step(wildcards):
+    return STEPS[variant_steps(wildcards.variant)[-1]]
+
+
+def parent_variant(wildcards):
+    """The variant a step builds on: finetune+distill+axformer -> finetune+distill."""
+    c = variant_steps(wildcards.variant)
+    if len(c) < 2:
+        raise WorkflowError(f"variant {wildcards.variant!r} has no parent (finetune is the root).")
+    return "+".join(c[:-1])
+
+
+def run_path(pattern, wildcards, variant):
+    return pattern.format(task=wildcards.task, model=wildcards.model, variant=variant, seed=wildcards.seed)
+
+
+def parent_ckpt(wildcards):
+    return run_path(CKPT_DIR, wildcards, parent_variant(wildcards))
+
+
+def match_decisions(wildcards):
+    """baseline steps with `match`: decisions.json of parent+<match step>, else nothing."""
+    m = last_step(wildcards)["match"]
+    return [run_path(CKPT_DECISIONS, wildcards, f"{parent_variant(wildcards)}+{m}")] if m else []
+
+
+def measured_ckpt(wildcards):
+    return run_path(CKPT_DIR, wildcards, checkpoint_variant(wildcards.variant))
+
+
+def baseline_ckpt(wildcards):
+    return run_path(CKPT_DIR, wildcards, "finetune")
+
+
+def step_records(wildcards):
+    """step.json of every checkpoint on the way to the measured one (finetune first)."""
+    c = variant_steps(checkpoint_variant(wildcards.variant))
+    return [run_path(STEP_RECORD, wildcards, "+".join(c[: i + 1])) for i in range(len(c))]
+
+
+def ckpt_decisions(wildcards):
+    return run_path(CKPT_DECISIONS, wildcards, checkpoint_variant(wildcards.variant))
+
+
+def has_decisions(variant):
+    return variant_steps(checkpoint_variant(variant))[-1] in DECISION_STEPS
+
+
+# --------------------------------------------------------------------------------- CLI arguments
+def cli_flags(args):
+    """{'accept_frac': 0.5, 'fast': True, 'sizes': [1, 32]} -> '--accept-frac 0.5 --fast --sizes 1 32'."""
+    out = []
+    for key, value in args.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, (list, tuple)):
+            out.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        else:
+            out.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(out)
+
+
+def split_config(task):
+    return {**config["split"], **config["split_per_task"].get(task, {})}
+
+
+def split_flags(wildcards):
+    flags = cli_flags(split_config(wildcards.task))
+    return flags + (" --allow-hub" if config["allow_hub"] else "")
+
+
+def step_flags(wildcards):
+    return cli_flags(last_step(wildcards)["args"])
+
+
+def finetune_flags(wildcards):
+    return cli_flags(STEPS["finetune"]["args"])
+
+
+def match_flag(wildcards, input):
+    return f"--match {input.match}" if input.match else ""
+
+
+def quantize_flags(wildcards):
+    """--quantize int8 ... for X+int8 (the quantize step's args), nothing otherwise."""
+    name = variant_steps(wildcards.variant)[-1]
+    return cli_flags(STEPS[name]["args"]) if name in QUANT_STEPS else ""
+
+
+def model_spec(wildcards):
+    return shlex.quote(MODEL_SPECS[wildcards.model])
+
+
+def data_dir(wildcards):
+    return shlex.quote(config["data_dir"])
+
+
+def ckpt_output(pattern):
+    """A checkpoint folder output: directory(), temp() too when config temp_checkpoints."""
+    out = directory(pattern)
+    return temp(out) if config["temp_checkpoints"] else out
+
+
+# Resources of the job that builds the last step of {variant} (per step, from the registry).
+def step_threads(wildcards):
+    return last_step(wildcards)["threads"]
+
+
+def step_resource(key):
+    return lambda wildcards: last_step(wildcards)[key]
+
+
+def measure_threads(wildcards):
+    """Snakemake threads of a measure job: every local core when measure.exclusive (nothing runs beside
+    a timing), else measure.threads. SLURM profiles set it per rule (set-threads)."""
+    m = config["measure"]
+    cores = workflow.cores if isinstance(workflow.cores, int) else None
+    return max(m["threads"], cores) if m["exclusive"] and cores else m["threads"]
+
+
+def measure_flags():
+    m = config["measure"]
+    keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads")
+    return cli_flags({k: m[k] for k in keys})
+
+
+# ------------------------------------------------------------------------------------------ targets
+def run_targets(variants=None):
+    """metrics.json (+ decisions.json where the checkpoint comes from an approximate step) of every run."""
+    out = []
+    for variant in variants if variants is not None else config["variants"]:
+        for task in TASK_NAMES:
+            for model in MODEL_SPECS:
+                for seed in SEEDS:
+                    wc = dict(task=task, model=model, variant=variant, seed=seed)
+                    out.append(METRICS.format(**wc))
+                    if has_decisions(variant):
+                        out.append(DECISIONS.format(**wc))
+    if config["majority"]:
+        out += [METRICS.format(task=t, model=m, variant="majority", seed=s)
+                for t in TASK_NAMES for m in MODEL_SPECS for s in SEEDS]
+    return out
+
+
+def all_targets():
+    out = run_targets()
+    if config["report"]:
+        out += [f"{RES}/summary.csv", f"{FIGS}/README.md"]
+    return out

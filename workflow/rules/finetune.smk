@@ -1,0 +1,26 @@
+# The root of every variant: fine-tune the pretrained model on train' (GLUE train minus the search split).
+
+FT_STEP = STEPS["finetune"]
+
+
+rule finetune:
+    output:
+        ckpt=ckpt_output(CKPT_DIR.replace("{variant}", "finetune")),
+        record=STEP_RECORD.replace("{variant}", "finetune"),
+    log:
+        f"{LOGS}/{RUN}/finetune.log".replace("{variant}", "finetune"),
+    params:
+        model=model_spec,
+        profile=config["profile"],
+        data_dir=data_dir,
+        split=split_flags,
+        args=finetune_flags,
+    threads: FT_STEP["threads"]
+    resources:
+        mem_mb=FT_STEP["mem_mb"],
+        runtime=FT_STEP["runtime"],
+        gpu=FT_STEP["gpu"],
+    shell:
+        "axformer finetune --task {wildcards.task} --model {params.model} --seed {wildcards.seed}"
+        " --profile {params.profile} --data-dir {params.data_dir} {params.split} {params.args}"
+        " --threads {threads} --ckpt {output.ckpt} --metrics {output.record} --no-progress > {log} 2>&1"

@@ -1,0 +1,22 @@
+# All metrics.json -> results/summary.csv, per-task tables and figures (axformer.report.render).
+
+
+rule report:
+    input:
+        run_targets(),
+    output:
+        summary=f"{RES}/summary.csv",
+        index=f"{FIGS}/README.md",
+    log:
+        f"{LOGS}/report.log",
+    params:
+        results=lambda wildcards, output: os.path.dirname(output.summary),
+        figures=lambda wildcards, output: os.path.dirname(output.index),
+        batch_size=config["report_batch_size"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "axformer report --results {params.results} --figures {params.figures} --summary {output.summary}"
+        " --batch-size {params.batch_size} > {log} 2>&1"
