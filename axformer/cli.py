@@ -182,6 +182,7 @@ def _approximate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=int, default=12)
     p.add_argument("--topk", default="30", help="hard attention K: int, or fraction of the real length")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--variant-name", default=None, help="variant label (default: <parent variant>+axformer)")
     p.add_argument("--search-max", type=int, default=None,
                    help="use at most this many rows of the parent's search split (stratified, seeded)")
     p.add_argument("--data-dir", default=None)
@@ -218,7 +219,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     res = prune.search(model, tok["search"], tokenizer, task, cfg)
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
-    variant = f"{split.variant}+axformer"
+    variant = args.variant_name or f"{split.variant}+axformer"
     step_info = {"split": vars(split) | {}, "task": task.name, "model_spec": split.model_spec, "variant": variant}
     step_info["split"] = {k: v for k, v in step_info["split"].items() if k not in ("task", "model_spec", "variant")}
     ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)

@@ -25,4 +25,5 @@ rule approximate:
     shell:
         "axformer approximate --parent {input.parent} --ckpt {output.ckpt} --metrics {output.record}"
         " --decisions {output.decisions} {params.args} --data-dir {params.data_dir} --threads {threads}"
+        " --variant-name {wildcards.variant}"
         " --no-progress > {log} 2>&1"

@@ -239,12 +239,16 @@ def split_flags(wildcards):
     return flags + (" --allow-hub" if config["allow_hub"] else "")
 
 
+def _task_args(step, task):
+    return {**step["args"], **step.get("args_per_task", {}).get(task, {})}
+
+
 def step_flags(wildcards):
-    return cli_flags(last_step(wildcards)["args"])
+    return cli_flags(_task_args(last_step(wildcards), wildcards.task))
 
 
 def finetune_flags(wildcards):
-    return cli_flags(STEPS["finetune"]["args"])
+    return cli_flags(_task_args(STEPS["finetune"], wildcards.task))
 
 
 def match_flag(wildcards, input):
