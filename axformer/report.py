@@ -51,7 +51,8 @@ OKABE_ITO: tuple[str, ...] = (
     "#000000",  # black
     "#F0E442",  # yellow (last: weak on white)
 )
-MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
+# 12 markers against 8 colours: (colour, marker) pairs stay distinct for up to 24 variants
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
 
 ID_COLUMNS: tuple[str, ...] = ("task", "model", "variant", "seed", "profile")
 # Top-level blocks that are dicts (or null when not measured); a null block adds no columns.
@@ -151,7 +152,7 @@ def _run_row(path: Path, results_dir: Path) -> dict[str, Any]:
 
 
 def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """Read every ``metrics.json`` under ``results_dir`` into one flat DataFrame (one row per run).
+    """Read every ``<task>/<model>/<variant>/seed<k>/metrics.json`` under ``results_dir`` into one DataFrame.
 
     Nested dicts become ``_``-joined columns (``metric_dev``, ``size_params_encoder``); the latency list
     becomes ``latency_b<batch>_<field>`` columns. Malformed JSON raises :class:`ConfigError` naming the file.
@@ -159,7 +160,9 @@ def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
     root = Path(results_dir)
     if not root.is_dir():
         raise ConfigError(f"results directory {root} does not exist; run the experiments first or pass the right --results.")
-    rows = [_run_row(p, root) for p in sorted(root.rglob("metrics.json"))]
+    # exactly the DESIGN layout <task>/<model>/<variant>/seed<k>/metrics.json: another profile's results
+    # tree nested inside (results/bench/...) is not this profile's runs
+    rows = [_run_row(p, root) for p in sorted(root.glob("*/*/*/seed*/metrics.json"))]
     if not rows:
         return pd.DataFrame(columns=[*ID_COLUMNS, "run_dir"])
     df = pd.DataFrame(rows)

@@ -191,3 +191,20 @@ def test_malformed_metrics_names_file(tree: Path) -> None:
 def test_missing_results_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         report.collect(tmp_path / "nope")
+
+
+def test_variant_styles_distinct_beyond_palette():
+    # nine variants + majority (the default profile) exceed the 8-colour palette: styles must still differ
+    names = [f"finetune+v{i}" for i in range(20)] + ["finetune", "majority"]
+    styles = report._variant_styles(names)
+    assert len(set(styles.values())) == len(names)
+
+
+def test_collect_ignores_nested_profile_tree(tree: Path) -> None:
+    # the bench profile writes results/bench/<task>/...: the default report over results/ must not take them
+    nested = tree / "bench" / "rte" / "minilm" / "finetune" / "seed0"
+    nested.mkdir(parents=True)
+    (nested / "metrics.json").write_text(json.dumps(_metrics("rte", "finetune", 0)))
+    df = report.collect(tree)
+    assert len(df) == len(DEV)
+    assert not df["run_dir"].astype(str).str.startswith("bench").any()
