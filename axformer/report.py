@@ -322,7 +322,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-_TEXT_COLUMNS = {"Model", "Variant", "variant", "model", "metric"}
+_TEXT_COLUMNS = {"Model", "Variant", "variant", "model", "metric", "Task", "Hard-attention layers"}
 
 
 def to_markdown(table: pd.DataFrame, path: str | os.PathLike | None = None) -> str:
@@ -393,6 +393,54 @@ def all_tasks_table(df: pd.DataFrame, batch_size: int = 32) -> pd.DataFrame:
     out = out.loc[sorted(out.index, key=lambda k: keys[k])].fillna(DASH)
     out.index.name = "variant"
     return out.reset_index()
+
+
+def _count_list(v: Any) -> float:
+    """Length of a JSON list stored in a summary cell (``search_removed``), NaN when absent."""
+    if isinstance(v, list):
+        return float(len(v))
+    if isinstance(v, str) and v.startswith("["):
+        return float(len(json.loads(v)))
+    return np.nan
+
+
+def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """What each AxFormer-like search did and what it cost, beside the fine-tuning it starts from.
+
+    One row per (task, model, variant) that ran a search (``search_passes`` present), int8 copies left out
+    (they share their parent's search); values are means over seeds. ``Search / fine-tune`` divides the
+    search wall time by the wall time of the ``finetune`` training of the same task and model (the issue's
+    cost target is < 1).
+    """
+    need = {"search_passes", "search_wall_s", "task", "variant"}
+    if df.empty or not need <= set(df.columns):
+        return pd.DataFrame(columns=["Task", "Variant"])
+    sub = df[df["search_passes"].notna() & ~df["variant"].astype(str).str.endswith("+int8")]
+    rows = []
+    for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
+        ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
+        ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
+        wall = _num(g, "search_wall_s").mean()
+        ha = g["search_hard_attention_layers"].iloc[0] if "search_hard_attention_layers" in g.columns else None
+        rows.append({
+            "Task": str(task),
+            "Variant": str(variant) if df["model"].nunique() == 1 else f"{model}: {variant}",
+            "Removed": _fmt(g["search_removed"].map(_count_list).mean() if "search_removed" in g.columns else np.nan, 0),
+            "Hard-attention layers": DASH if not isinstance(ha, str) else (ha if ha != "[]" else "none"),
+            "Passes": _fmt(_num(g, "search_passes").mean(), 0),
+            "Search loss": f"{_fmt(_num(g, 'search_loss_before').mean())} → {_fmt(_num(g, 'search_loss_after').mean())}",
+            "Search (s)": _fmt(wall, 0),
+            "Fine-tune (s)": _fmt(ft_wall, 0),
+            "Search / fine-tune": _fmt(wall / ft_wall if ft_wall else np.nan, 2),
+            "_key": (task, variant_sort_key(str(variant))),
+        })
+    if not rows:
+        return pd.DataFrame(columns=["Task", "Variant"])
+    out = pd.DataFrame(rows)
+    order = _task_order(out["Task"].unique())
+    out["_t"] = out["Task"].map(order.index)
+    out = out.sort_values(["_t", "_key"], kind="stable").drop(columns=["_t", "_key"])
+    return out.reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -796,6 +844,14 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
         at = tables_dir / "all_tasks.md"
         atomic_write_text(at, "# All tasks: dev metric ± std over seeds (speedup vs finetune)\n\n" + to_markdown(headline))
         produced.setdefault("tables", []).append(at)
+        cost = search_cost_table(df)
+        if len(cost):
+            sc = tables_dir / "search_cost.md"
+            atomic_write_text(sc, "# AxFormer searches: elements removed, passes over the search split, wall time vs fine-tuning\n\n"
+                              + to_markdown(cost))
+            sct = tables_dir / "search_cost.tex"
+            to_latex(cost, sct, caption="AxFormer searches: elements removed, passes, search-split loss before and after, wall time vs fine-tuning.")
+            produced.setdefault("tables", []).extend([sc, sct])
     for files in produced.values():
         out.extend(files)
     out.append(_write_index(figures_dir, produced, notes))

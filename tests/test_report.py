@@ -208,3 +208,26 @@ def test_collect_ignores_nested_profile_tree(tree: Path) -> None:
     df = report.collect(tree)
     assert len(df) == len(DEV)
     assert not df["run_dir"].astype(str).str.startswith("bench").any()
+
+
+def test_search_cost_table_by_hand(tree: Path) -> None:
+    # give the axformer runs a search block (and an int8 copy, which shares its parent's search)
+    for task, fte_wall, walls in (("sst2", 10.0, (4.0, 6.0)), ("rte", 10.0, (30.0, 30.0))):
+        for seed, wall in enumerate(walls):
+            p = tree / task / "minilm" / "finetune+axformer" / f"seed{seed}" / "metrics.json"
+            m = json.loads(p.read_text())
+            m["search"] = {"wall_s": wall, "passes": 40 + seed, "candidates": 38, "removed": ["L5.ffn", "L4.head3"],
+                           "hard_attention_layers": [0, 2], "loss_before": 0.4, "loss_after": 0.3}
+            p.write_text(json.dumps(m))
+            q = tree / task / "minilm" / "finetune+axformer+int8" / f"seed{seed}"
+            q.mkdir(parents=True)
+            (q / "metrics.json").write_text(json.dumps({**m, "variant": "finetune+axformer+int8"}))
+    t = report.search_cost_table(report.collect(tree))
+    assert list(t["Task"]) == ["sst2", "rte"] and list(t["Variant"]) == ["finetune+axformer"] * 2
+    sst2 = t.iloc[0]
+    assert sst2["Removed"] == "2" and sst2["Passes"] == "40" and sst2["Search loss"] == "0.400 → 0.300"
+    # mean search wall 5 s over the fine-tune's 10 s; RTE's search costs 3x its fine-tuning
+    assert sst2["Search (s)"] == "5" and sst2["Fine-tune (s)"] == "10" and sst2["Search / fine-tune"] == "0.50"
+    assert t.iloc[1]["Search / fine-tune"] == "3.00"
+    md = report.to_markdown(t)
+    assert md.splitlines()[0].endswith("| Search / fine-tune |") and "| sst2 | finetune+axformer | 2 | [0, 2] |" in md
