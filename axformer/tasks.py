@@ -85,7 +85,7 @@ TASKS: dict[str, Task] = {
             missing_note={
                 "train": "SQuAD v1.1 train-v1.1.json (87,599 questions, 30.3 MB) is not in the offline data folder "
                 "(see shared/data/README.md: 'What is missing'). Place it at <data>/squad/train-v1.1.json, run where "
-                "the Hugging Face hub is reachable (allow_hub: true), or use the local protocol "
+                "the Hugging Face hub is reachable (--allow-hub / allow_hub: true), or use the local protocol "
                 "(--squad-protocol local, split key squad_protocol: local), which splits dev-v1.1.json by article."
             },
         ),

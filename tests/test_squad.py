@@ -309,6 +309,15 @@ def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
         assert rec["data"]["protocol"] == "local" and rec["data"]["local_fractions"] == [0.6, 0.1, 0.3]
         assert rec["data"]["doc_stride"] == 32 and rec["data"]["max_answer_len"] == 20
     assert rec["quantize"]["dtype"] == "int8"
+    # distillation and a peer baseline on the QA checkpoint, through the CLI as the workflow calls them
+    assert main(["distill", "--parent", str(c / "ft"), "--ckpt", str(c / "di"), "--metrics", str(c / "di.json"),
+                 "--layers", "1", "--epochs", "1", "--batch-size", "16", "--no-progress", *common]) == 0
+    rec = json.loads((c / "di.json").read_text())
+    assert rec["distill"]["n_layers"] == 1 and rec["metric"]["name"] == "f1" and rec["metric"]["n_dev"] == 16
+    assert main(["baseline", "--method", "headprune", "--parent", str(c / "ft"), "--ckpt", str(c / "hp"),
+                 "--metrics", str(c / "hp.json"), "--n-heads", "2", "--no-progress", *common]) == 0
+    rec = json.loads((c / "hp.json").read_text())
+    assert rec["baseline"]["info"]["n_removed"] == 2 and rec["baseline"]["info"]["heads_after"] == 6
     # report: squad rows with F1 and EM
     written = report.render(tmp_path / "results", tmp_path / "figures", tmp_path / "results" / "summary.csv")
     assert written
