@@ -144,9 +144,9 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
         except Exception as exc:  # network errors come in many types; one clear message for all
             raise ConfigError(f"{path} is missing and the hub download failed ({type(exc).__name__}: {exc}).") from exc
     else:
-        note = task.missing_note.get(split, "")
-        raise ConfigError(f"missing data file {path}. " + (note or f"Copy the official {FILES[split]} there, or point "
-                                                                   "'data_dir' / AXFORMER_DATA at a folder that has it."))
+        note = task.missing_note.get(split) or (f"Copy the official {FILES[split]} there, or point 'data_dir' / "
+                                                "AXFORMER_DATA at a folder that has it.")
+        raise ConfigError(f"missing data file {path}. {note}")
     return datasets.Dataset.from_dict(cols, features=_features())
 
 
@@ -356,7 +356,8 @@ class QAView:
     def of(cls, ds) -> "QAView":
         missing = [c for c in WINDOW_COLUMNS if c not in ds.column_names]
         if missing:
-            raise ConfigError(f"a QA split lacks the window columns {missing}: tokenize it with axformer.squad.tokenize.")
+            raise ConfigError(f"a QA split lacks the window columns {missing}: tokenize it with "
+                              "axformer.squad.tokenize.")
         example_idx = np.asarray(list(ds["example_idx"]), dtype=np.int64)
         offsets = [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in ds["offset_mapping"]]
         labels = np.asarray(list(ds["labels"]), dtype=np.int64).reshape(-1, 2)

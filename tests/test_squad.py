@@ -238,7 +238,8 @@ def test_minilm_qa_head_offline_and_checkpoint_roundtrip(tmp_path):
     assert type(m1).__name__ == "BertForQuestionAnswering" and m1.base_model.pooler is None
     assert m1.qa_outputs.out_features == 2 and torch.equal(m1.qa_outputs.weight, m2.qa_outputs.weight)
     ref, _ = models.load_pretrained(models.EMBEDDED, get_task("sst2"))  # encoder weights are the pretrained ones
-    assert torch.equal(ref.base_model.embeddings.word_embeddings.weight, m1.base_model.embeddings.word_embeddings.weight)
+    emb = lambda m: m.base_model.embeddings.word_embeddings.weight  # noqa: E731
+    assert torch.equal(emb(ref), emb(m1))
     small, stok = models.load_pretrained(models.TINY, SQUAD)
     models.save_checkpoint(small, stok, tmp_path / "ck")
     back, _ = models.load_checkpoint(tmp_path / "ck")
