@@ -38,9 +38,9 @@ def with_args(add: Callable[[argparse.ArgumentParser], None]):
 
 # ---------------------------------------------------------------- shared argument groups
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli")
+    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli | squad")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="folder with glue/ (default: $AXFORMER_DATA)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and squad/ (default: $AXFORMER_DATA)")
     p.add_argument("--profile", default="adhoc", help="name of the config profile, recorded in metrics.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
     p.add_argument("--allow-hub", action="store_true", help="fetch missing GLUE files from the hub (needs internet)")
@@ -51,7 +51,23 @@ def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-max", type=int, default=2000, help="cap on search-split rows")
     p.add_argument("--train-max", type=int, default=None, help="subsample train' to this many rows (CPU budget)")
     p.add_argument("--dev-max", type=int, default=None, help="subsample dev (smoke runs only)")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokenizer length (default: the task's, 128 for GLUE, 384 for SQuAD windows)")
+    g = p.add_argument_group("SQuAD (task squad only; DESIGN §8)")
+    g.add_argument("--squad-protocol", default=None, choices=list(SQUAD_PROTOCOLS),
+                   help="standard: train-v1.1.json -> dev-v1.1.json (default); local: dev-v1.1.json split by article")
+    g.add_argument("--squad-fractions", nargs="+", default=None, metavar="F",
+                   help="local protocol: fine-tune,search,report fractions of the dev articles (default 0.6,0.1,0.3)")
+    g.add_argument("--doc-stride", type=int, default=None,
+                   help="context tokens shared by consecutive windows of a long context (default 128)")
+    g.add_argument("--max-answer-len", type=int, default=None, help="longest predicted answer in tokens (default 30)")
+
+
+SQUAD_PROTOCOLS = ("standard", "local")
+# Split arguments recorded in a fine-tuned checkpoint (axformer_step.json) so every later step rebuilds the
+# same splits; the QA ones only for QA tasks.
+SPLIT_KEYS = ("seed", "search_frac", "search_max", "train_max", "dev_max", "max_length", "data_dir", "allow_hub")
+QA_SPLIT_KEYS = ("squad_protocol", "squad_fractions", "doc_stride", "max_answer_len")
 
 
 def _nonneg(name: str, v: Any) -> None:
@@ -68,14 +84,46 @@ def _setup_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def resolve_task(args: argparse.Namespace):
+    """The task of ``args.task`` with its QA settings from the arguments; fills in the task's defaults for
+    ``max_length`` and (QA) the SQuAD arguments, so the values recorded are the values used."""
+    from axformer import squad
+    from axformer.tasks import get_task, with_qa_settings
+
+    task = get_task(args.task)
+    task = with_qa_settings(task, getattr(args, "doc_stride", None), getattr(args, "max_answer_len", None))
+    if getattr(args, "max_length", None) is None:
+        args.max_length = task.max_length
+    if task.is_qa:
+        args.squad_protocol = getattr(args, "squad_protocol", None) or "standard"
+        fr = getattr(args, "squad_fractions", None)
+        args.squad_fractions = list(squad.parse_fractions(fr)) if args.squad_protocol == "local" else None
+        args.doc_stride, args.max_answer_len = task.doc_stride, task.max_answer_len
+        squad.question_budget(args.max_length, task.doc_stride)  # refuse impossible windows before any work
+    return task
+
+
+def make_task_splits(task, args: argparse.Namespace):
+    """``data.make_splits`` from the split arguments (SQuAD: protocol and article fractions too)."""
+    from axformer import data
+
+    return data.make_splits(task, args.data_dir, args.seed, args.search_frac, args.search_max, args.train_max,
+                            args.dev_max, allow_hub=bool(getattr(args, "allow_hub", False)),
+                            protocol=getattr(args, "squad_protocol", None) or "standard",
+                            local_fractions=getattr(args, "squad_fractions", None))
+
+
+def split_record(task, args: argparse.Namespace) -> dict[str, Any]:
+    """The split arguments a checkpoint records (axformer_step.json)."""
+    return vars_subset(args, SPLIT_KEYS + (QA_SPLIT_KEYS if task.is_qa else ()))
+
+
 def load_task_data(args: argparse.Namespace, tokenizer):
     """Task, splits and tokenized splits, from the split arguments (shared by every step)."""
     from axformer import data
-    from axformer.tasks import get_task
 
-    task = get_task(args.task)
-    splits = data.make_splits(task, args.data_dir, args.seed, args.search_frac, args.search_max,
-                              args.train_max, args.dev_max, allow_hub=args.allow_hub)
+    task = resolve_task(args)
+    splits = make_task_splits(task, args)
     tok = {name: data.tokenize(getattr(splits, name), tokenizer, task, args.max_length)
            for name in ("train", "search", "dev")}
     return task, splits, tok
@@ -110,12 +158,11 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 @with_args(_finetune_args)
 def cmd_finetune(args: argparse.Namespace) -> None:
     from axformer import models, results, train
-    from axformer.tasks import get_task
 
     _nonneg("seed", args.seed)
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
-    task = get_task(args.task)
+    task = resolve_task(args)  # bad task / QA settings fail before the model loads
     model, tokenizer = models.load_pretrained(args.model, task, seed=args.seed)
     task, splits, tok = load_task_data(args, tokenizer)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -123,9 +170,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     log = train.train(model, tok["train"], tokenizer, task, cfg)
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
-    step_info = {"split": vars_subset(args, ("seed", "search_frac", "search_max", "train_max", "dev_max",
-                                             "max_length", "data_dir", "allow_hub")),
-                 "task": task.name, "model_spec": args.model, "variant": "finetune"}
+    step_info = {"split": split_record(task, args), "task": task.name, "model_spec": args.model,
+                 "variant": "finetune"}
     ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
     rec = results.new_record(task.name, args.model, "finetune", args.seed, args.profile)
     rec["metric"] = results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search))
@@ -207,15 +253,12 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     model, tokenizer = models.load_checkpoint(args.parent)
     task, splits, tok = load_task_data(split, tokenizer)
     if args.search_max is not None and args.search_max < len(splits.search):
-        # a stratified subset of the same search split: still never trained on, just cheaper per pass
-        import numpy as np
-
+        # a stratified subset of the same search split (SQuAD: questions with all their windows): still never
+        # trained on, just cheaper per pass
         if args.search_max < 1:
             raise ConfigError(f"--search-max must be >= 1 (got {args.search_max}).")
-        keep = data.stratified_pick(task, np.asarray(splits.search["label"]), args.search_max,
-                                    np.random.default_rng(split.seed))
-        splits.search, tok["search"] = splits.search.select(keep), tok["search"].select(keep)
-        splits.info["n_search_used"] = len(keep)
+        splits.search, tok["search"] = data.subsample(task, splits.search, tok["search"], args.search_max, split.seed)
+        splits.info["n_search_used"] = len(splits.search)
     res = prune.search(model, tok["search"], tokenizer, task, cfg)
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
@@ -244,7 +287,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- measure, majority, report
 def _measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli")
+    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli | squad")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="adhoc", help="name of the config profile, recorded in metrics.json")
     p.add_argument("--model", default=None, help="model spec recorded in metrics.json (default: the baseline's)")
@@ -287,7 +330,7 @@ def _serialized_bytes(model) -> int | None:
 def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from axformer import data, measure, models, results, train
+    from axformer import data, measure, models, results, squad, train
     from axformer.tasks import get_task
 
     _nonneg("seed", args.seed)
@@ -317,14 +360,17 @@ def cmd_measure(args: argparse.Namespace) -> None:
     else:
         variant.to(device)
 
-    splits = data.make_splits(task, split.data_dir, split.seed, split.search_frac, split.search_max, split.train_max,
-                              split.dev_max, allow_hub=bool(getattr(split, "allow_hub", False)))
+    task = resolve_task(split)  # the QA settings the baseline was fine-tuned with
+    splits = make_task_splits(task, split)
     dev = train.evaluate(variant, data.tokenize(splits.dev, vtok, task, split.max_length), vtok, task)
     search = train.evaluate(variant, data.tokenize(splits.search, vtok, task, split.max_length), vtok, task)
 
-    texts_b = list(splits.dev["text_b"]) if task.is_pair else None
+    if task.is_qa:  # question + context pairs, truncated into one window of the timing length
+        texts_a, texts_b = squad.measure_texts(splits.dev)
+    else:
+        texts_a, texts_b = list(splits.dev["text_a"]), (list(splits.dev["text_b"]) if task.is_pair else None)
     # int8 variants are never saved: their size on disk is what torch.save of the quantized weights takes
-    m = measure.measure_pair(baseline, variant, tokenizer, list(splits.dev["text_a"]), texts_b, cfg,
+    m = measure.measure_pair(baseline, variant, tokenizer, texts_a, texts_b, cfg,
                              variant_dir=None if quant_info else args.variant)
     if quant_info:
         m["size"]["bytes_on_disk"] = _serialized_bytes(variant)
@@ -369,6 +415,9 @@ def cmd_majority(args: argparse.Namespace) -> None:
     _nonneg("seed", args.seed)
     _check_writable(args.metrics)
     task = get_task(args.task)
+    if task.is_qa:
+        raise ConfigError(f"task {task.name}: span question answering has no majority-class / constant predictor "
+                          "row; leave `majority` out for it (the workflow skips it for QA tasks).")
     splits = data.make_splits(task, args.data_dir, args.seed, args.search_frac, args.search_max, args.train_max,
                               args.dev_max, allow_hub=args.allow_hub)
     train_labels = np.asarray(splits.train["label"])

@@ -2,6 +2,8 @@
 
 Data flow (DESIGN §2): GLUE train -> train' (fine-tuning) + search (every AxFormer decision), GLUE dev ->
 reported metric only. The data folder comes from the `data_dir` config key or `$AXFORMER_DATA`.
+SQuAD (task kind "qa") has its own reader, article-level splits and sliding-window tokenization in squad.py;
+the functions here dispatch to it so that every caller handles both kinds the same way.
 """
 
 from __future__ import annotations
@@ -117,8 +119,14 @@ def _from_hub(task: Task, split: str) -> dict[str, list[Any]]:
 
 
 def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None, allow_hub: bool = False):
-    """One split ("train" or "dev") of a task as a `datasets.Dataset` (text_a, text_b, label, idx)."""
+    """One split ("train" or "dev") of a task as a `datasets.Dataset` (text_a, text_b, label, idx; SQuAD:
+    one row per question, columns ``squad.EXAMPLE_COLUMNS``)."""
     import datasets
+
+    if task.is_qa:
+        from axformer import squad
+
+        return squad.load_split(task, split, data_dir, allow_hub)
 
     if split not in ("train", "dev"):
         raise ConfigError(f"unknown split {split!r}: use 'train' or 'dev'.")
@@ -193,13 +201,23 @@ def make_splits(
     train_max: int | None = None,
     dev_max: int | None = None,
     allow_hub: bool = False,
+    protocol: str = "standard",
+    local_fractions: Any = None,
 ) -> Splits:
     """Carve the seeded, stratified search split out of GLUE train; optionally subsample train' and dev.
 
     The search split is never trained on; ``search_max`` caps it because every candidate of the search
     is one pass over it. ``train_max`` subsamples train' for CPU budgets; ``dev_max`` exists only for
     smoke runs (the reported metric uses the full dev set by default). All sizes go into ``info``.
+
+    SQuAD: ``protocol`` ("standard" | "local") and ``local_fractions`` choose article-level splits
+    (squad.make_splits); the caps then count questions.
     """
+    if task.is_qa:
+        from axformer import squad
+
+        return squad.make_splits(task, data_dir, seed, protocol, local_fractions, search_frac, search_max,
+                                 train_max, dev_max, allow_hub)
     if not 0.0 < search_frac < 1.0:
         raise ConfigError(f"search_frac must be in (0, 1) (got {search_frac}).")
     for key, val in (("search_max", search_max), ("train_max", train_max), ("dev_max", dev_max)):
@@ -228,9 +246,17 @@ def make_splits(
 
 
 def tokenize(ds, tokenizer, task: Task, max_length: int = 128):
-    """Tokenize (no padding: batches are padded dynamically) and keep only model inputs + labels."""
+    """Tokenize (no padding: batches are padded dynamically) and keep only model inputs + labels.
+
+    SQuAD: question/context windows with [start, end] labels and the columns post-processing needs
+    (squad.tokenize).
+    """
     if max_length < 8:
         raise ConfigError(f"max_length must be >= 8 (got {max_length}).")
+    if task.is_qa:
+        from axformer import squad
+
+        return squad.tokenize(ds, tokenizer, task, max_length)
 
     def enc(batch):
         b = batch["text_b"] if task.is_pair else None
@@ -241,3 +267,16 @@ def tokenize(ds, tokenizer, task: Task, max_length: int = 128):
     keep = ["input_ids", "token_type_ids", "attention_mask", "labels"]
     tok = ds.map(enc, batched=True, remove_columns=ds.column_names, desc=None)
     return tok.remove_columns([c for c in tok.column_names if c not in keep])
+
+
+def subsample(task: Task, ds, tokenized, n: int, seed: int):
+    """A seeded subset of ``n`` rows of a split and the matching rows of its tokenized form: stratified on the
+    label for GLUE; for SQuAD ``n`` questions with all their windows."""
+    rng = np.random.default_rng(seed)
+    if task.is_qa:
+        from axformer import squad
+
+        keep = squad.pick_questions(len(ds), n, rng)
+        return ds.select(keep), tokenized.select(squad.windows_of(tokenized, keep))
+    keep = stratified_pick(task, np.asarray(ds["label"]), n, rng)
+    return ds.select(keep), tokenized.select(keep)

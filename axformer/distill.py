@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from axformer.tasks import Task
-from axformer.train import TrainConfig, _model_inputs, train
+from axformer.train import TrainConfig, _model_inputs, output_logits, train
 from axformer.utils import ConfigError
 
 STRATEGIES = ("every_other", "evenly", "first")
@@ -228,11 +228,27 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
         L = alpha * MSE(s, t) + (1 - alpha) * MSE(s, labels)
 
+    Span QA (logits (B, T, 2), labels (B, 2) start / end tokens): the same soft + hard mix applied to the start
+    distribution over positions and to the end distribution, summed (as the hard span loss sums start CE and
+    end CE)::
+
+        L = sum over {start, end} of [ alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y) ]
+
+    Padding positions carry ``train.NEG`` in both models' logits, so they get probability 0 on both sides.
     The teacher logits are treated as constants (detached).
     """
     s = student_logits.float()
     t = teacher_logits.detach().float().to(s.device)
     y = labels.to(s.device)
+    if s.dim() == 3:
+        from axformer.train import per_sample_loss
+
+        b, n, _ = s.shape
+        flat = lambda x: x.transpose(1, 2).reshape(b * 2, n)  # noqa: E731 — rows: start and end of each window
+        soft = F.kl_div(F.log_softmax(flat(s) / temperature, -1), F.log_softmax(flat(t) / temperature, -1),
+                        reduction="sum", log_target=True) / b
+        hard = per_sample_loss(s, y, False).mean()
+        return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
     if is_regression:
         s, t = s.view(-1), t.view(-1)
         return alpha * F.mse_loss(s, t) + (1.0 - alpha) * F.mse_loss(s, y.view(-1).float())
@@ -262,7 +278,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_ds, tokenizer, task: T
         if teacher.training:  # something switched it back: the teacher must stay deterministic
             teacher.eval()
         with torch.no_grad():
-            teacher_logits = teacher(**_model_inputs(batch, device)).logits
+            inputs = _model_inputs(batch, device)
+            teacher_logits = output_logits(teacher(**inputs), inputs)
         return kd_loss(student_logits, teacher_logits, batch["labels"], task.is_regression, temperature, alpha)
 
     log = train(student, train_ds, tokenizer, task, cfg, loss_fn=loss_fn)

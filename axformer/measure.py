@@ -595,7 +595,8 @@ def forward_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
       ``2 * 2 * B * H * T * T * head_dim`` with H = ``num_attention_heads`` and head_dim =
       ``attention_head_size`` read off that module (skipped attention contributes nothing);
     - Linears outside the encoder (pooler, classifier) run on one vector per example: ``2 * in * out * B``;
-      Linears inside the embeddings (none in BERT) would run per token.
+      Linears inside the embeddings (none in BERT) and a span-QA head (``qa_outputs``, start/end logit of every
+      token) run per token.
     Softmax, GELU, LayerNorm, bias adds and embedding lookups are not counted (they are O(B*T*hidden)).
     Hard (top-k) attention is not modelled: scores are still computed densely.
     """
@@ -605,7 +606,10 @@ def forward_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
     enc_ids = {id(m) for m in encoder.modules()}
     base = getattr(model, "base_model", model)
     emb = getattr(base, "embeddings", None)
-    emb_ids = {id(m) for m in emb.modules()} if isinstance(emb, nn.Module) else set()
+    per_token = {id(m) for m in emb.modules()} if isinstance(emb, nn.Module) else set()
+    qa = getattr(model, "qa_outputs", None)
+    if isinstance(qa, nn.Module):
+        per_token |= {id(m) for m in qa.modules()}
 
     flops = 0
     for layer in getattr(encoder, "layer", []):
@@ -626,7 +630,7 @@ def forward_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
         shape = _linear_shape(m)
         if shape is None:
             continue
-        rows = tokens if id(m) in emb_ids else B
+        rows = tokens if id(m) in per_token else B
         flops += 2 * shape[0] * shape[1] * rows
     return int(flops)
 

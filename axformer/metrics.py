@@ -1,10 +1,20 @@
-"""Official GLUE metrics, computed with scikit-learn / scipy (the `evaluate` hub metrics are offline-unsafe)."""
+"""Official GLUE metrics, computed with scikit-learn / scipy (the `evaluate` hub metrics are offline-unsafe),
+and the SQuAD v1.1 exact match / F1 with the official answer normalisation (our own implementation of the
+rules the official v1.1 evaluation script applies; fractions in [0, 1] like every other metric here, where the
+SQuAD leaderboard prints percentages).
+"""
 
 from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
 from axformer.tasks import Task
+from axformer.utils import ConfigError
 
 
 def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
@@ -46,15 +56,66 @@ def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
 
 METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
 
+# ----------------------------------------------------------------------------------------------- SQuAD v1.1
+_PUNCT = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
-def compute(task: Task, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The task's headline metric and its secondary ones, keyed by name."""
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 answer normalisation: lower case, drop ASCII punctuation, drop the articles a/an/the, collapse
+    whitespace — in that order (punctuation goes first, so "the-end" loses its hyphen and then its article)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def squad_exact(prediction: str, gold: str) -> float:
+    """1.0 if the normalised strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """Token-level F1 between the normalised answers (bag of whitespace tokens, multiplicity counted)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean over questions of the best exact match / F1 against any of its gold answers."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions but {len(golds)} questions")
+    if not len(golds):
+        raise ValueError("no questions to score")
+    em = f1_ = 0.0
+    for pred, refs in zip(predictions, golds):
+        if not len(refs):
+            raise ValueError("a SQuAD v1.1 question without gold answers")
+        em += max(squad_exact(pred, g) for g in refs)
+        f1_ += max(squad_f1(pred, g) for g in refs)
+    return {"f1": f1_ / len(golds), "exact_match": em / len(golds)}
+
+
+def compute(task: Task, preds, labels) -> dict[str, float]:
+    """The task's headline metric and its secondary ones, keyed by name.
+
+    QA: ``preds`` are answer strings, ``labels`` the list of gold answers of each question.
+    """
+    if task.is_qa:
+        scores = squad_scores(list(preds), list(labels))
+        return {n: scores[n] for n in (task.metric, *task.secondary)}
     names = (task.metric, *task.secondary)
     return {n: METRICS[n](np.asarray(preds), np.asarray(labels)) for n in names}
 
 
 def constant_baseline(task: Task, train_labels: np.ndarray, dev_labels: np.ndarray) -> dict[str, float]:
     """Metric of the majority class (classification) or the train mean (regression) on dev."""
+    if task.is_qa:
+        raise ConfigError(f"{task.name}: there is no constant predictor for span question answering; leave the "
+                          "majority row out for QA tasks.")
     train_labels = np.asarray(train_labels)
     if task.is_regression:
         preds = np.full(len(dev_labels), float(np.mean(train_labels)))

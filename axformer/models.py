@@ -58,6 +58,8 @@ def resolve_model_spec(spec: str) -> str:
 
 
 def _task_kwargs(task: Task) -> dict[str, Any]:
+    if task.is_qa:
+        return {"num_labels": 2}  # the span head: one start and one end logit per token
     return {
         "num_labels": task.num_labels,
         "problem_type": "regression" if task.is_regression else "single_label_classification",
@@ -65,20 +67,27 @@ def _task_kwargs(task: Task) -> dict[str, Any]:
 
 
 def load_pretrained(spec: str, task: Task, seed: int = 0):
-    """A pretrained encoder with a freshly initialised (seeded) head for ``task``, and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+    """A pretrained encoder with a freshly initialised (seeded) head for ``task``, and its tokenizer.
+
+    Span QA (SQuAD) gets ``AutoModelForQuestionAnswering``: a token-level start/end head (``qa_outputs``, new)
+    on the encoder and no pooler.
+    """
+    from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer,
+                              BertConfig)
 
     path = resolve_model_spec(spec)
-    torch.manual_seed(seed)  # the new classification head is the only random part
+    torch.manual_seed(seed)  # the new task head is the only random part
     if path == TINY:
-        from transformers import BertForSequenceClassification
+        from transformers import BertForQuestionAnswering, BertForSequenceClassification
 
         tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
         cfg = BertConfig(vocab_size=tok.vocab_size, **TINY_CONFIG, **_task_kwargs(task))
-        return BertForSequenceClassification(cfg).eval(), tok
+        cls = BertForQuestionAnswering if task.is_qa else BertForSequenceClassification
+        return cls(cfg).eval(), tok
+    auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **_task_kwargs(task))
+        model = auto.from_pretrained(path, **_task_kwargs(task))
     except OSError as exc:
         raise ConfigError(
             f"cannot load model {spec!r}: {exc}. Offline, use 'minilm' (the embedded model) or a local folder; "

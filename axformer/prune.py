@@ -19,6 +19,9 @@ fine-tuned model the paper's N = 0.5 accepts almost nothing (DESIGN §3 calibrat
 
 Cost: removing an element of layer i changes nothing below i, so the hidden states entering layer i are
 computed once per layer and every candidate runs only layers i..L-1 (plus pooler and head).
+
+Span QA (SQuAD): the head is the token-level ``qa_outputs`` (no pooler); a search sample is a question, its
+loss the span loss of its answer window (squad.question_losses) and the metric SQuAD F1 of the answer texts.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from torch import nn
 from axformer import elements, hard_attention
 from axformer import metrics as M
 from axformer.tasks import Task
-from axformer.train import make_loader, per_sample_loss
+from axformer.train import concat_logits, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 
 
@@ -74,11 +77,24 @@ class PruneConfig:
 
 
 # ----------------------------------------------------------------------------------------- cached evaluation
+@dataclass
+class _Span:
+    """Start / end logits shaped like a question-answering model output (for ``train.output_logits``)."""
+
+    start_logits: torch.Tensor
+    end_logits: torch.Tensor
+
+
 class CachedEvaluator:
     """Scores a model on the search split, re-running only layers i..L-1 from cached hidden states."""
 
     def __init__(self, model: nn.Module, search_ds, tokenizer, task: Task, batch_size: int = 128):
-        if not hasattr(model, "classifier") or getattr(model.base_model, "pooler", None) is None:
+        self.is_qa = task.is_qa
+        if self.is_qa:
+            if not hasattr(model, "qa_outputs"):
+                raise ConfigError(f"task {task.name} needs a question-answering BERT (qa_outputs head); this "
+                                  f"checkpoint is a {type(model).__name__}: fine-tune it with --task {task.name}.")
+        elif not hasattr(model, "classifier") or getattr(model.base_model, "pooler", None) is None:
             raise ConfigError("the AxFormer search needs a sequence-classification BERT (pooler + classifier).")
         self.model, self.task = model, task
         # Sort by length so each batch carries little padding: every candidate pass is cheaper.
@@ -87,13 +103,18 @@ class CachedEvaluator:
         ds = search_ds.select(order)
         self.batches = list(make_loader(ds, tokenizer, batch_size, shuffle=False))
         self.labels = torch.cat([b["labels"] for b in self.batches])
+        self.view = None
+        if self.is_qa:  # windows of one question may sit in different batches: regroup them per question
+            from axformer import squad
+
+            self.view = squad.QAView.of(ds)
         self.cache_layer: int | None = None
         self.cache: list[torch.Tensor] = []
         self.passes = 0
 
     @property
     def n(self) -> int:
-        return len(self.labels)
+        return len(self.labels) if self.view is None else len(self.view.questions)
 
     def _layers(self) -> nn.ModuleList:
         return self.model.base_model.encoder.layer
@@ -144,13 +165,25 @@ class CachedEvaluator:
             mask = self._mask(h, b["attention_mask"])
             for lay in self._layers()[layer:]:
                 h = lay(h, mask)
-            pooled = self.model.base_model.pooler(h)
-            out.append(self.model.classifier(self.model.dropout(pooled)).float())
-        return torch.cat(out)
+            out.append(self._head(h, b["attention_mask"]))
+        return concat_logits(out)
+
+    def _head(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The task head on the last hidden states, as the model's own forward applies it (eval mode)."""
+        if self.is_qa:
+            lg = self.model.qa_outputs(h).float()
+            return output_logits(_Span(lg[..., 0], lg[..., 1]), {"attention_mask": attention_mask})
+        pooled = self.model.base_model.pooler(h)
+        return self.model.classifier(self.model.dropout(pooled)).float()
 
     def score(self, layer: int | None = None) -> tuple[np.ndarray, float]:
-        """Per-sample losses (in search-split order of the sorted batches) and the task metric."""
+        """Per-sample losses (in search-split order of the sorted batches; QA: per question) and the task metric."""
         logits = self.logits(layer)
+        if self.is_qa:
+            from axformer import squad
+
+            losses, _answers, metrics = squad.score(logits, self.labels, self.view, self.task)
+            return losses, metrics[self.task.metric]
         losses = per_sample_loss(logits, self.labels, self.task.is_regression).numpy()
         preds = logits[:, 0].numpy() if self.task.is_regression else logits.argmax(-1).numpy()
         return losses, M.compute(self.task, preds, self.labels.numpy())[self.task.metric]

@@ -247,8 +247,10 @@ def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     (sample std, ddof=1; NaN for one seed), ``params_encoder_ratio`` and ``params_total_ratio`` (mean
     over seeds / mean of the same model's ``finetune``), ``speedup_b<B>`` (mean over seeds that measured
     it) for each batch size, ``size_mb`` (mean bytes on disk / 1e6). Rows: ``finetune`` first.
+    QA tasks (SQuAD) also get ``<secondary>_mean`` per secondary metric (exact_match next to F1).
     """
     sub = df[df["task"] == task] if "task" in df.columns else df.iloc[0:0]
+    extra = TASKS[task].secondary if task in TASKS and TASKS[task].is_qa else ()
     if sub.empty:
         raise ConfigError(f"no runs for task {task!r} in the results; tasks present: {sorted(df.get('task', pd.Series()).dropna().unique())}.")
     batches = _batch_sizes(sub, "speedup") or _batch_sizes(sub)
@@ -263,6 +265,7 @@ def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
             "n_seeds": int(g["seed"].nunique()),
             "metric_mean": dev.mean(),
             "metric_std": dev.std(ddof=1) if dev.notna().sum() > 1 else np.nan,
+            **{f"{name}_mean": _num(g, f"metric_secondary_{name}").mean() for name in extra},
             "_enc": _num(g, "size_params_encoder").mean(),
             "_tot": _num(g, "size_params_total").mean(),
         }
@@ -279,7 +282,8 @@ def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
         tot0 = ft["_tot"].iloc[0] if not ft.empty else np.nan
         table.loc[idx, "params_encoder_ratio"] = table.loc[idx, "_enc"] / enc0 if enc0 else np.nan
         table.loc[idx, "params_total_ratio"] = table.loc[idx, "_tot"] / tot0 if tot0 else np.nan
-    cols = ["model", "variant", "metric", "n_seeds", "metric_mean", "metric_std", "params_encoder_ratio",
+    cols = ["model", "variant", "metric", "n_seeds", "metric_mean", "metric_std",
+            *[f"{name}_mean" for name in extra], "params_encoder_ratio",
             "params_total_ratio", *[f"speedup_b{b}" for b in batches], "size_mb"]
     table = table[cols]
     order = sorted(range(len(table)), key=lambda i: (str(table["model"].iloc[i]), variant_sort_key(str(table["variant"].iloc[i]))))
@@ -312,6 +316,10 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     out["Variant"] = table["variant"].astype(str)
     out["Seeds"] = table["n_seeds"].astype(int).astype(str)
     out[f"Dev {metric}"] = [_fmt_mean_std(m, s) for m, s in zip(table["metric_mean"], table["metric_std"])]
+    for col in table.columns:  # secondary metrics a table carries (SQuAD: exact_match)
+        m = re.fullmatch(r"(.+)_mean", col)
+        if m and col != "metric_mean":
+            out[f"Dev {m.group(1)}"] = table[col].map(lambda v: _fmt(v))
     out["Encoder params (×FT)"] = table["params_encoder_ratio"].map(lambda v: _fmt(v, 2))
     out["Total params (×FT)"] = table["params_total_ratio"].map(lambda v: _fmt(v, 2))
     for col in table.columns:

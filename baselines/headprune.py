@@ -2,7 +2,7 @@
 
 Importance of head h: ``I_h = sum_x |dL(x)/dg_h|`` over the search split, where ``g_h`` is a gate (= 1) that
 multiplies the head's context output and ``L(x)`` is the task loss of sample x (Michel et al., Eq. 2 — an
-expectation; we sum, which ranks identically). Scores are normalised per layer by their L2 norm, as Michel et
+expectation; we sum, which ranks identically; for SQuAD x is a window and L its span loss, start CE + end CE). Scores are normalised per layer by their L2 norm, as Michel et
 al. do, and the globally least important heads are removed **structurally** (``elements.remove_heads``), with
 no re-training (their §4 setting). Weights stay frozen; gradients reach only the gates.
 
@@ -27,7 +27,7 @@ from torch import nn
 
 from axformer import elements
 from axformer.tasks import Task
-from axformer.train import _model_inputs, make_loader, per_sample_loss
+from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._match import resolve_target
@@ -78,7 +78,8 @@ def head_importance(model: nn.Module, ds, tokenizer, task: Task, batch_size: int
         with torch.enable_grad():
             for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
                 gates.clear()
-                logits = model(**_model_inputs(batch, device)).logits
+                inputs = _model_inputs(batch, device)
+                logits = output_logits(model(**inputs), inputs)  # span QA: (B, T, 2) start / end logits
                 loss = per_sample_loss(logits, batch["labels"].to(device), task.is_regression).sum()
                 order = sorted(gates)
                 grads = torch.autograd.grad(loss, [gates[i] for i in order], allow_unused=True)

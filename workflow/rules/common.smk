@@ -59,6 +59,19 @@ COMMANDS = {
 }
 
 
+QA_SPLIT_KEYS = ("squad_protocol", "squad_fractions", "doc_stride", "max_answer_len")
+
+
+def _check_qa_task(task, data_dir):
+    """SQuAD: the standard protocol needs train-v1.1.json (or the hub); the local protocol splits dev by article."""
+    protocol = {**config["split"], **config["split_per_task"].get(task, {})}.get("squad_protocol", "standard")
+    train_file = os.path.join(data_dir, "squad", "train-v1.1.json")
+    if protocol == "standard" and not config["allow_hub"] and not os.path.isfile(train_file):
+        _config_error(f"split_per_task.{task}.squad_protocol",
+                      f"protocol 'standard' needs {train_file} (SQuAD v1.1 train, not in the offline data folder); "
+                      "set squad_protocol: local (dev-v1.1.json split by article), add the file, or set allow_hub: true.")
+
+
 def _check_config():
     """Cross-key checks the schema cannot express; each error names the key and a valid value."""
     if config.get("data_dir") is None:
@@ -71,8 +84,14 @@ def _check_config():
     config["data_dir"] = data_dir
 
     for task in config["tasks"]:
-        if "train" not in TASKS[task].splits and not config["allow_hub"]:
+        if TASKS[task].is_qa:
+            _check_qa_task(task, data_dir)
+        elif "train" not in TASKS[task].splits and not config["allow_hub"]:
             _config_error("tasks", f"task {task!r} has no train file offline; drop it or set allow_hub: true.")
+    for task, keys in config["split_per_task"].items():
+        qa_only = sorted(set(keys) & set(QA_SPLIT_KEYS))
+        if qa_only and not TASKS[task].is_qa:
+            _config_error(f"split_per_task.{task}.{qa_only[0]}", "a SQuAD-only key; set it under split_per_task.squad.")
 
     names = [model_name(m) for m in config["models"]]
     if len(set(names)) != len(names):
@@ -310,9 +329,9 @@ def run_targets(variants=None):
                     out.append(METRICS.format(**wc))
                     if has_decisions(variant):
                         out.append(DECISIONS.format(**wc))
-    if config["majority"]:
+    if config["majority"]:  # span QA has no constant predictor
         out += [METRICS.format(task=t, model=m, variant="majority", seed=s)
-                for t in TASK_NAMES for m in MODEL_SPECS for s in SEEDS]
+                for t in TASK_NAMES if not TASKS[t].is_qa for m in MODEL_SPECS for s in SEEDS]
     return out
 
 
