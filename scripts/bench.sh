@@ -12,7 +12,7 @@ tier() {
     1) targets finetune finetune+axformer finetune+int8 finetune+axformer+int8 majority ;;
     2) targets finetune+axformer_paper finetune+hardattn_half finetune+prune finetune+hardattn finetune+blocks ;;
     3) targets finetune+distill finetune+distill+axformer finetune+distill+axformer+int8 ;;
-    4) targets finetune+headprune finetune+layerdrop ;;
+    4) targets finetune+headprune finetune+layerdrop finetune+headprune_heads ;;
     5) echo results/bench/summary.csv ;;
     6) targets finetune+distill+int8 ;;
   esac
