@@ -149,9 +149,36 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--select", default="none", choices=SELECT_CHOICES,
+                   help="keep the epoch with the best search-split headline metric ('metric') or mean loss "
+                        "('loss') instead of the last one (scored after every epoch; dev is never used)")
     p.add_argument("--ckpt", required=True, help="output checkpoint folder")
     p.add_argument("--metrics", required=True, help="output metrics.json")
     p.add_argument("--no-progress", action="store_true")
+
+
+SELECT_CHOICES = ("none", "metric", "loss")
+
+
+def search_selector(kind: str, model_ds, tokenizer, task):
+    """The ``train(select=...)`` scorer for ``--select`` on the search split (higher is better); None for
+    'none'. 'metric' breaks ties between epochs of equal metric (accuracy on a few hundred rows ties often)
+    by the lower mean loss."""
+    from axformer import train
+
+    if kind == "none":
+        return None
+    if kind not in SELECT_CHOICES:
+        raise ConfigError(f"--select must be one of {', '.join(SELECT_CHOICES)} (got {kind!r}).")
+
+    def score(model) -> float:
+        res = train.evaluate(model, model_ds, tokenizer, task)
+        if kind == "loss":
+            return -res.mean_loss
+        # the loss term is <= 1e-6: it only orders epochs whose metric is equal
+        return float(res.metrics[task.metric]) - 1e-9 * min(res.mean_loss, 1e3)
+
+    return score
 
 
 @step("finetune", "fine-tune a pretrained encoder on train' (the baseline)")
@@ -167,7 +194,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     task, splits, tok = load_task_data(args, tokenizer)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             progress=not args.no_progress)
-    log = train.train(model, tok["train"], tokenizer, task, cfg)
+    select = search_selector(args.select, tok["search"], tokenizer, task)
+    log = train.train(model, tok["train"], tokenizer, task, cfg, select=select)
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
     step_info = {"split": split_record(task, args), "task": task.name, "model_spec": args.model,
@@ -179,6 +207,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     rec["size"] = results.size_block(model, ckpt)
     rec["data"] = splits.info
     rec["train"] = {k: v for k, v in log.items() if k != "loss_curve"}
+    rec["train"]["select"] = args.select
     rec["train"]["loss_first"] = log["loss_curve"][0]
     rec["train"]["loss_last20_mean"] = sum(log["loss_curve"][-20:]) / len(log["loss_curve"][-20:])
     results.write(args.metrics, rec)

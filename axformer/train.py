@@ -123,6 +123,8 @@ def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
 
 
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+# Scores a model after an epoch for checkpoint selection: (score, higher is better) - see `train(select=...)`.
+SelectFn = Callable[[torch.nn.Module], float]
 
 
 def train(
@@ -132,11 +134,16 @@ def train(
     task: Task,
     cfg: TrainConfig,
     loss_fn: LossFn | None = None,
+    select: SelectFn | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with AdamW + linear schedule; returns the loss curve and wall time.
 
     ``loss_fn(logits, batch)`` replaces the task loss (distillation passes a KD loss that closes over
     the teacher); by default the mean of ``per_sample_loss``.
+
+    ``select(model)`` (higher is better), when given, scores the model after every epoch and at the end; the
+    model is left with the weights of the best-scoring epoch (the first on ties). Small, noisy tasks (RTE)
+    need more epochs than a fixed budget can guess; the caller scores on the *search* split, never on dev.
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -161,10 +168,24 @@ def train(
 
     curve: list[float] = []
     step = 0
+    scores: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+
+    def checkpoint_score() -> None:
+        nonlocal best
+        score = float(select(model))
+        model.train()
+        scores.append({"step": step, "epoch": round(step / len(loader), 4), "score": score})
+        if best is None or score > best[0]:
+            # a copy, not a reference: the optimiser keeps updating the live tensors
+            best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=total_steps, desc="train", disable=not cfg.progress, mininterval=2.0)
     while step < total_steps:
+        if select is not None and step > 0:
+            checkpoint_score()  # end of a full epoch
         for batch in loader:
             inputs = _model_inputs(batch, device)
             logits = output_logits(model(**inputs), inputs)
@@ -181,9 +202,17 @@ def train(
             if step >= total_steps:
                 break
     bar.close()
+    log: dict[str, Any] = {}
+    if select is not None:
+        checkpoint_score()  # the end of training (a fractional last epoch included)
+        assert best is not None
+        model.load_state_dict(best[1])
+        chosen = max(range(len(scores)), key=lambda i: (scores[i]["score"], -i))
+        log = {"select_scores": scores, "selected_step": scores[chosen]["step"],
+               "selected_epoch": scores[chosen]["epoch"]}
     model.eval()
     return {"loss_curve": curve, "steps": step, "wall_s": time.perf_counter() - t0, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, **log}
 
 
 @torch.inference_mode()

@@ -65,3 +65,37 @@ def test_bad_train_config():
 
     with pytest.raises(ConfigError, match="train.lr"):
         train.TrainConfig(lr=0).validate()
+
+
+def test_select_keeps_the_best_scoring_epoch(data_dir):
+    """train(select=...) scores after every epoch and restores the best epoch's weights, not the last."""
+    task, model, tok, ds = _tiny("sst2", data_dir, n=16)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    wanted = [0.1, 0.9, 0.3, 0.2]  # epoch 2 of 4 is the best
+
+    def score(m):
+        snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return wanted[len(snapshots) - 1]
+
+    log = train.train(model, ds, tok, task, train.TrainConfig(epochs=4, batch_size=8, lr=1e-3, progress=False),
+                      select=score)
+    assert [s["score"] for s in log["select_scores"]] == wanted
+    assert log["selected_epoch"] == 2.0 and log["selected_step"] == 4
+    final = model.state_dict()
+    for k, v in snapshots[1].items():
+        assert torch.equal(final[k], v), k
+    assert not all(torch.equal(final[k], v) for k, v in snapshots[-1].items())  # not the last epoch
+
+
+def test_select_on_search_metric_from_cli_scorer(data_dir):
+    """The CLI's scorer is the search-split headline metric; 'none' means no selection."""
+    from axformer.cli import search_selector
+    from axformer.utils import ConfigError
+
+    task, model, tok, ds = _tiny("sst2", data_dir, n=24)
+    assert search_selector("none", ds, tok, task) is None
+    res = train.evaluate(model, ds, tok, task)
+    assert search_selector("metric", ds, tok, task)(model) == pytest.approx(res.metrics["accuracy"], abs=1e-5)
+    assert search_selector("loss", ds, tok, task)(model) == pytest.approx(-res.mean_loss)
+    with pytest.raises(ConfigError, match="--select"):
+        search_selector("dev", ds, tok, task)
