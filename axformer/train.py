@@ -123,7 +123,7 @@ def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
 
 
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
-# Scores a model after an epoch for checkpoint selection: (score, higher is better) - see `train(select=...)`.
+# Scores a model after an epoch for checkpoint selection (higher is better): see `train(select=...)`.
 SelectFn = Callable[[torch.nn.Module], float]
 
 
