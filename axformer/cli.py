@@ -196,6 +196,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                             progress=not args.no_progress)
     select = search_selector(args.select, tok["search"], tokenizer, task)
     log = train.train(model, tok["train"], tokenizer, task, cfg, select=select)
+    if select is not None:
+        curve = ", ".join(f"{s['epoch']:g}: {s['score']:.4f}" for s in log["select_scores"])
+        print(f"search-split {args.select} per epoch ({curve}) -> kept epoch {log['selected_epoch']:g}")
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
     step_info = {"split": split_record(task, args), "task": task.name, "model_spec": args.model,

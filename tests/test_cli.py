@@ -94,6 +94,23 @@ def test_tiny_finetune_end_to_end_schema(tmp_path, data_dir):
     assert m.config.num_labels == 2
 
 
+def test_finetune_select_records_epochs_and_keeps_the_best(tmp_path, data_dir, capsys):
+    """--select metric: one search-split score per epoch in metrics.json, and the kept epoch is the best one."""
+    assert main(_ft(tmp_path, "--data-dir", str(data_dir), "--epochs", "3", "--lr", "1e-3",
+                    "--select", "metric")) == 0
+    rec = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    scores = rec["train"]["select_scores"]
+    assert [s["epoch"] for s in scores] == [1.0, 2.0, 3.0] and rec["train"]["select"] == "metric"
+    best = max(range(3), key=lambda i: (scores[i]["score"], -i))
+    assert rec["train"]["selected_epoch"] == scores[best]["epoch"]
+    # the saved model is the kept epoch's: its search metric is that epoch's score (minus the tie-break term)
+    assert rec["metric"]["search"] == pytest.approx(scores[best]["score"], abs=1e-5)
+    assert "kept epoch" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # argparse refuses a value outside the choices, naming them
+        main(_ft(tmp_path, "--data-dir", str(data_dir), "--select", "dev"))
+    assert exc.value.code == 2 and "invalid choice: 'dev'" in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_real_minilm_few_rows(tmp_path, data_dir):
     """The embedded MiniLM, offline, on a few dozen real SST-2 rows."""
