@@ -227,11 +227,15 @@ def make_splits(
     dev = load_split(task, "dev", data_dir, allow_hub)
     rng = np.random.default_rng(seed)
     labels = np.asarray(full["label"])
+    texts_a, texts_b = list(full["text_a"]), list(full["text_b"])
     n_search = int(round(search_frac * len(full)))
     if search_max is not None:
         n_search = min(n_search, search_max)
-    search_idx = stratified_pick(task, labels, n_search, rng)
+    # A phrase corpus (SST-2) draws the search split from whole sentences only, so that it looks like dev.
+    pool = whole_sentence_rows(texts_a) if task.phrase_corpus else np.arange(len(full))
+    search_idx = pool[stratified_pick(task, labels[pool], min(n_search, len(pool)), rng)]
     rest = np.setdiff1d(np.arange(len(full)), search_idx)
+    rest, dropped = _drop_search_overlap(task, texts_a, texts_b, search_idx, rest)
     if train_max is not None and train_max < len(rest):
         sub = stratified_pick(task, labels[rest], train_max, rng)
         rest = rest[sub]
@@ -240,9 +244,89 @@ def make_splits(
     info = {
         "n_train_full": len(full), "n_train": int(len(rest)), "n_search": int(len(search_idx)), "n_dev": len(dev),
         "search_frac": search_frac, "search_max": search_max, "train_max": train_max, "dev_max": dev_max,
-        "split_seed": seed,
+        "split_seed": seed, "search_pool": "whole_sentences" if task.phrase_corpus else "all",
+        "n_search_pool": int(len(pool)), **dropped,
+        "words_mean": {"train": _words_mean(texts_a, texts_b, rest), "search": _words_mean(texts_a, texts_b, search_idx),
+                       "dev": _words_mean(list(dev["text_a"]), list(dev["text_b"]), np.arange(len(dev)))},
     }
     return Splits(train=full.select(rest), search=full.select(search_idx), dev=dev, info=info)
+
+
+def _words(text: str | None) -> list[str]:
+    return text.split() if text else []
+
+
+def _words_mean(texts_a: list[str], texts_b: list[str | None], idx: np.ndarray) -> float:
+    """Mean whitespace-word count of rows ``idx`` (both segments): a model-free length statistic for the record."""
+    if len(idx) == 0:
+        return 0.0
+    return float(np.mean([len(_words(texts_a[i])) + len(_words(texts_b[i])) for i in idx]))
+
+
+def _spans(words: list[str]) -> set[str]:
+    """Every proper contiguous word span of a sentence, space-joined (a sentence of L words has L(L+1)/2 - 1)."""
+    n = len(words)
+    return {" ".join(words[i:j]) for i in range(n) for j in range(i + 1, n + 1) if j - i < n}
+
+
+def whole_sentence_rows(texts: list[str]) -> np.ndarray:
+    """Indices of the rows that are not a (word-aligned) proper sub-phrase of another row.
+
+    GLUE SST-2 train holds every sentence and the parsed phrases cut from it; a search split drawn from all rows
+    would be mostly short phrases (unlike dev) and 30 % of it would be phrases of train' sentences. Rows are
+    compared after whitespace normalisation; identical rows are all kept (exact duplicates are handled by
+    :func:`_drop_search_overlap`)."""
+    norm = [" ".join(_words(t)) for t in texts]
+    present = set(norm)
+    phrase: set[str] = set()
+    # A row can only contain rows shorter than itself: visit long rows first and skip sentences already known
+    # to be phrases, whose own sub-phrases are sub-phrases of the longer row as well.
+    for i in sorted(range(len(norm)), key=lambda r: -len(norm[r])):
+        if norm[i] in phrase:
+            continue
+        phrase.update(s for s in _spans(norm[i].split()) if s in present)
+    return np.asarray([i for i, t in enumerate(norm) if t not in phrase], dtype=np.int64)
+
+
+def _drop_search_overlap(task: Task, texts_a: list[str], texts_b: list[str | None], search_idx: np.ndarray,
+                         rest: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """train' without the rows that would leak search-split text into fine-tuning.
+
+    Every task: exact duplicates of a search row. Phrase corpora (SST-2) also: every train' row that is a
+    word-aligned phrase of a search sentence, and every train' row that contains a search sentence as a
+    substring (so no search text is seen in training, in either direction)."""
+    key = [(" ".join(_words(a)), " ".join(_words(b))) for a, b in zip(texts_a, texts_b)]
+    search_keys = {key[i] for i in search_idx}
+    keep = np.asarray([key[i] not in search_keys for i in rest], dtype=bool)
+    n_dup = int((~keep).sum())
+    n_phrase = 0
+    if task.phrase_corpus:
+        search_text = [key[i][0] for i in search_idx]
+        phrases: set[str] = set()
+        for t in search_text:
+            phrases.update(_spans(t.split()))
+        contains = _rows_containing(search_text, [key[i][0] for i in rest])
+        for j, i in enumerate(rest):
+            if keep[j] and (key[i][0] in phrases or j in contains):
+                keep[j] = False
+                n_phrase += 1
+    return rest[keep], {"n_train_dropped_duplicates": n_dup, "n_train_dropped_phrases": n_phrase}
+
+
+def _rows_containing(needles: list[str], rows: list[str]) -> set[int]:
+    """Positions of ``rows`` that contain any of ``needles`` as a character substring."""
+    # One newline-joined haystack and str.find per needle: fast C search instead of len(needles) x len(rows) tests.
+    hay = "\n".join(rows)
+    starts = np.cumsum([0] + [len(r) + 1 for r in rows])
+    hits: set[int] = set()
+    for s in set(needles):
+        if not s:
+            continue
+        pos = hay.find(s)
+        while pos != -1:
+            hits.add(int(np.searchsorted(starts, pos, side="right") - 1))
+            pos = hay.find(s, pos + 1)
+    return hits
 
 
 def tokenize(ds, tokenizer, task: Task, max_length: int = 128):

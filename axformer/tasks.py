@@ -32,6 +32,9 @@ class Task:
     missing_note: dict[str, str] = field(default_factory=dict)
     kind: str = "glue"  # "glue" (TSV, one label per row) | "qa" (SQuAD JSON, answer spans)
     max_length: int = 128  # default tokenizer length (--max-length); QA windows are longer
+    # train holds phrases cut from its own sentences (SST-2): the search split is drawn from whole sentences only
+    # and every train' phrase of a search sentence is dropped (data.make_splits, DESIGN §2)
+    phrase_corpus: bool = False
     # QA only (see axformer/squad.py): context tokens shared by consecutive windows (the tokenizer's
     # `stride`), longest answer in tokens and candidates per window end kept by the post-processing.
     doc_stride: int = 128
@@ -63,7 +66,8 @@ _NLI = {"not_entailment": 0, "entailment": 1}
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("sst2", "SST-2", True, 2, "sentence", None, "label", _BIN, "accuracy", hub_name="sst2"),
+        Task("sst2", "SST-2", True, 2, "sentence", None, "label", _BIN, "accuracy", hub_name="sst2",
+             phrase_corpus=True),
         Task("mrpc", "MRPC", True, 5, "#1 String", "#2 String", "Quality", _BIN, "f1", ("accuracy",), hub_name="mrpc"),
         # CoLA ships without a header: source, label, original annotation, sentence.
         Task("cola", "CoLA", False, 4, 3, None, 1, _BIN, "mcc", ("accuracy",), hub_name="cola"),

@@ -128,3 +128,38 @@ def test_tokenize_keeps_pairs_and_labels(data_dir, tokenizer):
     assert max(len(x) for x in tok["input_ids"]) <= 32
     assert any(1 in tt for tt in tok["token_type_ids"])  # second segment present
     assert tok["labels"] == ds["label"]
+
+
+# ---------------------------------------------------------------- search split like dev (DESIGN §2)
+def test_whole_sentence_rows_excludes_word_aligned_phrases():
+    texts = ["a very good film", "very good", "good", "a bad film", "film", "filmmaker", "a very good film"]
+    # "very good", "good" and "film" are phrases of longer rows; "filmmaker" contains "film" but is no phrase of
+    # another row; the duplicated full sentence stays (duplicates are handled when train' is built)
+    assert data.whole_sentence_rows(texts).tolist() == [0, 3, 5, 6]
+
+
+def test_sst2_search_split_is_whole_sentences_absent_from_train(data_dir):
+    sp = data.make_splits(get_task("sst2"), data_dir, seed=0, search_frac=0.15, search_max=500, train_max=None)
+    train = list(sp.train["text_a"])
+    search = [t.strip() for t in sp.search["text_a"]]
+    hay = "\n".join(train)
+    # no search text is a substring of any train' row, and no train' row is a word-aligned phrase of a search row
+    assert not [s for s in search if s in hay]
+    phrases = set()
+    for s in search:
+        w = s.split()
+        phrases.update(" ".join(w[i:j]) for i in range(len(w)) for j in range(i + 1, len(w) + 1))
+    assert not [t for t in train if " ".join(t.split()) in phrases]
+    info = sp.info
+    assert info["search_pool"] == "whole_sentences" and info["n_train_dropped_phrases"] > 0
+    # the point of it: search rows now as long as dev rows (phrases averaged half of dev's length)
+    assert abs(info["words_mean"]["search"] - info["words_mean"]["dev"]) < 0.15 * info["words_mean"]["dev"]
+    assert info["n_train"] + info["n_search"] + info["n_train_dropped_phrases"] + \
+        info["n_train_dropped_duplicates"] == info["n_train_full"]
+
+
+def test_exact_duplicates_of_search_rows_leave_train(data_dir):
+    sp = data.make_splits(get_task("stsb"), data_dir, seed=0, search_frac=0.15, search_max=2000)
+    keys = {(a, b) for a, b in zip(sp.search["text_a"], sp.search["text_b"])}
+    assert not [1 for a, b in zip(sp.train["text_a"], sp.train["text_b"]) if (a, b) in keys]
+    assert sp.info["n_train_dropped_duplicates"] > 0 and sp.info["search_pool"] == "all"
