@@ -46,7 +46,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "compression": ("#009E73", "#7BC8A4", "#00664A", "#3DB38C"),
     "reference": ("#000000", "#777777"),
 }
-FIG_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "H", "8")
+# finetune (the origin of every panel) is a black circle; the others cycle through these, so up to 18 variants
+# of a figure get distinct markers
+FIG_MARKERS = ("s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "H", "8",
+               "$\\clubsuit$", "$\\spadesuit$", "$\\heartsuit$", "$\\diamondsuit$")
 
 
 def kind_of(variant: str, rows: pd.DataFrame) -> str:
@@ -182,11 +185,13 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
             if err:
                 reasons.append(err)
                 log.warning("verdicts %s/%s/%s seed %s: %s", task, model, variant, s, err)
-            elif abs(boot.estimate - points[-1]) > 1e-4:
-                msg = (f"verdicts: {task}/{variant} seed {s}: predictions.npz gives Δ {boot.estimate:.4f}, "
-                       f"metrics.json {points[-1]:.4f}; the files are from different runs?")
-                log.warning(msg)
-                notes.append(msg)
+            elif not abs(boot.estimate - points[-1]) <= 1e-4:  # NaN in metrics.json fails this too
+                err = (f"predictions.npz gives Δ {boot.estimate:.4f} but metrics.json {points[-1]:.4f} "
+                       f"({v_row['run_dir']}): files of different runs? re-run its measure job")
+                log.warning("verdicts %s/%s/%s seed %s: %s", task, model, variant, s, err)
+                notes.append(f"verdicts: {task}/{variant} seed {s}: {err}")
+                reasons.append(err)
+                boot = None
         boots.append(None if boot is None else boot.samples)
         for b in batches:
             sp = _speedup(v_row, b)
@@ -252,11 +257,13 @@ def _style(vt: pd.DataFrame) -> dict[str, tuple[str, str]]:
     styles, used = {}, {k: 0 for k in KINDS}
     variants = sorted(vt["variant"].unique(), key=lambda v: R.variant_sort_key(str(v)))
     kinds = vt.drop_duplicates("variant").set_index("variant")["kind"]
-    for i, v in enumerate(variants):
+    others = [v for v in variants if v != "finetune"]
+    for v in variants:
         k = kinds.get(v, "compression")
         fam = FAMILIES.get(k, FAMILIES["compression"])
-        styles[v] = (fam[used[k] % len(fam)], FIG_MARKERS[i % len(FIG_MARKERS)])
-        used[k] += 1
+        marker = "o" if v == "finetune" else FIG_MARKERS[others.index(v) % len(FIG_MARKERS)]
+        styles[v] = ("#000000" if v == "finetune" else fam[used[k] % len(fam)], marker)
+        used[k] += v != "finetune"
     return styles
 
 
@@ -287,7 +294,7 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
                 yerr = None if S._nan(yl) else [[max(y - yl, 0)], [max(yh - y, 0)]]
                 colour, marker = styles[r["variant"]]
                 ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, color=colour, ms=6, elinewidth=0.9,
-                            mec="white" if marker not in ("*", "X", "P") else colour, mew=0.5, zorder=3)
+                            mec="white" if marker in ("o", "s", "^", "D", "v", "h", "<", ">", "p", "d", "H", "8") else colour, mew=0.5, zorder=3)
             ax.axhline(0.0, color="0.3", lw=0.8, ls=":", zorder=1)
             ax.axvline(1.0, color="0.3", lw=0.8, ls=":", zorder=1)
             metric = g["metric"].iloc[0]
