@@ -46,9 +46,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "compression": ("#009E73", "#7BC8A4", "#00664A", "#3DB38C"),
     "reference": ("#000000", "#777777"),
 }
-# finetune (the origin of every panel) is a black circle; the others cycle through these, so up to 18 variants
-# of a figure get distinct markers
-FIG_MARKERS = ("s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "H", "8",
+# finetune (the origin of every panel) is a black circle; the others cycle through these (none of them
+# round), so up to 17 variants of a figure get distinct markers
+FIG_MARKERS = ("s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d",
                "$\\clubsuit$", "$\\spadesuit$", "$\\heartsuit$", "$\\diamondsuit$")
 
 
@@ -294,7 +294,7 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
                 yerr = None if S._nan(yl) else [[max(y - yl, 0)], [max(yh - y, 0)]]
                 colour, marker = styles[r["variant"]]
                 ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, color=colour, ms=6, elinewidth=0.9,
-                            mec="white" if marker in ("o", "s", "^", "D", "v", "h", "<", ">", "p", "d", "H", "8") else colour, mew=0.5, zorder=3)
+                            mec="white" if marker in ("o", "s", "^", "D", "v", "h", "<", ">", "p", "d") else colour, mew=0.5, zorder=3)
             ax.axhline(0.0, color="0.3", lw=0.8, ls=":", zorder=1)
             ax.axvline(1.0, color="0.3", lw=0.8, ls=":", zorder=1)
             metric = g["metric"].iloc[0]
