@@ -366,7 +366,8 @@ def cmd_measure(args: argparse.Namespace) -> None:
     from axformer.tasks import get_task
 
     _nonneg("seed", args.seed)
-    _check_writable(args.metrics)
+    predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
+    _check_writable(args.metrics, str(predictions))
     _setup_threads(args.threads)
     knobs = ("batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads")
     given = {k: getattr(args, k) for k in knobs if getattr(args, k) is not None}
@@ -424,6 +425,9 @@ def cmd_measure(args: argparse.Namespace) -> None:
     if quant_info is not None:
         rec["quantize"] = quant_info
     results.write(args.metrics, rec)
+    from axformer import stats
+
+    stats.write_dev_predictions(predictions, task, splits.dev, dev, m["iter_ms"])
     lat = rec["latency"][0]
     print(f"{task.name} {args.variant_name} seed {args.seed}: dev {task.metric} = {rec['metric']['dev']:.4f}, "
           f"p50 {lat['p50_ms']:.2f} ms at batch {lat['batch_size']} (speedup {lat['speedup']:.2f}x) -> {args.metrics}")
@@ -445,7 +449,8 @@ def cmd_majority(args: argparse.Namespace) -> None:
     from axformer.tasks import get_task
 
     _nonneg("seed", args.seed)
-    _check_writable(args.metrics)
+    predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
+    _check_writable(args.metrics, str(predictions))
     task = get_task(args.task)
     if task.is_qa:
         raise ConfigError(f"task {task.name}: span question answering has no majority-class / constant predictor "
@@ -468,6 +473,11 @@ def cmd_majority(args: argparse.Namespace) -> None:
     rec["predictor"] = predictor
     rec["data"] = splits.info
     results.write(args.metrics, rec)
+    from axformer import stats
+
+    dev_labels = np.asarray(splits.dev["label"])
+    stats.write_predictions(predictions, task, splits.dev["idx"], labels=dev_labels,
+                            preds=np.full(len(dev_labels), predictor["value"], dtype=dev_labels.dtype))
     print(f"{task.name} majority seed {args.seed}: dev {task.metric} = {rec['metric']['dev']:.4f} -> {args.metrics}")
 
 
@@ -476,6 +486,10 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", default="figures", help="output folder for tables and figures")
     p.add_argument("--summary", default=None, help="output CSV (default: RESULTS/summary.csv)")
     p.add_argument("--batch-size", type=int, default=None, help="latency batch size used in plots (default: report's)")
+    p.add_argument("--verdicts", default=None, help="output verdict table CSV (default: verdicts.csv beside --summary)")
+    p.add_argument("--resamples", type=int, default=None,
+                   help="bootstrap resamples of the verdict intervals, >= 1000 (default 2000)")
+    p.add_argument("--bootstrap-seed", type=int, default=None, help="seed of the verdict bootstrap (default 0)")
 
 
 @step("report", "collect every metrics.json into summary.csv, tables and figures")
@@ -483,10 +497,19 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from axformer import report
 
+    from axformer.stats import MIN_RESAMPLES
+
+    if args.resamples is not None and args.resamples < MIN_RESAMPLES:
+        raise ConfigError(f"--resamples must be >= {MIN_RESAMPLES} (got {args.resamples}): the 2.5 % tail of the "
+                          "bootstrap needs at least 25 resamples.")
+    if args.bootstrap_seed is not None:
+        _nonneg("bootstrap-seed", args.bootstrap_seed)
     summary = args.summary or str(Path(args.results) / "summary.csv")
-    _check_writable(summary, str(Path(args.figures) / "README.md"))
+    verdicts = args.verdicts or str(Path(summary).with_name("verdicts.csv"))
+    _check_writable(summary, verdicts, str(Path(args.figures) / "README.md"))
     kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    written = report.render(args.results, args.figures, summary, **kw)
+    written = report.render(args.results, args.figures, summary, verdicts_csv=verdicts, resamples=args.resamples,
+                            bootstrap_seed=args.bootstrap_seed, **kw)
     print(f"report: {len(written)} files written (summary {summary}, figures in {args.figures})")
 
 

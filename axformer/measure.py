@@ -120,17 +120,22 @@ class LatencyStats:
     mean_ms: float
     std_ms: float
     n_iters: int
+    # the per-iteration times in the order they were taken (iteration i of every model in one interleaved job
+    # is one A B round), for the speedup's bootstrap interval (axformer.stats.speedup_interval)
+    samples_ms: list[float] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def from_values(cls, ms_list: Sequence[float]) -> "LatencyStats":
-        vals = sorted(float(v) for v in ms_list)
+        samples = [float(v) for v in ms_list]
+        vals = sorted(samples)
         n = len(vals)
         if n == 0:
             raise ValueError("LatencyStats.from_values needs at least one value")
         mean = sum(vals) / n
         # sample standard deviation (n-1); 0 for a single value
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-        return cls(p50_ms=_percentile(vals, 50), p90_ms=_percentile(vals, 90), mean_ms=mean, std_ms=std, n_iters=n)
+        return cls(p50_ms=_percentile(vals, 50), p90_ms=_percentile(vals, 90), mean_ms=mean, std_ms=std, n_iters=n,
+                   samples_ms=samples)
 
 
 def _percentile(sorted_vals: Sequence[float], q: float) -> float:
@@ -348,10 +353,17 @@ def compare(
     variant: nn.Module,
     inputs: dict[str, torch.Tensor],
     cfg: MeasureConfig,
+    samples: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """Time baseline and variant in one interleaved job; return the variant's ``latency`` block."""
+    """Time baseline and variant in one interleaved job; return the variant's ``latency`` block.
+
+    ``samples``, when given, receives the per-iteration times (ms, in round order) under "baseline" and
+    "variant"; they are kept out of the block (metrics.json stays small) and go to predictions.npz.
+    """
     stats = time_interleaved({"baseline": baseline, "variant": variant}, inputs, cfg)
     b, v = stats["baseline"], stats["variant"]
+    if samples is not None:
+        samples.update(baseline=b.samples_ms, variant=v.samples_ms)
     batch_size, seq_len = (int(s) for s in inputs["input_ids"].shape[:2])
     return Latency(
         device=cfg.device,
@@ -721,8 +733,9 @@ def measure_pair(
     """Measure ``variant_model`` against ``baseline_model`` on real sentences.
 
     Returns ``{"latency": [block per batch size], "memory": {...}, "size": {...}, "flops": [entry per batch
-    size], "env": {...}}`` for the variant; each latency block carries the baseline's p50/p90 and the speedup
-    from the same interleaved job. ``size.bytes_on_disk`` is None unless ``variant_dir`` is given.
+    size], "env": {...}, "iter_ms": {batch size: {"baseline": [...], "variant": [...]}}}`` for the variant;
+    each latency block carries the baseline's p50/p90 and the speedup from the same interleaved job;
+    ``iter_ms`` holds the per-iteration times of those jobs (not a metrics.json block). ``size.bytes_on_disk`` is None unless ``variant_dir`` is given.
     Models are moved to ``cfg.device`` and put in eval mode.
     """
     device = check_device(cfg, [baseline_model, variant_model])
@@ -741,9 +754,10 @@ def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cf
     except (RuntimeError, torch.cuda.OutOfMemoryError):  # pragma: no cover - e.g. a nearly full GPU
         peak = None
     last_inputs = None
+    iter_ms: dict[int, dict[str, list[float]]] = {}
     for bs in cfg.batch_sizes:
         inputs = _inputs_to(make_inputs(tokenizer, texts_a, texts_b, bs, cfg.seq_len), device)
-        latency.append(compare(baseline_model, variant_model, inputs, cfg))
+        latency.append(compare(baseline_model, variant_model, inputs, cfg, samples=iter_ms.setdefault(int(bs), {})))
         flops.append(flops_block(variant_model, bs, cfg.seq_len, peak))
         if last_inputs is None or bs >= last_inputs["input_ids"].shape[0]:
             last_inputs = inputs
@@ -752,4 +766,4 @@ def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cf
     size = Size(total, encoder, bytes_on_disk(variant_dir) if variant_dir is not None else None).to_dict()
     env = env_block()
     env["threads"] = int(cfg.threads)
-    return {"latency": latency, "memory": memory, "size": size, "flops": flops, "env": env}
+    return {"latency": latency, "memory": memory, "size": size, "flops": flops, "env": env, "iter_ms": iter_ms}

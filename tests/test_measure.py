@@ -7,6 +7,7 @@ import json
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -95,7 +96,13 @@ def test_measure_pair_schema_complete(tokenizer, tmp_path):
     var.save_pretrained(tmp_path / "ckpt")
     cfg = tiny_cfg(min_seconds=0.1)
     res = M.measure_pair(base, var, tokenizer, TEXTS_A, TEXTS_B, cfg, variant_dir=tmp_path / "ckpt")
-    assert set(res) == {"latency", "memory", "size", "flops", "env"}
+    assert set(res) == {"latency", "memory", "size", "flops", "env", "iter_ms"}
+    # the per-iteration times of each interleaved job (round order) are what the latency block summarises
+    for block in res["latency"]:
+        it = res["iter_ms"][block["batch_size"]]
+        assert len(it["baseline"]) == len(it["variant"]) == block["n_iters"]
+        assert np.median(it["variant"]) == pytest.approx(block["p50_ms"])
+        assert np.median(it["baseline"]) == pytest.approx(block["baseline_p50_ms"])
     lat_keys = {"device", "batch_size", "seq_len", "p50_ms", "p90_ms", "mean_ms", "std_ms", "n_iters", "threads",
                 "baseline_p50_ms", "baseline_p90_ms", "speedup"}
     assert [b["batch_size"] for b in res["latency"]] == [1, 2]

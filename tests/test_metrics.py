@@ -34,6 +34,10 @@ def test_pearson_spearman_by_hand():
     # ranks of y: 1,3,2,4 -> d = 0,1,1,0 -> rho = 1 - 6*2/(4*15) = 0.8
     assert M.spearman(x, y) == pytest.approx(0.8)
     assert M.pearson(np.ones(4), y) == 0.0  # constant predictor: r undefined -> 0
+    # a constant whose float mean is inexact (np.std of it is ~1e-15, not 0): still 0, not scipy's NaN
+    const = np.full(1500, 2.7012345)
+    assert np.std(const) != 0 and M.pearson(const, np.arange(1500.0)) == 0.0
+    assert M.spearman(const, np.arange(1500.0)) == 0.0
 
 
 def test_compute_names_and_constant_baseline():

@@ -178,6 +178,25 @@ def test_render_writes_everything(tree: Path, tmp_path: Path, caplog: pytest.Log
     assert not list(figs.rglob("*.tmp"))
 
 
+def test_render_writes_verdicts_csv(tree: Path, tmp_path: Path) -> None:
+    from axformer import verdicts
+
+    figs = tmp_path / "figures"
+    out = report.render(tree, figs, tmp_path / "summary.csv")
+    csv_path = tmp_path / "verdicts.csv"
+    assert csv_path in out and (figs / "verdicts.png") in out and (figs / "tables" / "verdicts.md") in out
+    vt = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+    assert list(vt.columns[: len(verdicts.COLUMNS)]) == list(verdicts.COLUMNS)
+    assert sorted(zip(vt["task"], vt["variant"])) == sorted({(t, v) for t, v, _ in DEV})
+    # this hand-made tree has no predictions.npz: no intervals, verdict n/a, but the point values are there
+    assert set(vt["verdict_accuracy"]) == {"n/a"} and vt["ci_low"].isna().all()
+    ax = vt[(vt["task"] == "sst2") & (vt["variant"] == "finetune+axformer")].iloc[0]
+    assert ax["n_seeds"] == 2 and ax["delta"] == pytest.approx((0.905 + 0.895) / 2 - (0.910 + 0.920) / 2)
+    assert ax["speedup_b32"] == pytest.approx(np.mean([100.0 / 60.0, 100.0 / (60.0 * 1.02)]))
+    assert ax["encoder_ratio"] == pytest.approx(0.6) and ax["verdict_size"] == "smaller"
+    assert ax["verdict_speed"] == "n/a" and "verdicts" in (figs / "README.md").read_text()
+
+
 def test_malformed_metrics_names_file(tree: Path) -> None:
     bad = tree / "rte" / "minilm" / "finetune" / "seed1" / "metrics.json"
     bad.write_text('{"task": "rte", "metric": ')

@@ -8,10 +8,11 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from axformer import data, metrics, models, squad, train
+from axformer import data, metrics, models, squad, stats, train
 from axformer.cli import main
 from axformer.tasks import get_task, with_qa_settings
 from axformer.utils import ConfigError
@@ -309,6 +310,12 @@ def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
         assert rec["metric"]["n_dev"] == 16 and rec["latency"][0]["seq_len"] == 64
         assert rec["data"]["protocol"] == "local" and rec["data"]["local_fractions"] == [0.6, 0.1, 0.3]
         assert rec["data"]["doc_stride"] == 32 and rec["data"]["max_answer_len"] == 20
+        # predictions.npz: per-question F1 / EM under the SQuAD question ids, their means the reported metrics
+        pred = stats.read_predictions(out.with_name("predictions.npz"))
+        assert len(pred.ids) == 16 == len(set(pred.ids.tolist())) and pred.ids.dtype.kind == "U"
+        assert pred.scores["f1"].mean() == pytest.approx(rec["metric"]["dev"])
+        assert pred.scores["exact_match"].mean() == pytest.approx(rec["metric"]["secondary"]["exact_match"])
+        assert len(pred.iter_ms[1][0]) == rec["latency"][0]["n_iters"]
     assert rec["quantize"]["dtype"] == "int8"
     # distillation and a peer baseline on the QA checkpoint, through the CLI as the workflow calls them
     assert main(["distill", "--parent", str(c / "ft"), "--ckpt", str(c / "di"), "--metrics", str(c / "di.json"),
@@ -324,6 +331,8 @@ def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
     assert written
     md = (tmp_path / "figures" / "tables" / "squad.md").read_text()
     assert "Dev f1" in md and "Dev exact_match" in md and "finetune+axformer+int8" in md
+    verdicts = pd.read_csv(tmp_path / "results" / "verdicts.csv", keep_default_na=False, na_values=[""])
+    assert len(verdicts) == 3 and verdicts["ci_low"].notna().all() and "n/a" not in set(verdicts["verdict_accuracy"])
     # no constant-predictor row for QA, and the standard protocol offline says what to do
     assert main(["majority", "--task", "squad", "--metrics", str(tmp_path / "maj.json"), *common[:2]]) == 2
     assert main(["finetune", "--task", "squad", "--model", models.TINY, "--ckpt", str(c / "std"),

@@ -107,10 +107,19 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
                 for variant in [*variants, "majority"]:
                     run = results / task / model / variant / f"seed{seed}"
                     expected.append((variant, run))
+    from axformer import metrics as M
+    from axformer import stats as S
+
     for variant, run in expected:
         rec = json.loads((run / "metrics.json").read_text())
         missing = [k for k in SCHEMA_KEYS if k not in rec]
         assert not missing, f"{run}: metrics.json lacks {missing}"
+        # predictions.npz beside it: the dev rows by id, and the metrics.json value recomputed from it
+        pred = S.read_predictions(run / "predictions.npz")
+        assert len(pred.ids) == rec["metric"]["n_dev"] == len(set(pred.ids.tolist()))
+        assert M.METRICS[rec["metric"]["name"]](pred.preds, pred.labels) == pytest.approx(rec["metric"]["dev"])
+        for block in rec["latency"] or []:
+            assert len(pred.iter_ms[block["batch_size"]][1]) == block["n_iters"]
         assert rec["variant"] == variant and rec["profile"] == "smoke"
         assert isinstance(rec["metric"]["dev"], float) and rec["metric"]["n_dev"] == cfg["split"]["dev_max"]
         if variant == "majority":
@@ -139,6 +148,10 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
         rows = list(csv.DictReader(fh))
     assert sorted(r["variant"] for r in rows) == sorted(v for v, _ in expected)
     assert (tmp_path / cfg["figures_dir"] / "README.md").is_file()
+    with open(results / "verdicts.csv", newline="") as fh:
+        verdict_rows = list(csv.DictReader(fh))
+    assert sorted(r["variant"] for r in verdict_rows) == sorted({v for v, _ in expected})
+    assert all(r["verdict_accuracy"] != "n/a" and r["ci_low"] != "" for r in verdict_rows)
     # checkpoints were renamed into place: no half-written temp folders are left
     assert not [p for p in ckpts.rglob(".*tmp*") if p.is_dir()]
 
@@ -216,6 +229,27 @@ def test_bad_config_fails_before_any_job(tmp_path, data_dir, override, key):
         assert "nosuchstep" in err
     assert "Building DAG" not in err and "rule " not in err.split("config key", 1)[1]
     assert not (tmp_path / "smoke").exists()  # no job ran, no output folder was made
+
+
+def test_seeds_per_variant(tmp_path, data_dir):
+    extra = tmp_path / "seeds.yaml"
+    extra.write_text(yaml.safe_dump({"seeds_per_variant": {"finetune+headprune": 2, "majority": 3}}))
+    res = snakemake(tmp_path / "run", "--configfile", str(CONFIG_DIR / "smoke.yaml"), str(extra), "-n",
+                    data_dir=data_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = job_stats(res.stdout)
+    cfg = load_profile("smoke")
+    n_other = len(cfg["variants"]) - 2  # not finetune, not headprune: `seeds` (1)
+    # finetune runs as many seeds as any variant (3, for majority): it is every variant's paired baseline
+    assert stats["finetune"] == 3 and stats["majority"] == 3
+    assert stats["measure"] == 3 + 2 + n_other
+    assert "/finetune+headprune/seed1/metrics.json" in res.stdout and "/finetune+headprune/seed2/" not in res.stdout
+
+    extra.write_text(yaml.safe_dump({"seeds_per_variant": {"finetune+nosuchvariant": 3}}))
+    bad = snakemake(tmp_path / "bad", "--configfile", str(CONFIG_DIR / "smoke.yaml"), str(extra), "-n",
+                    data_dir=data_dir)
+    err = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "config key 'seeds_per_variant.finetune+nosuchvariant'" in err, err[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------ (5)

@@ -30,7 +30,8 @@ rule baseline:
 
 rule majority:
     output:
-        METRICS.replace("{variant}", "majority"),
+        metrics=METRICS.replace("{variant}", "majority"),
+        predictions=PREDICTIONS.replace("{variant}", "majority"),
     log:
         f"{LOGS}/{RUN}/majority.log".replace("{variant}", "majority"),
     params:
@@ -44,4 +45,4 @@ rule majority:
         runtime=10,
     shell:
         "axformer majority --task {wildcards.task} --seed {wildcards.seed} --profile {params.profile}"
-        " --model {params.model} --data-dir {params.data_dir} {params.split} --metrics {output} > {log} 2>&1"
+        " --model {params.model} --data-dir {params.data_dir} {params.split} --metrics {output.metrics} > {log} 2>&1"

@@ -123,12 +123,31 @@ def _check_config():
                 _config_error("variants", f"variant {variant!r}: {name!r} writes no checkpoint, so it must be the "
                               "last step (e.g. finetune+axformer+int8).")
 
+    for variant in config["seeds_per_variant"]:
+        if variant == "majority" and not config["majority"]:
+            _config_error("seeds_per_variant.majority", "majority is false, so there is no majority row to seed; "
+                          "drop the key or set majority: true.")
+        if variant != "majority" and variant not in config["variants"]:
+            _config_error(f"seeds_per_variant.{variant}", f"{variant!r} is not in `variants`; add it there or drop "
+                          "the key.")
+
 
 _check_config()
 
 TASK_NAMES = config["tasks"]
 MODEL_SPECS = {model_name(m): m for m in config["models"]}  # {model} wildcard -> spec for the CLI
 SEEDS = list(range(config["seeds"]))
+
+
+def variant_seeds(variant):
+    """Seeds of a variant (or majority): max(seeds, seeds_per_variant[variant]); finetune gets the most of any,
+    because every variant is paired with the finetune run of its own seed (verdicts)."""
+    extra = config["seeds_per_variant"]
+    n = max(config["seeds"], extra.get(variant, 0))
+    if variant == "finetune":
+        n = max([n, *extra.values()])
+    return list(range(n))
+
 RES = config["results_dir"].rstrip("/")
 CKPTS = config["checkpoints_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -140,6 +159,7 @@ CKPT_DIR = f"{CKPTS}/{RUN}/ckpt"            # the checkpoint folder (written by 
 STEP_RECORD = f"{CKPTS}/{RUN}/step.json"    # the step's own record (train / search / distill blocks)
 CKPT_DECISIONS = f"{CKPTS}/{RUN}/decisions.json"
 METRICS = f"{RES}/{RUN}/metrics.json"
+PREDICTIONS = f"{RES}/{RUN}/predictions.npz"  # written by measure / majority beside metrics.json
 DECISIONS = f"{RES}/{RUN}/decisions.json"
 
 
@@ -324,19 +344,19 @@ def run_targets(variants=None):
     for variant in variants if variants is not None else config["variants"]:
         for task in TASK_NAMES:
             for model in MODEL_SPECS:
-                for seed in SEEDS:
+                for seed in variant_seeds(variant):
                     wc = dict(task=task, model=model, variant=variant, seed=seed)
                     out.append(METRICS.format(**wc))
                     if has_decisions(variant):
                         out.append(DECISIONS.format(**wc))
     if config["majority"]:  # span QA has no constant predictor
         out += [METRICS.format(task=t, model=m, variant="majority", seed=s)
-                for t in TASK_NAMES if not TASKS[t].is_qa for m in MODEL_SPECS for s in SEEDS]
+                for t in TASK_NAMES if not TASKS[t].is_qa for m in MODEL_SPECS for s in variant_seeds("majority")]
     return out
 
 
 def all_targets():
     out = run_targets()
     if config["report"]:
-        out += [f"{RES}/summary.csv", f"{FIGS}/README.md"]
+        out += [f"{RES}/summary.csv", f"{FIGS}/README.md", f"{RES}/verdicts.csv"]
     return out

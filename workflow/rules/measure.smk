@@ -1,6 +1,7 @@
 # Every variant -> metrics.json (DESIGN §4): dev + search metric, size, latency against finetune of the
 # same task/model/seed (timed interleaved in the same job), memory, FLOPs, env, and the step records'
-# blocks. Measure jobs take the resource timing=1 (cap it with --resources timing=1 so no two timings
+# blocks; predictions.npz beside it (dev predictions, labels, row ids, per-iteration times: axformer.stats).
+# Measure jobs take the resource timing=1 (cap it with --resources timing=1 so no two timings
 # share hardware) and, with measure.exclusive, all local cores, so nothing runs beside a timing.
 
 
@@ -11,6 +12,7 @@ rule measure:
         records=step_records,
     output:
         metrics=METRICS,
+        predictions=PREDICTIONS,
     log:
         f"{LOGS}/{RUN}/measure.log",
     params:
