@@ -227,7 +227,7 @@ def _parent_split_args(parent: str | os.PathLike, args: argparse.Namespace) -> a
     """Split/data arguments of the fine-tuning run that produced ``parent``, so the search split is the same."""
     from axformer import results
 
-    step = results.read(Path(parent) / "axformer_step.json")
+    step = results.read(Path(parent) / "axformer_step.json", kind="ckpt_step")
     ns = argparse.Namespace(**step["split"])
     ns.task = step["task"]
     if getattr(args, "data_dir", None):
@@ -311,7 +311,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
         "size": results.size_block(model, ckpt),
         "data": splits.info,
     }
-    atomic_write_json(args.metrics, record)
+    results.write_step(args.metrics, record)
     print(f"{task.name} axformer: search loss {res.original['loss']:.4f} -> {res.final['loss']:.4f}, "
           f"removed {len(res.removed)} elements, hard attention in {res.hard_attention_layers}, "
           f"{res.passes} passes in {res.wall_s:.0f} s")
@@ -377,7 +377,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     if get_task(split.task).name != task.name:
         raise ConfigError(f"--task {task.name} but the baseline checkpoint {args.baseline} was fine-tuned on "
                           f"{split.task}; pass that task's finetune checkpoint.")
-    step_records = [(p, results.read(p)) for p in args.step_json]  # read first: a missing file fails early
+    step_records = [(p, results.read(p, kind="step")) for p in args.step_json]  # read first: a missing file fails early
 
     baseline, tokenizer = models.load_checkpoint(args.baseline)
     # For the finetune variant the two paths are equal: this is a second, independent model object, so the
@@ -514,7 +514,6 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
 @with_args(_distill_args)
 def cmd_distill(args: argparse.Namespace) -> None:
     from axformer import distill, models, results, train
-    from axformer.utils import atomic_write_json
 
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
@@ -556,7 +555,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         "metric": results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search)),
     }
     record["metric"]["search_loss"] = search.mean_loss
-    atomic_write_json(args.metrics, record)
+    results.write_step(args.metrics, record)
     print(f"{task.name} distill: {record['distill']['teacher_num_layers']} -> {record['distill']['n_layers']} layers, "
           f"dev {task.metric} = {record['metric']['dev']:.4f} (train {log['wall_s']:.0f} s) -> {args.metrics}")
 
@@ -607,7 +606,6 @@ def _baseline_args(p: argparse.ArgumentParser) -> None:
 def cmd_baseline(args: argparse.Namespace) -> None:
     import baselines
     from axformer import models, results, train
-    from axformer.utils import atomic_write_json
 
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
@@ -648,7 +646,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     }
     record["metric"]["search_loss"] = search.mean_loss
     record["metric"]["dev_loss"] = dev.mean_loss
-    atomic_write_json(args.metrics, record)
+    results.write_step(args.metrics, record)
     print(f"{task.name} baseline {args.method}: encoder params {record['size']['params_encoder']}, "
           f"dev {task.metric} = {record['metric']['dev']:.4f} ({wall:.0f} s) -> {args.metrics}")
 
