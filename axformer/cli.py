@@ -666,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        from axformer.stepargs import check_namespace
+
+        check_namespace(args.step, args)  # the value checks the workflow runs on config step args, before any work
         STEPS[args.step][1](args)
     except ConfigError as exc:
         print(f"axformer: error: {exc}", file=sys.stderr)

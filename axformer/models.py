@@ -77,7 +77,7 @@ def require_safetensors(folder: str | os.PathLike, what: str = "model folder") -
     raise ConfigError(f"{what} {p} has no model.safetensors (weights missing); save it with save_pretrained.")
 
 
-def resolve_model_spec(spec: str) -> str:
+def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
     """'minilm' -> the embedded folder; an existing local folder or an HF hub id passes through.
 
     A local folder must hold safetensors weights. With HF_HUB_OFFLINE set, a hub id must be in the local
@@ -100,7 +100,7 @@ def resolve_model_spec(spec: str) -> str:
     if not HUB_ID.match(spec):
         raise ConfigError(f"model {spec!r} is neither 'minilm', 'tiny-random', an existing folder nor a valid "
                           "Hugging Face id (org/name).")
-    if _hub_offline() and not _in_hub_cache(spec):
+    if offline_check and _hub_offline() and not _in_hub_cache(spec):
         raise ConfigError(f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: use "
                           "'minilm' (embedded), 'tiny-random' or a local folder, or unset HF_HUB_OFFLINE.")
     return spec  # a hub id; loading it is attempted by transformers
@@ -109,8 +109,8 @@ def resolve_model_spec(spec: str) -> str:
 def check_model_spec(spec: str, allow_hub: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``spec`` loads without the network (embedded, tiny-random, a local
     safetensors folder, a hub id in the local cache) or ``allow_hub`` lets it be fetched. Reads no weights."""
-    path = resolve_model_spec(spec)
-    if path in (TINY,) or Path(path).is_dir() or allow_hub or _in_hub_cache(spec):
+    path = resolve_model_spec(spec, offline_check=not allow_hub)
+    if path == TINY or Path(path).is_dir() or allow_hub or _in_hub_cache(spec):
         return
     raise ConfigError(f"model {spec!r} is not available offline (not embedded, not a local folder, not in the "
                       "Hugging Face cache): use 'minilm', 'tiny-random' or a local folder, or set allow_hub: true "

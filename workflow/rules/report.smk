@@ -18,5 +18,5 @@ rule report:
         mem_mb=4000,
         runtime=30,
     shell:
-        "axformer report --results {params.results} --figures {params.figures} --summary {output.summary}"
-        " --batch-size {params.batch_size} > {log} 2>&1"
+        "axformer report --results {params.results:q} --figures {params.figures:q} --summary {output.summary:q}"
+        " --batch-size {params.batch_size:q} > {log:q} 2>&1"
