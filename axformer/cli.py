@@ -660,8 +660,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Snakemake or SLURM cancelling a job), raised where the process is, so every ``finally`` /
+    ``except BaseException`` cleanup (temp checkpoint folders, temp files) runs before exit."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM into :class:`Terminated` (only the main thread may set handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    install_signal_handlers()
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -673,9 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"axformer: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         print("axformer: interrupted; no partial outputs were written.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     print(f"axformer {args.step}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 

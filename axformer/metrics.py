@@ -36,11 +36,16 @@ def mcc(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(matthews_corrcoef(labels, preds))
 
 
+def _constant(x: np.ndarray) -> bool:
+    return len(x) == 0 or float(np.ptp(np.asarray(x, dtype=np.float64))) == 0.0
+
+
 def pearson(preds: np.ndarray, labels: np.ndarray) -> float:
     """Pearson r (STS-B); 0 for a constant prediction, where r is undefined."""
     from scipy.stats import pearsonr
 
-    if np.std(preds) == 0 or np.std(labels) == 0:
+    # ptp, not std: the std of n copies of one float can come out as 1e-16, and r is then NaN
+    if _constant(preds) or _constant(labels):
         return 0.0
     return float(pearsonr(preds, labels)[0])
 
@@ -49,7 +54,8 @@ def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     """Spearman rho (STS-B); 0 for a constant prediction."""
     from scipy.stats import spearmanr
 
-    if np.std(preds) == 0 or np.std(labels) == 0:
+    # ptp, not std: the std of n copies of one float can come out as 1e-16, and r is then NaN
+    if _constant(preds) or _constant(labels):
         return 0.0
     return float(spearmanr(preds, labels)[0])
 

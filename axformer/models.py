@@ -174,6 +174,20 @@ def load_pretrained(spec: str, task: Task, seed: int = 0):
     return model.eval(), tok
 
 
+def remove_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete ``.<name>.tmp*`` folders beside ``out_dir``: what an earlier write of this checkpoint left when it
+    was killed hard (kill -9, power loss; SIGTERM is cleaned up by the CLI's handler). One job writes one
+    checkpoint path, so any such folder is stale by the time that step runs again."""
+    out = Path(out_dir)
+    removed = []
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{out.name}.tmp*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
 def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
     """Save weights (safetensors), config (with edit record) and tokenizer; atomic via temp dir + rename."""
     out = Path(out_dir)
@@ -184,6 +198,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
         check(json.loads(json.dumps(extra, default=str)), "ckpt_step", out / "axformer_step.json")  # before any work: later steps rebuild splits from it
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(out)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     except OSError as exc:
         raise ConfigError(f"cannot write checkpoint {out}: {exc.strerror}. Choose a writable output directory.") from exc

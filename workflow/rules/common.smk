@@ -51,17 +51,27 @@ def _typed_cli_values():
             for k, v in given.items():
                 walk(v, (*path, k))
             return
+        if isinstance(given, list):
+            for i, v in enumerate(given):
+                walk(v, (*path, i))
+            return
         if not isinstance(given, str) or not path:
             return
         node = config
-        for k in path[:-1]:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(path[-1]) == given:
-            try:
-                node[path[-1]] = yaml.safe_load(given)
-            except yaml.YAMLError:
-                _config_error(".".join(map(str, path)), f"cannot read {given!r} from --config; give plain YAML "
-                              "values, e.g. --config 'split={search_frac: 0.2}' or one key per profile file.")
+        try:
+            for k in path[:-1]:
+                node = node[k]
+            if node[path[-1]] != given:
+                return  # a profile value, not the command line's
+        except (KeyError, IndexError, TypeError):
+            return
+        try:
+            value = yaml.safe_load(given)
+        except yaml.YAMLError:
+            return  # left as text: the schema names the key if text is wrong there
+        # typed scalars only ('0.2' -> 0.2, 'null' -> None, 'true' -> True); Snakemake already split {...} / [...]
+        if not isinstance(value, (dict, list)):
+            node[path[-1]] = value
 
     settings = getattr(workflow, "config_settings", None)
     walk(getattr(settings, "overwrite_config", None) or {}, ())
