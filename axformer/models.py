@@ -109,7 +109,7 @@ def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
 def check_model_spec(spec: str, allow_hub: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``spec`` loads without the network (embedded, tiny-random, a local
     safetensors folder, a hub id in the local cache) or ``allow_hub`` lets it be fetched. Reads no weights."""
-    path = resolve_model_spec(spec, offline_check=not allow_hub)
+    path = resolve_model_spec(spec, offline_check=False)  # syntax and local folders; the cache is checked here
     if path == TINY or Path(path).is_dir() or allow_hub or _in_hub_cache(spec):
         return
     raise ConfigError(f"model {spec!r} is not available offline (not embedded, not a local folder, not in the "
