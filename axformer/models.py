@@ -64,8 +64,9 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def require_safetensors(folder: str | os.PathLike, what: str = "model folder") -> None:
-    """Refuse a folder whose weights exist only in a pickle-based format: loading those can run code."""
+def require_safetensors(folder: str | os.PathLike, what: str = "model folder", missing_ok: bool = False) -> None:
+    """Refuse a folder whose weights exist only in a pickle-based format: loading those can run code. A folder
+    with no weights at all is refused too unless ``missing_ok`` (its loader then says what is missing)."""
     p = Path(folder)
     if (p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file():
         return
@@ -74,7 +75,8 @@ def require_safetensors(folder: str | os.PathLike, what: str = "model folder") -
         raise ConfigError(f"{what} {p} holds only {pickled[0]} (pickle / non-safetensors weights), which axformer "
                           "never loads because unpickling can run code; convert it to model.safetensors "
                           "(save_pretrained(..., safe_serialization=True)) in a trusted environment.")
-    raise ConfigError(f"{what} {p} has no model.safetensors (weights missing); save it with save_pretrained.")
+    if not missing_ok:
+        raise ConfigError(f"{what} {p} has no model.safetensors (weights missing); save it with save_pretrained.")
 
 
 def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
@@ -93,7 +95,7 @@ def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
     if p.exists():
         if not (p / "config.json").is_file():
             raise ConfigError(f"model folder {p} has no config.json: is it a Hugging Face model folder?")
-        require_safetensors(p)
+        require_safetensors(p, missing_ok=True)
         return str(p)
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ConfigError(f"model folder {spec} does not exist.")
