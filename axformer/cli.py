@@ -227,7 +227,7 @@ def _parent_split_args(parent: str | os.PathLike, args: argparse.Namespace) -> a
     """Split/data arguments of the fine-tuning run that produced ``parent``, so the search split is the same."""
     from axformer import results
 
-    step = results.read(Path(parent) / "axformer_step.json")
+    step = results.read(Path(parent) / "axformer_step.json", kind="ckpt_step")
     ns = argparse.Namespace(**step["split"])
     ns.task = step["task"]
     if getattr(args, "data_dir", None):
@@ -311,7 +311,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
         "size": results.size_block(model, ckpt),
         "data": splits.info,
     }
-    atomic_write_json(args.metrics, record)
+    results.write_step(args.metrics, record)
     print(f"{task.name} axformer: search loss {res.original['loss']:.4f} -> {res.final['loss']:.4f}, "
           f"removed {len(res.removed)} elements, hard attention in {res.hard_attention_layers}, "
           f"{res.passes} passes in {res.wall_s:.0f} s")
@@ -378,7 +378,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     if get_task(split.task).name != task.name:
         raise ConfigError(f"--task {task.name} but the baseline checkpoint {args.baseline} was fine-tuned on "
                           f"{split.task}; pass that task's finetune checkpoint.")
-    step_records = [(p, results.read(p)) for p in args.step_json]  # read first: a missing file fails early
+    step_records = [(p, results.read(p, kind="step")) for p in args.step_json]  # read first: a missing file fails early
 
     baseline, tokenizer = models.load_checkpoint(args.baseline)
     # For the finetune variant the two paths are equal: this is a second, independent model object, so the
@@ -537,7 +537,6 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
 @with_args(_distill_args)
 def cmd_distill(args: argparse.Namespace) -> None:
     from axformer import distill, models, results, train
-    from axformer.utils import atomic_write_json
 
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
@@ -579,7 +578,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         "metric": results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search)),
     }
     record["metric"]["search_loss"] = search.mean_loss
-    atomic_write_json(args.metrics, record)
+    results.write_step(args.metrics, record)
     print(f"{task.name} distill: {record['distill']['teacher_num_layers']} -> {record['distill']['n_layers']} layers, "
           f"dev {task.metric} = {record['metric']['dev']:.4f} (train {log['wall_s']:.0f} s) -> {args.metrics}")
 
@@ -630,7 +629,6 @@ def _baseline_args(p: argparse.ArgumentParser) -> None:
 def cmd_baseline(args: argparse.Namespace) -> None:
     import baselines
     from axformer import models, results, train
-    from axformer.utils import atomic_write_json
 
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
@@ -671,7 +669,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     }
     record["metric"]["search_loss"] = search.mean_loss
     record["metric"]["dev_loss"] = dev.mean_loss
-    atomic_write_json(args.metrics, record)
+    results.write_step(args.metrics, record)
     print(f"{task.name} baseline {args.method}: encoder params {record['size']['params_encoder']}, "
           f"dev {task.metric} = {record['metric']['dev']:.4f} ({wall:.0f} s) -> {args.metrics}")
 
@@ -685,19 +683,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Snakemake or SLURM cancelling a job), raised where the process is, so every ``finally`` /
+    ``except BaseException`` cleanup (temp checkpoint folders, temp files) runs before exit."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM into :class:`Terminated` (only the main thread may set handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    install_signal_handlers()
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        from axformer.stepargs import check_namespace
+
+        check_namespace(args.step, args)  # the value checks the workflow runs on config step args, before any work
         STEPS[args.step][1](args)
     except ConfigError as exc:
         print(f"axformer: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         print("axformer: interrupted; no partial outputs were written.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     print(f"axformer {args.step}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 

@@ -8,6 +8,7 @@ the functions here dispatch to it so that every caller handles both kinds the sa
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,11 @@ def read_tsv(task: Task, path: Path) -> dict[str, list[Any]]:
                 lab: float | int = float(raw)
             except ValueError:
                 raise ConfigError(f"{path}:{lineno}: label {raw!r} is not a number (STS-B scores are floats in [0, 5]).") from None
+            lo, hi = task.label_range or (-math.inf, math.inf)
+            # float() accepts 'nan' and 'inf': a non-finite or out-of-range score would poison every metric
+            if not (math.isfinite(lab) and lo <= lab <= hi):
+                raise ConfigError(f"{path}:{lineno}: label {raw!r} is not a finite number in [{lo:g}, {hi:g}] "
+                                  f"({task.name} scores); restore the GLUE {task.glue_dir} file.")
         else:
             if raw not in task.label_map:
                 raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,8 +40,51 @@ def embedded_model_dir() -> Path:
     return path
 
 
-def resolve_model_spec(spec: str) -> str:
-    """'minilm' -> the embedded folder; an existing local folder or an HF hub id passes through."""
+# Hugging Face repo id: 'name' or 'org/name' (letters, digits, '.', '_', '-').
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index",
+                  "flax_model.msgpack")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # one of them, plus tokenizer_config.json
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo_id``'s config.json (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def require_safetensors(folder: str | os.PathLike, what: str = "model folder", missing_ok: bool = False) -> None:
+    """Refuse a folder whose weights exist only in a pickle-based format: loading those can run code. A folder
+    with no weights at all is refused too unless ``missing_ok`` (its loader then says what is missing)."""
+    p = Path(folder)
+    if (p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file():
+        return
+    pickled = [n for n in PICKLE_WEIGHTS if (p / n).exists()]
+    if pickled:
+        raise ConfigError(f"{what} {p} holds only {pickled[0]} (pickle / non-safetensors weights), which axformer "
+                          "never loads because unpickling can run code; convert it to model.safetensors "
+                          "(save_pretrained(..., safe_serialization=True)) in a trusted environment.")
+    if not missing_ok:
+        raise ConfigError(f"{what} {p} has no model.safetensors (weights missing); save it with save_pretrained.")
+
+
+def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
+    """'minilm' -> the embedded folder; an existing local folder or an HF hub id passes through.
+
+    A local folder must hold safetensors weights. With HF_HUB_OFFLINE set, a hub id must be in the local
+    Hugging Face cache: refused here instead of deep inside transformers.
+    """
     if not spec:
         raise ConfigError("empty model spec: use 'minilm', 'tiny-random', a local folder or a Hugging Face id.")
     if spec == EMBEDDED:
@@ -51,10 +95,39 @@ def resolve_model_spec(spec: str) -> str:
     if p.exists():
         if not (p / "config.json").is_file():
             raise ConfigError(f"model folder {p} has no config.json: is it a Hugging Face model folder?")
+        require_safetensors(p, missing_ok=True)
         return str(p)
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ConfigError(f"model folder {spec} does not exist.")
+    if not HUB_ID.match(spec):
+        raise ConfigError(f"model {spec!r} is neither 'minilm', 'tiny-random', an existing folder nor a valid "
+                          "Hugging Face id (org/name).")
+    if offline_check and _hub_offline() and not _in_hub_cache(spec):
+        raise ConfigError(f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: use "
+                          "'minilm' (embedded), 'tiny-random' or a local folder, or unset HF_HUB_OFFLINE.")
     return spec  # a hub id; loading it is attempted by transformers
+
+
+def check_model_spec(spec: str, allow_hub: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``spec`` loads without the network (embedded, tiny-random, a local
+    safetensors folder, a hub id in the local cache) or ``allow_hub`` lets it be fetched. Reads no weights."""
+    path = resolve_model_spec(spec, offline_check=False)  # syntax and local folders; the cache is checked here
+    if path == TINY or Path(path).is_dir() or allow_hub or _in_hub_cache(spec):
+        return
+    raise ConfigError(f"model {spec!r} is not available offline (not embedded, not a local folder, not in the "
+                      "Hugging Face cache): use 'minilm', 'tiny-random' or a local folder, or set allow_hub: true "
+                      "to fetch it from the hub.")
+
+
+def check_vocab(tokenizer, model: torch.nn.Module, where: str) -> None:
+    """The tokenizer's ids must index the embedding: a tokenizer rebuilt from missing files (a handful of special
+    tokens, every word [UNK]) or another model's would score silently wrong."""
+    rows = model.get_input_embeddings().num_embeddings
+    n = len(tokenizer)
+    # rows may be padded past the vocabulary (to a multiple of 8 or 64); never short of it
+    if n > rows or rows - n >= 128:
+        raise ConfigError(f"{where}: the tokenizer has {n} tokens but the model's embedding has {rows} rows; the "
+                          "tokenizer files are missing or from another model: re-run the step that wrote it.")
 
 
 def _task_kwargs(task: Task) -> dict[str, Any]:
@@ -87,7 +160,8 @@ def load_pretrained(spec: str, task: Task, seed: int = 0):
     auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = auto.from_pretrained(path, **_task_kwargs(task))
+        # never unpickle: a folder or hub repo without safetensors weights is refused, not torch.load-ed
+        model = auto.from_pretrained(path, use_safetensors=True, **_task_kwargs(task))
     except OSError as exc:
         raise ConfigError(
             f"cannot load model {spec!r}: {exc}. Offline, use 'minilm' (the embedded model) or a local folder; "
@@ -98,14 +172,35 @@ def load_pretrained(spec: str, task: Task, seed: int = 0):
             f"model {spec!r} is a {model.config.model_type!r} model; AxFormer's element surgery supports "
             "BERT-architecture encoders (bert, MiniLM) only."
         )
+    check_vocab(tok, model, f"model {spec!r}")
     return model.eval(), tok
+
+
+def remove_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete ``.<name>.tmp*`` folders beside ``out_dir``: what an earlier write of this checkpoint left when it
+    was killed hard (kill -9, power loss; SIGTERM is cleaned up by the CLI's handler). One job writes one
+    checkpoint path, so any such folder is stale by the time that step runs again."""
+    out = Path(out_dir)
+    removed = []
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{out.name}.tmp*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
     """Save weights (safetensors), config (with edit record) and tokenizer; atomic via temp dir + rename."""
     out = Path(out_dir)
+    if extra:
+        from axformer.record_schema import check
+
+        # checked as written (default=str turns paths into text)
+        check(json.loads(json.dumps(extra, default=str)), "ckpt_step", out / "axformer_step.json")  # before any work: later steps rebuild splits from it
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(out)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     except OSError as exc:
         raise ConfigError(f"cannot write checkpoint {out}: {exc.strerror}. Choose a writable output directory.") from exc
@@ -113,7 +208,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra:
-            (tmp / "axformer_step.json").write_text(json.dumps(extra, indent=2, default=str))
+            (tmp / "axformer_step.json").write_text(json.dumps(extra, indent=2, default=str, allow_nan=False))
         os.chmod(tmp, 0o755)
         if out.exists():
             shutil.rmtree(out)
@@ -144,9 +239,13 @@ def load_checkpoint(path: str | os.PathLike):
         raise ConfigError(f"checkpoint {p} has no config.json: run the step that produces it (e.g. axformer finetune).")
     weights = p / "model.safetensors"
     if not weights.is_file():
+        require_safetensors(p, "checkpoint")  # a pickle-only folder gets its own message
         raise ConfigError(
             f"checkpoint {p} has no model.safetensors (weights missing): re-run the step that wrote it."
         )
+    if not (p / "tokenizer_config.json").is_file() or not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"checkpoint {p} lacks its tokenizer files (tokenizer_config.json and tokenizer.json or "
+                          "vocab.txt): it is incomplete; re-run the step that wrote it.")
     try:
         config = AutoConfig.from_pretrained(p)
         state = load_file(str(weights))
@@ -171,4 +270,5 @@ def load_checkpoint(path: str | os.PathLike):
             "it is corrupt or was written by another version: re-run the step that wrote it."
         )
     tok = AutoTokenizer.from_pretrained(p)
+    check_vocab(tok, model, f"checkpoint {p}")
     return model.eval(), tok

@@ -36,6 +36,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from axformer.tasks import TASKS
+from axformer import record_schema
 from axformer.utils import ConfigError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,21 @@ def _expand_latency(latency: Any, source: Path) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=record_schema.refuse_constant)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
                           "fix or delete the file and re-run that job.") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc}); check the file and its permissions.") from exc
+    except ValueError as exc:  # a NaN / Infinity literal: not JSON
+        raise ConfigError(f"{path}: {exc}; fix or delete the file and re-run that job.") from exc
 
 
 def _run_row(path: Path, results_dir: Path) -> dict[str, Any]:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: malformed metrics.json (top level must be a JSON object, got {type(data).__name__}).")
+    record_schema.check(data, "metrics", path)
     rel = path.parent.relative_to(results_dir)
     parts = rel.parts
     from_path: dict[str, Any] = {}

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from axformer import record_schema
 from axformer.utils import ConfigError, atomic_write_json, env_info, git_commit
 
 SCHEMA_KEYS = ("task", "model", "variant", "seed", "profile", "git_commit", "created",
@@ -50,21 +51,31 @@ def metric_block(task, dev_metrics: dict[str, float], search_metrics: dict[str, 
 
 
 def write(path: str | Path, record: dict[str, Any]) -> None:
-    """Write a metrics.json atomically after checking the schema keys are all present."""
+    """Write a metrics.json atomically after checking it against the schema (axformer.record_schema)."""
     missing = [k for k in SCHEMA_KEYS if k not in record]
     if missing:
         raise ValueError(f"metrics record lacks keys {missing}")
+    record_schema.check(record, "metrics", path)
     atomic_write_json(path, record)
 
 
-def read(path: str | Path) -> dict[str, Any]:
-    """Read a metrics.json / step record; a corrupt file is a ConfigError naming it."""
+def write_step(path: str | Path, record: dict[str, Any]) -> None:
+    """Write a step record (step.json, the blocks a step adds to metrics.json) after checking its schema."""
+    record_schema.check(record, "step", path)
+    atomic_write_json(path, record)
+
+
+def read(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read a metrics.json / step record; a corrupt file is a ConfigError naming it. With ``kind``
+    ('metrics', 'step', 'ckpt_step') the record is also checked against that schema (axformer.record_schema)."""
+    if kind is not None:
+        return record_schema.load(path, kind)
     p = Path(path)
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(), parse_constant=record_schema.refuse_constant)
     except FileNotFoundError:
         raise ConfigError(f"{p} does not exist: run the step that writes it first.") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or a NaN / Infinity literal
         raise ConfigError(f"{p} is not valid JSON ({exc}); delete it and re-run the step that wrote it.") from exc
 
 

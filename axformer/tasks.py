@@ -40,6 +40,7 @@ class Task:
     doc_stride: int = 128
     max_answer_len: int = 30
     n_best: int = 20
+    label_range: tuple[float, float] | None = None  # regression: the closed range every label must lie in
 
     @property
     def is_qa(self) -> bool:
@@ -72,7 +73,8 @@ TASKS: dict[str, Task] = {
         # CoLA ships without a header: source, label, original annotation, sentence.
         Task("cola", "CoLA", False, 4, 3, None, 1, _BIN, "mcc", ("accuracy",), hub_name="cola"),
         Task("rte", "RTE", True, 4, "sentence1", "sentence2", "label", _NLI, "accuracy", hub_name="rte"),
-        Task("stsb", "STS-B", True, 10, "sentence1", "sentence2", "score", None, "pearson", ("spearman",), hub_name="stsb"),
+        Task("stsb", "STS-B", True, 10, "sentence1", "sentence2", "score", None, "pearson", ("spearman",), hub_name="stsb",
+             label_range=(0.0, 5.0)),
         Task(
             "qnli", "QNLI", True, 4, "question", "sentence", "label", _NLI, "accuracy",
             splits=("dev",), hub_name="qnli",

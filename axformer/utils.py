@@ -45,8 +45,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as indented JSON to ``path`` atomically; NaN / Infinity are refused (they are not JSON)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    except ValueError as exc:
+        from axformer.record_schema import nonfinite_key
+
+        raise ConfigError(f"{path}: key '{nonfinite_key(obj)}' is not a finite number ({exc}); "
+                          "JSON has no NaN / Infinity: fix the value before writing.") from exc
+    atomic_write_text(path, text + "\n")
 
 
 def _json_default(o: Any) -> Any:

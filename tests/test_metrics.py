@@ -48,3 +48,11 @@ def test_compute_names_and_constant_baseline():
     assert base["accuracy"] == 0.75 and base["f1"] == pytest.approx(2 * 0.75 / 1.75)
     sts = M.constant_baseline(get_task("stsb"), np.array([1.0, 3.0]), np.array([0.0, 5.0]))
     assert sts["pearson"] == 0.0
+
+
+def test_constant_float_prediction_scores_zero_not_nan():
+    # n copies of one float mean can have a std of ~1e-16 (not 0): r would be NaN, which JSON cannot hold
+    preds = np.full(1500, 2.7033279922157525)
+    labels = np.linspace(0.0, 5.0, 1500)
+    assert np.std(preds) > 0  # the case: numerically constant, std not exactly 0
+    assert M.pearson(preds, labels) == 0.0 and M.spearman(preds, labels) == 0.0

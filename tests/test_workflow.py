@@ -168,9 +168,10 @@ def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
     cfg = load_profile("smoke")
     override = {
         "steps": {
-            # a new AxFormer setting and a new peer method: config entries only, no rule code
+            # a new AxFormer setting and a new baseline setting: config entries only, no rule code (the method
+            # must be registered in baselines/: the config check refuses unknown ones before any job)
             "axformer_k4": {"command": "approximate", "args": {"mode": "hardattn", "topk": 4}},
-            "dummyprune": {"command": "baseline", "args": {"method": "dummyprune", "n_heads": 1}},
+            "dummyprune": {"command": "baseline", "args": {"method": "headprune", "n_heads": 1}},
         },
         "variants": [*cfg["variants"], "finetune+axformer_k4+int8", "finetune+dummyprune"],
     }
@@ -186,7 +187,7 @@ def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
     assert after["measure"] == before["measure"] + 2 * n
     assert after["decisions"] == before["decisions"] + n
     out = res.stdout
-    assert "axformer baseline" in out and "--method dummyprune --n-heads 1" in out
+    assert "axformer baseline" in out and "--method headprune --n-heads 1" in out
     assert "--mode hardattn --topk 4" in out
     assert re.search(r"--variant-name finetune\+axformer_k4\+int8 .*--quantize int8", out)
     assert "/finetune+dummyprune/seed0/metrics.json" in out

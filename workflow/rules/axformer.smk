@@ -23,7 +23,7 @@ rule approximate:
         runtime=step_resource("runtime"),
         gpu=step_resource("gpu"),
     shell:
-        "axformer approximate --parent {input.parent} --ckpt {output.ckpt} --metrics {output.record}"
-        " --decisions {output.decisions} {params.args} --data-dir {params.data_dir} --threads {threads}"
-        " --variant-name {wildcards.variant}"
-        " --no-progress > {log} 2>&1"
+        "axformer approximate --parent {input.parent:q} --ckpt {output.ckpt:q} --metrics {output.record:q}"
+        " --decisions {output.decisions:q} {params.args} --data-dir {params.data_dir} --threads {threads:q}"
+        " --variant-name {wildcards.variant:q}"
+        " --no-progress > {log:q} 2>&1"

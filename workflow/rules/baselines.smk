@@ -23,9 +23,9 @@ rule baseline:
         runtime=step_resource("runtime"),
         gpu=step_resource("gpu"),
     shell:
-        "axformer baseline --parent {input.parent} --ckpt {output.ckpt} --metrics {output.record}"
-        " --variant-name {wildcards.variant} {params.match} {params.args} --data-dir {params.data_dir}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        "axformer baseline --parent {input.parent:q} --ckpt {output.ckpt:q} --metrics {output.record:q}"
+        " --variant-name {wildcards.variant:q} {params.match} {params.args} --data-dir {params.data_dir}"
+        " --threads {threads:q} --no-progress > {log:q} 2>&1"
 
 
 rule majority:
@@ -44,5 +44,5 @@ rule majority:
         mem_mb=2000,
         runtime=10,
     shell:
-        "axformer majority --task {wildcards.task} --seed {wildcards.seed} --profile {params.profile}"
-        " --model {params.model} --data-dir {params.data_dir} {params.split} --metrics {output.metrics} > {log} 2>&1"
+        "axformer majority --task {wildcards.task:q} --seed {wildcards.seed:q} --profile {params.profile:q}"
+        " --model {params.model} --data-dir {params.data_dir} {params.split} --metrics {output.metrics:q} > {log:q} 2>&1"

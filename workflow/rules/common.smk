@@ -12,7 +12,10 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from axformer.models import check_model_spec
 from axformer.results import model_name
+from axformer.stepargs import StepArgError, check_step_args
+from axformer.utils import ConfigError
 from axformer.tasks import TASKS
 
 SCHEMA = "../schemas/config.schema.yaml"
@@ -37,6 +40,44 @@ def _schema_path(err):
             path = ".".join(p for p in (path, missing[0]) if p)
     return path or "<top level>"
 
+
+def _typed_cli_values():
+    """Snakemake reads nested --config values (`split={search_frac: 0.2}`) as strings ('0.2'); parse each string
+    leaf that came from the command line as YAML (safe_load: plain data only) so it meets the schema typed."""
+    import yaml
+
+    def walk(given, path):
+        if isinstance(given, dict):
+            for k, v in given.items():
+                walk(v, (*path, k))
+            return
+        if isinstance(given, list):
+            for i, v in enumerate(given):
+                walk(v, (*path, i))
+            return
+        if not isinstance(given, str) or not path:
+            return
+        node = config
+        try:
+            for k in path[:-1]:
+                node = node[k]
+            if node[path[-1]] != given:
+                return  # a profile value, not the command line's
+        except (KeyError, IndexError, TypeError):
+            return
+        try:
+            value = yaml.safe_load(given)
+        except yaml.YAMLError:
+            return  # left as text: the schema names the key if text is wrong there
+        # typed scalars only ('0.2' -> 0.2, 'null' -> None, 'true' -> True); Snakemake already split {...} / [...]
+        if not isinstance(value, (dict, list)):
+            node[path[-1]] = value
+
+    settings = getattr(workflow, "config_settings", None)
+    walk(getattr(settings, "overwrite_config", None) or {}, ())
+
+
+_typed_cli_values()
 
 try:
     validate(config, schema=SCHEMA)
@@ -72,6 +113,16 @@ def _check_qa_task(task, data_dir):
                       "set squad_protocol: local (dev-v1.1.json split by article), add the file, or set allow_hub: true.")
 
 
+def _check_step_args(name, st):
+    """args (and each task's args_per_task on top) as the CLI step would take them (axformer.stepargs)."""
+    for task, per_task in [(None, {}), *st["args_per_task"].items()]:
+        try:
+            check_step_args(st["command"], {**st["args"], **per_task}, allow_hub=config["allow_hub"])
+        except StepArgError as exc:
+            where = f"args_per_task.{task}" if exc.key in per_task else "args"
+            _config_error(".".join(p for p in (f"steps.{name}.{where}", exc.key) if p), str(exc))
+
+
 def _check_config():
     """Cross-key checks the schema cannot express; each error names the key and a valid value."""
     if config.get("data_dir") is None:
@@ -93,6 +144,11 @@ def _check_config():
         if qa_only and not TASKS[task].is_qa:
             _config_error(f"split_per_task.{task}.{qa_only[0]}", "a SQuAD-only key; set it under split_per_task.squad.")
 
+    for i, spec in enumerate(config["models"]):
+        try:
+            check_model_spec(spec, allow_hub=config["allow_hub"])
+        except ConfigError as exc:
+            _config_error(f"models[{i}]", str(exc))
     names = [model_name(m) for m in config["models"]]
     if len(set(names)) != len(names):
         _config_error("models", f"two specs map to the same folder name ({names}); keep one.")
@@ -110,6 +166,7 @@ def _check_config():
                 _config_error(f"steps.{name}.match", f"{st['match']!r} is not an approximate step (one of {valid}).")
         if st["command"] == "baseline" and "method" not in st["args"]:
             _config_error(f"steps.{name}.args.method", "baseline steps need args.method (the baselines/ method name).")
+        _check_step_args(name, st)
 
     for variant in config["variants"]:
         parts = variant.split("+")
@@ -257,7 +314,7 @@ def cli_flags(args):
     """{'accept_frac': 0.5, 'fast': True, 'sizes': [1, 32]} -> '--accept-frac 0.5 --fast --sizes 1 32'."""
     out = []
     for key, value in args.items():
-        flag = "--" + str(key).replace("_", "-")
+        flag = shlex.quote("--" + str(key).replace("_", "-"))  # keys are schema-checked too; quote anyway
         if value is None or value is False:
             continue
         if value is True:
@@ -291,7 +348,7 @@ def finetune_flags(wildcards):
 
 
 def match_flag(wildcards, input):
-    return f"--match {input.match}" if input.match else ""
+    return f"--match {shlex.quote(str(input.match))}" if input.match else ""
 
 
 def quantize_flags(wildcards):

@@ -22,5 +22,5 @@ rule distill:
         runtime=step_resource("runtime"),
         gpu=step_resource("gpu"),
     shell:
-        "axformer distill --parent {input.parent} --ckpt {output.ckpt} --metrics {output.record}"
-        " {params.args} --data-dir {params.data_dir} --threads {threads} --no-progress > {log} 2>&1"
+        "axformer distill --parent {input.parent:q} --ckpt {output.ckpt:q} --metrics {output.record:q}"
+        " {params.args} --data-dir {params.data_dir} --threads {threads:q} --no-progress > {log:q} 2>&1"

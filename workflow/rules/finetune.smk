@@ -21,6 +21,6 @@ rule finetune:
         runtime=FT_STEP["runtime"],
         gpu=FT_STEP["gpu"],
     shell:
-        "axformer finetune --task {wildcards.task} --model {params.model} --seed {wildcards.seed}"
-        " --profile {params.profile} --data-dir {params.data_dir} {params.split} {params.args}"
-        " --threads {threads} --ckpt {output.ckpt} --metrics {output.record} --no-progress > {log} 2>&1"
+        "axformer finetune --task {wildcards.task:q} --model {params.model} --seed {wildcards.seed:q}"
+        " --profile {params.profile:q} --data-dir {params.data_dir} {params.split} {params.args}"
+        " --threads {threads:q} --ckpt {output.ckpt:q} --metrics {output.record:q} --no-progress > {log:q} 2>&1"

@@ -28,10 +28,10 @@ rule measure:
         gpu=config["measure"]["gpu"],
         timing=1,
     shell:
-        "axformer measure --task {wildcards.task} --seed {wildcards.seed} --profile {params.profile}"
-        " --model {params.model} --variant-name {wildcards.variant} --baseline {input.baseline}"
-        " --variant {input.variant} {params.quantize} --step-json {input.records} {params.measure}"
-        " --data-dir {params.data_dir} --metrics {output.metrics} > {log} 2>&1"
+        "axformer measure --task {wildcards.task:q} --seed {wildcards.seed:q} --profile {params.profile:q}"
+        " --model {params.model} --variant-name {wildcards.variant:q} --baseline {input.baseline:q}"
+        " --variant {input.variant:q} {params.quantize} --step-json {input.records:q} {params.measure}"
+        " --data-dir {params.data_dir} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 # decisions.json of AxFormer-like variants (and their +int8) next to metrics.json, for the removal maps.
@@ -46,4 +46,4 @@ rule decisions:
         variant=rf"{variant_ending_in(DECISION_STEPS)}(?:\+{_alt(QUANT_STEPS)})?",
     localrule: True
     shell:
-        "(cp {input} {output}.tmp && mv {output}.tmp {output}) > {log} 2>&1"
+        "(cp {input:q} {output:q}.tmp && mv {output:q}.tmp {output:q}) > {log:q} 2>&1"

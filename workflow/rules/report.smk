@@ -21,5 +21,5 @@ rule report:
         mem_mb=4000,
         runtime=30,
     shell:
-        "axformer report --results {params.results} --figures {params.figures} --summary {output.summary}"
-        " --batch-size {params.batch_size} --verdicts {output.verdicts} {params.bootstrap} > {log} 2>&1"
+        "axformer report --results {params.results:q} --figures {params.figures:q} --summary {output.summary:q}"
+        " --batch-size {params.batch_size:q} --verdicts {output.verdicts:q} {params.bootstrap} > {log:q} 2>&1"
