@@ -190,8 +190,18 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
     paper = load_profile("paper")
     assert stats["finetune"] == len(paper["tasks"]) * len(paper["models"]) * paper["seeds"]
     # per-rule cluster resources from the profile's set-resources
-    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive"
+    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive=user"
     assert re.search(measure_res, res.stdout, re.S)
+    # GPUs only where a step runs on CUDA: every paper step that books one says device: cuda, and the
+    # rules without a model (majority, report) book none
+    for name, st in paper["steps"].items():
+        assert (st.get("gpu", 0) > 0) == (st.get("device") == "cuda"), name
+    for rule in ("finetune", "approximate", "distill", "baseline", "measure", "majority", "report"):
+        blocks = re.findall(rf"rule {rule}:\n(?:[^\n]+\n)*?\s+resources: ([^\n]*)", res.stdout)
+        assert blocks, rule
+        booked = {bool(re.search(r"\bgpu=[1-9]", b)) for b in blocks}
+        assert booked == ({False} if rule in ("majority", "report") else {True}), (rule, blocks[0])
+    assert "--device cuda" in res.stdout  # the CUDA steps are told to use it
     prof = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
     assert prof["executor"] == "slurm"
     assert {"finetune", "approximate", "distill", "baseline", "measure"} <= set(prof["set-resources"])
@@ -216,6 +226,16 @@ def test_bad_config_fails_before_any_job(tmp_path, data_dir, override, key):
         assert "nosuchstep" in err
     assert "Building DAG" not in err and "rule " not in err.split("config key", 1)[1]
     assert not (tmp_path / "smoke").exists()  # no job ran, no output folder was made
+
+
+def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
+    cfg = load_profile("smoke")
+    cfg["steps"]["finetune"].update(device="cpu", gpu=1)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--configfile", str(path), "-n", data_dir=data_dir)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0 and "config key 'steps.finetune.gpu'" in err and "device cpu" in err, err[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------ (5)

@@ -14,6 +14,7 @@ rule distill:
     wildcard_constraints:
         variant=variant_ending_in(steps_with("distill")),
     params:
+        device=step_device,
         args=step_flags,
         data_dir=data_dir,
     threads: step_threads
@@ -23,4 +24,5 @@ rule distill:
         gpu=step_resource("gpu"),
     shell:
         "axformer distill --parent {input.parent} --ckpt {output.ckpt} --metrics {output.record}"
-        " {params.args} --data-dir {params.data_dir} --threads {threads} --no-progress > {log} 2>&1"
+        " {params.args} --data-dir {params.data_dir} --threads {threads} --device {params.device}"
+        " --no-progress > {log} 2>&1"

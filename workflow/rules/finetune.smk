@@ -15,6 +15,7 @@ rule finetune:
         data_dir=data_dir,
         split=split_flags,
         args=finetune_flags,
+        device=shlex.quote(FT_STEP["device"]),
     threads: FT_STEP["threads"]
     resources:
         mem_mb=FT_STEP["mem_mb"],
@@ -23,4 +24,5 @@ rule finetune:
     shell:
         "axformer finetune --task {wildcards.task} --model {params.model} --seed {wildcards.seed}"
         " --profile {params.profile} --data-dir {params.data_dir} {params.split} {params.args}"
-        " --threads {threads} --ckpt {output.ckpt} --metrics {output.record} --no-progress > {log} 2>&1"
+        " --threads {threads} --ckpt {output.ckpt} --metrics {output.record} --device {params.device}"
+        " --no-progress > {log} 2>&1"
