@@ -7,7 +7,7 @@ Stages, each a ``python -m axformer.cli`` subprocess (no console script, no Snak
   approximate    the AxFormer search on the search split, on --device
   measure_*      finetune and finetune+axformer with CUDA events, per-model memory and NVML, in fp32, then
                  int8 (bitsandbytes LLM.int8, fp16 compute) timed against an fp16 baseline, then fp16, bf16
-  pytest_cuda    the tests marked `cuda` (where pytest is installed)
+  pytest_*       the tests marked `cuda` and the bitsandbytes tests (where pytest is installed)
 
 A failed stage is logged (OUT/logs/<stage>.log) and the others still run where their inputs exist; the
 summary (OUT/summary.json, OUT/summary.md) is always written and names the card. Stages past --budget-s
@@ -307,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         if not facts.get("packages", {}).get("pytest"):
             run.record("pytest_cuda", "skipped", reason="pytest is not installed")
         else:
+            penv = {**env, "AXFORMER_DATA": data_dir}
             run.run("pytest_cuda", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda",
-                                    "tests/test_gpu.py", "tests/test_quantize.py"], env={**env, "AXFORMER_DATA": data_dir})
+                                    "tests/test_gpu.py"], env=penv)
+            run.run("pytest_bnb", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                   "tests/test_quantize.py", "-k", "bnb or bitsandbytes"], env=penv)
 
     summary = write_summary(out, facts, run.stages, {k: v for k, v in vars(args).items()})
     failed = [s["stage"] for s in run.stages if s["status"] == "failed"]

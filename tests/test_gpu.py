@@ -357,16 +357,20 @@ def test_cuda_measure_pair_memory_nvml_and_timing(tokenizer):
 
 
 @pytest.mark.cuda
-def test_cuda_search_runs_on_the_gpu(data_dir):
-    from axformer import data, models, prune
+def test_cuda_search_runs_on_the_gpu(data_dir, tokenizer):
+    """The AxFormer search's cached evaluation on CUDA (real SST-2 rows, a tiny model: no embedded MiniLM
+    needed on the GPU host)."""
+    from axformer import data, prune
     from axformer.tasks import get_task
 
     task = get_task("sst2")
-    model, tok = models.load_pretrained(models.TINY, task, seed=0)
-    model.to("cuda")
+    model = tiny_model(0).to("cuda")
     splits = data.make_splits(task, data_dir, 0, 0.15, 32, 16, 8)
-    ds = data.tokenize(splits.search, tok, task, 32)
-    ev = prune.CachedEvaluator(model, ds, tok, task, batch_size=16)
+    ds = data.tokenize(splits.search, tokenizer, task, 32)
+    ev = prune.CachedEvaluator(model, ds, tokenizer, task, batch_size=16)
     assert all(v.device.type == "cuda" for b in ev.batches for v in b.values())
     losses, metric = ev.score(None)
     assert losses.shape == (len(splits.search),) and 0.0 <= metric <= 1.0
+    res = prune.search(model, ds, tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
+                                                                     progress=False))
+    assert res.passes > 1 and next(model.parameters()).device.type == "cuda"
