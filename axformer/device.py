@@ -104,7 +104,8 @@ def timing_mode() -> Iterator[None]:
     """Deterministic algorithms off for a timed section; the previous setting is restored afterwards."""
     import torch
 
-    prev, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(False)
     try:
         yield

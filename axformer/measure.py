@@ -443,7 +443,8 @@ def _rss_peak_bytes() -> int:
     return process_peak_rss_bytes()
 
 
-def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: MeasureConfig, iters: int = 3) -> dict[str, Any]:
+def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: MeasureConfig,
+                   iters: int = 3) -> dict[str, Any]:
     """The ``memory`` block of ``model`` alone (memory.py): the caller has moved every other model off the GPU.
 
     CUDA: weights (``memory_allocated`` before the forwards), activation peak and NVML as a secondary figure.

@@ -8,7 +8,8 @@ libraries, the evaluation data. So each model gets a phase of its own:
   for LLM.int8, its quantisation state) and ``activation_peak_bytes`` = ``max_memory_allocated`` over a few
   forwards minus that. NVML's per-process figure is kept as a secondary number (it includes the CUDA context
   and the caching allocator's reserve, see nvml.NOTE).
-- CPU: the model is pickled into a fresh subprocess (``python -m axformer.memory``) that has imported torch and transformers first;
+- CPU: the model is pickled into a fresh subprocess (``python -m axformer.memory``) that has imported torch
+  and transformers first;
   ``weights_bytes`` is that process's RSS growth from loading the model, ``activation_peak_bytes`` the peak RSS
   (``VmHWM``, reset after loading through ``/proc/self/clear_refs``) of the forwards above the loaded RSS. The
   measuring process's own peak RSS stays in the block as ``process_peak_rss_bytes`` (secondary).
@@ -35,7 +36,8 @@ from torch import nn
 CUDA_METHOD = ("torch.cuda allocations in a phase of its own: the other model moved off the GPU, caches emptied, "
                "peak counters reset; weights = memory_allocated before the forwards, activation peak = "
                "max_memory_allocated over the forwards minus weights")
-CPU_METHOD = ("RSS of a fresh subprocess (python -m axformer.memory, torch and transformers imported first) holding only this model: "
+CPU_METHOD = ("RSS of a fresh subprocess (python -m axformer.memory, torch and transformers imported first) "
+              "holding only this model: "
               "weights = RSS growth from loading it, activation peak = peak RSS (VmHWM, reset after loading) over "
               "the forwards minus the loaded RSS")
 SUBPROCESS_TIMEOUT_S = 600

@@ -232,7 +232,7 @@ def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], 
             continue
         cells = [r["round"], r["variant"], _fmt(r["dev_accuracy"], "acc"), _fmt(r["params_encoder"])]
         for bs in bss:
-            cells += [_fmt(r.get(f"p50_ms_b{bs}")), _fmt(r.get(f"baseline_p50_ms_b{bs}")), _fmt(r.get(f"speedup_b{bs}"))]
+            cells += [_fmt(r.get(f"{k}_b{bs}")) for k in ("p50_ms", "baseline_p50_ms", "speedup")]
         cells += [_fmt(r["weights_bytes"], "mib"), _fmt(r["activation_peak_bytes"], "mib"),
                   _fmt(r["nvml_used_bytes"], "mib"), r["memory_source"] or "–"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in ("finetune", "finetune+axformer"):
             needs = ("finetune",) if variant == "finetune" else ("finetune", "approximate")
             name = f"measure_{round_}_{variant}"
-            records = [str(steps / "finetune.json")] + ([str(steps / f"{variant}.json")] if variant != "finetune" else [])
+            records = [str(steps / f"{v}.json") for v in dict.fromkeys(("finetune", variant))]
             extra = ["--dtype", round_]
             vname = variant
             if round_ == "int8":

@@ -33,8 +33,9 @@ def fake_metrics(variant: str, p50: float, base: float, weights: int, dtype: str
 
 def test_summary_names_the_card_and_every_row(tmp_path):
     gc = load_script()
-    for round_, variant, p50, w in (("fp32", "finetune", 2.0, 90 * 2**20), ("fp32", "finetune+axformer", 1.0, 60 * 2**20),
-                                    ("int8", "finetune+int8", 1.5, 30 * 2**20)):
+    rows = (("fp32", "finetune", 2.0, 90 * 2**20), ("fp32", "finetune+axformer", 1.0, 60 * 2**20),
+            ("int8", "finetune+int8", 1.5, 30 * 2**20))
+    for round_, variant, p50, w in rows:
         path = gc.metrics_path(tmp_path, round_, variant, "minilm")
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(fake_metrics(variant, p50, 2.0, w, "float32")))
