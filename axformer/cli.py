@@ -70,6 +70,21 @@ SPLIT_KEYS = ("seed", "search_frac", "search_max", "train_max", "dev_max", "max_
 QA_SPLIT_KEYS = ("squad_protocol", "squad_fractions", "doc_stride", "max_answer_len")
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda when torch sees a GPU, else cpu) | cpu | cuda | cuda:N: the model and every "
+                        "cached tensor of the step live there (recorded)")
+
+
+def _setup_device(args: argparse.Namespace):
+    """``--device`` resolved (ConfigError before any loading if unusable); the resolved name is recorded."""
+    from axformer.device import resolve_device
+
+    dev = resolve_device(getattr(args, "device", None))
+    args.device = str(dev)
+    return dev
+
+
 def _nonneg(name: str, v: Any) -> None:
     if v is not None and v < 0:
         raise ConfigError(f"--{name} must be >= 0 (got {v}).")
@@ -155,6 +170,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="output checkpoint folder")
     p.add_argument("--metrics", required=True, help="output metrics.json")
     p.add_argument("--no-progress", action="store_true")
+    _device_arg(p)
 
 
 SELECT_CHOICES = ("none", "metric", "loss")
@@ -189,8 +205,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _nonneg("seed", args.seed)
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
+    device = _setup_device(args)
     task = resolve_task(args)  # bad task / QA settings fail before the model loads
     model, tokenizer = models.load_pretrained(args.model, task, seed=args.seed)
+    model.to(device)
     task, splits, tok = load_task_data(args, tokenizer)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             progress=not args.no_progress)
@@ -211,6 +229,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     rec["data"] = splits.info
     rec["train"] = {k: v for k, v in log.items() if k != "loss_curve"}
     rec["train"]["select"] = args.select
+    rec["train"]["device"] = args.device
     rec["train"]["loss_first"] = log["loss_curve"][0]
     rec["train"]["loss_last20_mean"] = sum(log["loss_curve"][-20:]) / len(log["loss_curve"][-20:])
     results.write(args.metrics, rec)
@@ -266,6 +285,7 @@ def _approximate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    _device_arg(p)
 
 
 @step("approximate", "AxFormer search on the search split: hard attention, then accuracy-driven pruning")
@@ -281,8 +301,10 @@ def cmd_approximate(args: argparse.Namespace) -> None:
                             mode=args.mode, granularity=args.granularity, batch_size=args.batch_size,
                             progress=not args.no_progress)
     cfg.validate()
+    device = _setup_device(args)
     split = _parent_split_args(args.parent, args)
     model, tokenizer = models.load_checkpoint(args.parent)
+    model.to(device)
     task, splits, tok = load_task_data(split, tokenizer)
     if args.search_max is not None and args.search_max < len(splits.search):
         # a stratified subset of the same search split (SQuAD: questions with all their windows): still never
@@ -307,7 +329,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
                    "accept_rule": cfg.accept_rule, "accept_frac": cfg.accept_frac, "mode": cfg.mode,
                    "granularity": cfg.granularity, "loss_before": res.original["loss"],
                    "loss_after": res.final["loss"], "search_metric_before": res.original["metric"],
-                   "search_metric_after": res.final["metric"]},
+                   "search_metric_after": res.final["metric"], "device": args.device},
         "size": results.size_block(model, ckpt),
         "data": splits.info,
     }
@@ -332,7 +354,14 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-json", nargs="+", action="extend", default=[], metavar="STEP.json",
                    help="step records whose extra blocks (train, search, data, distill, ...) are copied in")
     p.add_argument("--metrics", required=True, help="output metrics.json")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="float dtype of the baseline and float variants during evaluation and timing (default fp32)")
+    p.add_argument("--quantize-compute-dtype", default=None, choices=["float32", "float16"],
+                   help="bitsandbytes int8: dtype of activations and non-Linear parts (default float32)")
+    p.add_argument("--memory-isolation", default=None, choices=["on", "off"],
+                   help="CPU: measure the variant's memory in a subprocess of its own (on, default) or record only "
+                        "its tensor bytes (off, fast)")
     # None = MeasureConfig's default (the defaults live in the dataclass only)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     p.add_argument("--seq-len", type=int, default=None)
@@ -369,8 +398,11 @@ def cmd_measure(args: argparse.Namespace) -> None:
     predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
     _check_writable(args.metrics, str(predictions))
     _setup_threads(args.threads)
-    knobs = ("batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads")
+    knobs = ("batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype")
     given = {k: getattr(args, k) for k in knobs if getattr(args, k) is not None}
+    if args.memory_isolation is not None:
+        given["memory_isolation"] = args.memory_isolation == "on"
+    _setup_device(args)  # "auto" resolved before the config records it
     cfg = measure.MeasureConfig(device=args.device, **given)
     device = measure.check_device(cfg)  # fail before loading anything
     task = get_task(args.task)
@@ -388,10 +420,12 @@ def cmd_measure(args: argparse.Namespace) -> None:
     if args.quantize == "int8":
         from axformer.quantize import QuantizeConfig, quantize
 
+        qkw = {} if args.quantize_compute_dtype is None else {"compute_dtype": args.quantize_compute_dtype}
         variant, quant_info = quantize(variant, QuantizeConfig(backend=args.quantize_backend, device=str(device),
-                                                               inplace=True))
+                                                               inplace=True, **qkw))
     else:
         variant.to(device)
+    measure.cast_for_measure(variant, cfg)  # evaluated in the dtype it is timed in
 
     task = resolve_task(split)  # the QA settings the baseline was fine-tuned with
     splits = make_task_splits(task, split)
@@ -531,6 +565,7 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    _device_arg(p)
 
 
 @step("distill", "knowledge distillation of the fine-tuned model into a shallower BERT student on train'")
@@ -543,11 +578,13 @@ def cmd_distill(args: argparse.Namespace) -> None:
     dcfg = distill.DistillConfig(n_layers=args.layers, temperature=args.temperature, alpha=args.alpha,
                                  strategy=args.strategy, init=args.init, pretrained=args.pretrained)
     dcfg.validate()
+    device = _setup_device(args)
     split = _parent_split_args(args.parent, args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=split.seed,
                             progress=not args.no_progress)
     cfg.validate()
     teacher, tokenizer = models.load_checkpoint(args.parent)
+    teacher.to(device)
     distill.check_unedited(teacher)
     task, splits, tok = load_task_data(split, tokenizer)
     if dcfg.init == "pretrained":
@@ -557,6 +594,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
                               f"{student.config.num_hidden_layers} layers; drop --layers with --init pretrained.")
     else:
         student = distill.make_student(teacher, dcfg.resolve_layers(teacher), dcfg.strategy)
+    student.to(device)
     log = distill.distill(teacher, student, tok["train"], tokenizer, task, cfg, dcfg.temperature, dcfg.alpha)
     dev = train.evaluate(student, tok["dev"], tokenizer, task)
     search = train.evaluate(student, tok["search"], tokenizer, task)
@@ -572,7 +610,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
                     "temperature": dcfg.temperature, "alpha": dcfg.alpha, "wall_s": log["wall_s"],
                     "steps": log["steps"], "loss_first": curve[0],
                     "loss_last20_mean": sum(curve[-20:]) / len(curve[-20:]),
-                    "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size},
+                    "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "device": args.device},
         "size": results.size_block(student, ckpt),
         "data": splits.info,
         "metric": results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search)),
@@ -622,6 +660,7 @@ def _baseline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    _device_arg(p)
 
 
 @step("baseline", "a peer compression method from baselines/ (head pruning, layer dropping, ...) on a checkpoint")
@@ -633,6 +672,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     _check_writable(args.ckpt, args.metrics)
     _setup_threads(args.threads)
     fn = baselines.get(args.method)  # unknown name: ConfigError listing the available ones, before any loading
+    device = _setup_device(args)
     flags = {"match": args.match, "match_by": args.match_by, "target_params": args.target_params,
              "n_heads": args.n_heads, "k": args.k, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     cfg = {k: v for k, v in flags.items() if v is not None}
@@ -647,6 +687,7 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     cfg.setdefault("seed", split.seed)
     cfg.setdefault("progress", not args.no_progress)
     model, tokenizer = models.load_checkpoint(args.parent)
+    model.to(device)  # the method follows the model's device
     task, splits, tok = load_task_data(split, tokenizer)
     t0 = time.perf_counter()
     out = fn(model, tokenizer, task, dict(tok), dict(cfg))
@@ -662,7 +703,8 @@ def cmd_baseline(args: argparse.Namespace) -> None:
                  "baseline": {"method": args.method, "cfg": cfg}}
     ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
     record = {
-        "baseline": {"method": args.method, "cfg": cfg, "wall_s": wall, "parent": str(args.parent), "info": info},
+        "baseline": {"method": args.method, "cfg": cfg, "wall_s": wall, "parent": str(args.parent), "info": info,
+                     "device": args.device},
         "size": results.size_block(model, ckpt),
         "data": splits.info,
         "metric": results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search)),
@@ -702,6 +744,9 @@ def install_signal_handlers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from axformer.device import prepare_process
+
+    prepare_process()  # CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises (determinism)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     install_signal_handlers()
     parser = build_parser()

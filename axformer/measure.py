@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -48,6 +46,7 @@ __all__ = [
     "env_block",
     "measure_pair",
     "check_device",
+    "cast_for_measure",
 ]
 
 # Files that hold weights in a checkpoint directory (tokenizer/config files are not counted).
@@ -76,7 +75,12 @@ class MeasureConfig:
       recorded in results and applied with ``torch.set_num_threads`` (restored afterwards) because CPU
       latency depends on it strongly; more threads than free cores makes OpenMP workers spin-wait on each
       other and can inflate latency 100x on a shared host.
-    - ``device``: "cpu" or "cuda" (or "cuda:N").
+    - ``device``: "cpu", "cuda", "cuda:N" or "auto" (cuda when torch sees a GPU, else cpu; resolved here).
+    - ``dtype`` fp32: fp32 | fp16 | bf16, the float dtype baseline and float variants are cast to before
+      evaluation and timing (int8 variants keep their own compute dtype). Every latency block records the
+      dtypes actually held and the TF32 state.
+    - ``memory_isolation`` True: CPU memory of the variant is measured in a subprocess of its own
+      (memory.py); False: only the in-process tensor bytes (fast, for tests).
     """
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
@@ -86,8 +90,16 @@ class MeasureConfig:
     min_seconds: float = 2.0
     threads: int | None = None
     device: str = "cpu"
+    dtype: str = "fp32"
+    memory_isolation: bool = True
 
     def __post_init__(self) -> None:
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        from axformer.device import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"measure.dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
         if self.threads is None:
             self.threads = torch.get_num_threads()
         if isinstance(self.batch_sizes, int):
@@ -165,6 +177,9 @@ class Latency:
     baseline_p50_ms: float
     baseline_p90_ms: float
     speedup: float  # baseline_p50_ms / p50_ms; > 1 means the variant is faster
+    dtypes: dict[str, Any] | None = None  # float dtypes held by {"baseline": [...], "variant": [...]}
+    tf32: dict[str, Any] | None = None  # TF32 state during the timing (device.tf32_state)
+    library_log: dict[str, Any] | None = None  # a per-call library warning: first line once, count silenced
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,6 +255,22 @@ def _num_threads(n: int):
         torch.set_num_threads(prev)
 
 
+def _has_int8(model: nn.Module) -> bool:
+    from axformer.quantize import count_int8_linears
+
+    return any(_is_quantized_module(m) for m in model.modules()) or count_int8_linears(model) > 0
+
+
+def cast_for_measure(model: nn.Module, cfg: MeasureConfig) -> nn.Module:
+    """Cast a float model to ``cfg.dtype`` in place; an int8 model keeps the compute dtype it was built with
+    (its int8 weights and their scales must not be cast)."""
+    from axformer.device import torch_dtype
+
+    if not _has_int8(model):
+        model.to(dtype=torch_dtype(cfg.dtype))
+    return model
+
+
 def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
     # Dynamic-quantized modules have no CUDA kernels and .to() is a no-op for their packed weights;
     # check_device already refused that case for CUDA, so .to() here only moves float tensors.
@@ -301,12 +332,13 @@ def _forward_ms_cpu(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
 
 
 def _forward_ms_cuda(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    # called inside torch.cuda.device(model device): events are recorded on that device's current stream
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     start.record()
     model(**inputs)
     end.record()
-    torch.cuda.synchronize()
+    end.synchronize()
     return float(start.elapsed_time(end))
 
 
@@ -331,13 +363,13 @@ def time_interleaved(
         _to_device(models[name], device).eval()
     timer = _forward_ms_cuda if cfg.is_cuda else _forward_ms_cpu
     samples: dict[str, list[float]] = {name: [] for name in names}
+    from axformer.device import on_device, synchronize, timing_mode
 
-    with _num_threads(cfg.threads), torch.inference_mode():
+    with _num_threads(cfg.threads), torch.inference_mode(), on_device(device), timing_mode():
         for _ in range(cfg.warmup):
             for name in names:
                 models[name](**inputs)
-        if cfg.is_cuda:
-            torch.cuda.synchronize()
+        synchronize(device)
         t_start = time.perf_counter()
         while True:
             for name in names:
@@ -360,7 +392,11 @@ def compare(
     ``samples``, when given, receives the per-iteration times (ms, in round order) under "baseline" and
     "variant"; they are kept out of the block (metrics.json stays small) and go to predictions.npz.
     """
-    stats = time_interleaved({"baseline": baseline, "variant": variant}, inputs, cfg)
+    from axformer.device import float_dtypes, quiet_logger, tf32_state
+
+    # bitsandbytes logs a cast warning on every Linear8bitLt call with non-fp16 input: kept once, then silenced
+    with quiet_logger("bitsandbytes") as flt:
+        stats = time_interleaved({"baseline": baseline, "variant": variant}, inputs, cfg)
     b, v = stats["baseline"], stats["variant"]
     if samples is not None:
         samples.update(baseline=b.samples_ms, variant=v.samples_ms)
@@ -378,6 +414,10 @@ def compare(
         baseline_p50_ms=b.p50_ms,
         baseline_p90_ms=b.p90_ms,
         speedup=(b.p50_ms / v.p50_ms) if v.p50_ms > 0 else float("nan"),
+        dtypes={"measure_dtype": cfg.dtype, "baseline": float_dtypes(baseline), "variant": float_dtypes(variant)},
+        tf32=tf32_state(),
+        library_log=({"logger": "bitsandbytes", "first": flt.first, "silenced": flt.dropped}
+                     if flt.first is not None else None),
     ).to_dict()
 
 
@@ -386,140 +426,61 @@ def compare(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _nvml():
-    """Import pynvml (package nvidia-ml-py) or raise ImportError."""
-    import pynvml  # noqa: PLC0415
+def nvml_info(device: str | torch.device | None = None) -> dict[str, Any]:
+    """GPU name and driver version from NVML for the GPU of ``device`` (found by UUID, nvml.py):
+    ``{"driver", "gpu_name", "uuid", "reason"}``. Where NVML cannot be used the values are None and ``reason``
+    says why; NVML never raises out of here."""
+    from axformer import nvml
 
-    return pynvml
-
-
-def _decode(s: Any) -> str:
-    return s.decode() if isinstance(s, bytes) else str(s)
-
-
-def nvml_info() -> dict[str, Any]:
-    """GPU name and driver version from NVML: ``{"driver", "gpu_name", "reason"}``.
-
-    Where NVML cannot be used (no library, no GPU, no pynvml) both values are None and ``reason`` says why.
-    """
-    try:
-        pynvml = _nvml()
-    except ImportError as exc:
-        return {"driver": None, "gpu_name": None, "reason": f"pynvml not importable ({exc}); pip install nvidia-ml-py"}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return {"driver": None, "gpu_name": None, "reason": f"NVML unavailable: {type(exc).__name__}: {exc}"}
-    try:
-        driver = _decode(pynvml.nvmlSystemGetDriverVersion())
-        if pynvml.nvmlDeviceGetCount() < 1:
-            return {"driver": driver, "gpu_name": None, "reason": "NVML reports no GPU"}
-        index = _nvml_index()
-        name = _decode(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index)))
-        return {"driver": driver, "gpu_name": name, "reason": None}
-    except pynvml.NVMLError as exc:
-        return {"driver": None, "gpu_name": None, "reason": f"NVML query failed: {type(exc).__name__}: {exc}"}
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
+    q = nvml.query(device, processes=False)
+    return {"driver": q["driver"], "gpu_name": q["gpu_name"], "uuid": q["uuid"], "reason": q["reason"]}
 
 
-def _nvml_index() -> int:
-    """NVML index of the current CUDA device (best effort: honour a numeric CUDA_VISIBLE_DEVICES)."""
-    cur = torch.cuda.current_device() if torch.cuda.is_available() else 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-    if visible and visible[0] != "" and cur < len(visible) and visible[cur].strip().isdigit():
-        return int(visible[cur].strip())
-    return cur
-
-
-def nvml_process_used_bytes(pid: int | None = None) -> tuple[int | None, str | None]:
-    """GPU memory NVML attributes to process ``pid`` (default: this process), summed over all GPUs.
+def nvml_process_used_bytes(pid: int | None = None, device: str | torch.device | None = None
+                            ) -> tuple[int | None, str | None]:
+    """GPU memory NVML attributes to process ``pid`` (default: this one) on the GPU of ``device`` only.
 
     Returns ``(bytes, None)`` or ``(None, reason)``. Inside a container the PID NVML sees can differ from
     ``os.getpid()``; then no entry matches and the reason says so.
     """
-    pid = os.getpid() if pid is None else pid
-    try:
-        pynvml = _nvml()
-    except ImportError as exc:
-        return None, f"pynvml not importable ({exc}); pip install nvidia-ml-py"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return None, f"NVML unavailable: {type(exc).__name__}: {exc}"
-    try:
-        total = 0
-        found = False
-        unknown = False
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if int(proc.pid) != pid:
-                    continue
-                found = True
-                used = getattr(proc, "usedGpuMemory", None)
-                if used is None:
-                    unknown = True
-                else:
-                    total += int(used)
-        if not found:
-            return None, f"NVML lists no compute process with pid {pid} (container PID namespace?)"
-        if unknown:
-            return None, "NVML reports usedGpuMemory as not available for this process (e.g. MIG / WDDM)"
-        return total, None
-    except pynvml.NVMLError as exc:
-        return None, f"NVML query failed: {type(exc).__name__}: {exc}"
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
+    from axformer import nvml
+
+    q = nvml.query(device, pid=pid)
+    return q["process_used_bytes"], (None if q["process_used_bytes"] is not None else q["reason"])
 
 
 def _rss_peak_bytes() -> int:
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return int(ru) if sys.platform == "darwin" else int(ru) * 1024
+    from axformer.memory import process_peak_rss_bytes
+
+    return process_peak_rss_bytes()
 
 
-def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: MeasureConfig, iters: int = 3) -> dict[str, Any]:
-    """Run ``iters`` forwards of ``model`` and return the ``memory`` block.
+def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: MeasureConfig,
+                   iters: int = 3) -> dict[str, Any]:
+    """The ``memory`` block of ``model`` alone (memory.py): the caller has moved every other model off the GPU.
 
-    CPU: peak RSS of this whole process (``ru_maxrss``; it never decreases, so it is an upper bound that
-    includes everything loaded before, e.g. the baseline model). CUDA: ``torch.cuda.max_memory_allocated``
-    over these forwards (peak counters reset first; other models resident on the GPU are included) and
-    NVML's per-process used memory (includes the CUDA context and the caching allocator's reserve);
-    ``peak_bytes`` is NVML's figure where available, else torch's.
+    CUDA: weights (``memory_allocated`` before the forwards), activation peak and NVML as a secondary figure.
+    CPU: with ``cfg.memory_isolation`` the model's RSS in a subprocess of its own, else only the exact tensor
+    bytes of its state (``peak_bytes`` None). Every block keeps the measuring process's own peak RSS as
+    ``process_peak_rss_bytes`` (secondary: it includes everything the process ever held).
     """
-    device = check_device(cfg, [model])
-    inputs = _inputs_to(inputs, device)
-    model = _to_device(model, device).eval()
-    if not cfg.is_cuda:
-        with _num_threads(cfg.threads), torch.inference_mode():
-            for _ in range(max(1, iters)):
-                model(**inputs)
-        return Memory(
-            peak_bytes=_rss_peak_bytes(),
-            source="rss",
-            torch_cuda_max_allocated=None,
-            nvml_used_bytes=None,
-            reason="device is cpu: peak RSS of the whole process (ru_maxrss); no CUDA/NVML figures",
-        ).to_dict()
+    from axformer import memory
 
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode():
-        for _ in range(max(1, iters)):
-            model(**inputs)
-    torch.cuda.synchronize(device)
-    torch_peak = int(torch.cuda.max_memory_allocated(device))
-    nvml_used, nvml_reason = nvml_process_used_bytes()
-    if nvml_used is not None:
-        return Memory(nvml_used, "nvml", torch_peak, nvml_used, None).to_dict()
-    return Memory(torch_peak, "torch.cuda", torch_peak, None, nvml_reason).to_dict()
+    device = check_device(cfg, [model])
+    if cfg.is_cuda:
+        model = _to_device(model, device).eval()
+        block = memory.cuda_model_memory(model, inputs, device, iters)
+        block["process_peak_rss_bytes"] = _rss_peak_bytes()
+        return block
+    model = model.eval()
+    if cfg.memory_isolation:
+        return memory.cpu_model_memory(model, inputs, cfg.threads, iters)
+    return {"peak_bytes": None, "source": "tensors", "method": "in-process tensor bytes of the state dict only",
+            "weights_bytes": memory.tensor_bytes(model), "activation_peak_bytes": None,
+            "state_bytes": memory.tensor_bytes(model), "torch_cuda_max_allocated": None, "nvml_used_bytes": None,
+            "process_peak_rss_bytes": _rss_peak_bytes(),
+            "reason": "measure.memory_isolation is off: no per-model peak on CPU (the process peak RSS includes "
+                      "every model this process loaded)"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -647,30 +608,35 @@ def forward_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
     return int(flops)
 
 
-_PEAK_CACHE: dict[tuple[str, int, int], float] = {}
+_PEAK_CACHE: dict[tuple[str, int, int, str], float] = {}
 
 
-def peak_flops_measured(device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
+def peak_flops_measured(device: str = "cpu", n: int | None = None, repeats: int = 5, dtype: str = "fp32") -> float:
     """Achievable fp32 matmul throughput (FLOP/s) measured once per (device, threads, n) and cached.
 
     Times ``repeats`` products of two ``n x n`` fp32 matrices and takes the fastest: ``2 n^3 / t``. This is
     an *achievable* peak for the dtype the models run in (fp32; TF32 follows torch's current setting), not the
     datasheet figure, so ``floor_ms`` is a realistic lower bound for a matmul-bound forward.
-    Defaults: n = 1024 on CPU (a few ms to tens of ms per product), 8192 on CUDA.
+    Defaults: n = 1024 on CPU (a few ms to tens of ms per product), 8192 on CUDA. ``dtype`` (fp32 | fp16 |
+    bf16) is the models' measure.dtype; on CUDA the matrices are freed and the allocator's cache emptied
+    afterwards so the memory phase starts clean.
     """
     is_cuda = device.startswith("cuda")
     if is_cuda and not torch.cuda.is_available():
         raise ConfigError(f'peak_flops_measured(device="{device}") but CUDA is not available; use "cpu".')
     n = int(n or (8192 if is_cuda else 1024))
-    key = (device, torch.get_num_threads(), n)
+    key = (device, torch.get_num_threads(), n, dtype)
     if key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(dev)
-    b = torch.randn(n, n, generator=gen).to(dev)
+    from axformer.device import on_device, timing_mode, torch_dtype
+
+    dt = torch_dtype(dtype)
+    a = torch.randn(n, n, generator=gen).to(dev, dt)
+    b = torch.randn(n, n, generator=gen).to(dev, dt)
     best = float("inf")
-    with torch.inference_mode():
+    with torch.inference_mode(), on_device(dev), timing_mode():
         torch.mm(a, b)  # warm-up: kernel selection, allocation
         for _ in range(max(1, repeats)):
             if is_cuda:
@@ -687,6 +653,9 @@ def peak_flops_measured(device: str = "cpu", n: int | None = None, repeats: int 
                 secs = time.perf_counter() - t0
             best = min(best, secs)
     peak = 2.0 * n**3 / best
+    del a, b
+    if is_cuda:
+        torch.cuda.empty_cache()
     _PEAK_CACHE[key] = peak
     return peak
 
@@ -709,14 +678,24 @@ def flops_block(model: nn.Module, batch_size: int, seq_len: int, device_peak_flo
 # ----------------------------------------------------------------------------------------------------------
 
 
-def env_block() -> dict[str, Any]:
-    """``utils.env_info()`` plus NVML driver / GPU name and the git commit."""
+def env_block(device: str | torch.device | None = None) -> dict[str, Any]:
+    """``utils.env_info()`` plus NVML driver / GPU name of ``device``'s GPU, determinism and TF32 settings and
+    the git commit."""
+    from axformer.device import determinism_state, tf32_state
+
     env = env_info()
-    info = nvml_info()
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda":
+        env["gpu_name"] = torch.cuda.get_device_name(dev)
+    info = nvml_info(dev if dev is not None and dev.type == "cuda" else None)
     env["driver"] = info["driver"]
     if env.get("gpu_name") is None and info["gpu_name"] is not None and torch.cuda.is_available():
         env["gpu_name"] = info["gpu_name"]
+    env["gpu_uuid"] = info.get("uuid")
     env["nvml_reason"] = info["reason"]
+    env["device"] = str(dev) if dev is not None else None
+    env["determinism"] = determinism_state()
+    env["tf32"] = tf32_state()
     env["git_commit"] = git_commit()
     return env
 
@@ -735,12 +714,14 @@ def measure_pair(
     Returns ``{"latency": [block per batch size], "memory": {...}, "size": {...}, "flops": [entry per batch
     size], "env": {...}, "iter_ms": {batch size: {"baseline": [...], "variant": [...]}}}`` for the variant;
     each latency block carries the baseline's p50/p90 and the speedup from the same interleaved job;
-    ``iter_ms`` holds the per-iteration times of those jobs (not a metrics.json block). ``size.bytes_on_disk`` is None unless ``variant_dir`` is given.
-    Models are moved to ``cfg.device`` and put in eval mode.
+    ``iter_ms`` holds the per-iteration times of those jobs (not a metrics.json block). ``size.bytes_on_disk``
+    is None unless ``variant_dir`` is given. Models are moved to ``cfg.device``, cast to ``cfg.dtype`` (int8
+    variants keep theirs) and put in eval mode. Memory is the variant's alone: on CUDA the baseline leaves the
+    GPU for that phase (memory.py).
     """
     device = check_device(cfg, [baseline_model, variant_model])
-    _to_device(baseline_model, device)
-    _to_device(variant_model, device)
+    cast_for_measure(_to_device(baseline_model, device), cfg)
+    cast_for_measure(_to_device(variant_model, device), cfg)
     with _num_threads(cfg.threads):
         return _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device)
 
@@ -750,7 +731,7 @@ def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cf
     latency: list[dict[str, Any]] = []
     flops: list[dict[str, Any]] = []
     try:
-        peak = peak_flops_measured(cfg.device)
+        peak = peak_flops_measured(cfg.device, dtype=cfg.dtype)
     except (RuntimeError, torch.cuda.OutOfMemoryError):  # pragma: no cover - e.g. a nearly full GPU
         peak = None
     last_inputs = None
@@ -761,9 +742,15 @@ def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cf
         flops.append(flops_block(variant_model, bs, cfg.seq_len, peak))
         if last_inputs is None or bs >= last_inputs["input_ids"].shape[0]:
             last_inputs = inputs
+    last_inputs = _inputs_to(last_inputs, torch.device("cpu"))
+    del inputs
+    if cfg.is_cuda:  # the memory phase sees the variant alone on the GPU
+        baseline_model.to("cpu")
     memory = measure_memory(variant_model, last_inputs, cfg)
+    if cfg.is_cuda:
+        baseline_model.to(device)
     total, encoder = param_counts(variant_model)
     size = Size(total, encoder, bytes_on_disk(variant_dir) if variant_dir is not None else None).to_dict()
-    env = env_block()
+    env = env_block(device)
     env["threads"] = int(cfg.threads)
     return {"latency": latency, "memory": memory, "size": size, "flops": flops, "env": env, "iter_ms": iter_ms}

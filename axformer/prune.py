@@ -101,7 +101,10 @@ class CachedEvaluator:
         order = np.argsort([len(x) for x in search_ds["input_ids"]], kind="stable")
         self.order = order
         ds = search_ds.select(order)
-        self.batches = list(make_loader(ds, tokenizer, batch_size, shuffle=False))
+        # batches and labels live on the model's device once, not per candidate pass
+        self.device = next(model.parameters()).device
+        self.batches = [{k: v.to(self.device) for k, v in b.items()}
+                        for b in make_loader(ds, tokenizer, batch_size, shuffle=False)]
         self.labels = torch.cat([b["labels"] for b in self.batches])
         self.view = None
         if self.is_qa:  # windows of one question may sit in different batches: regroup them per question
@@ -182,11 +185,12 @@ class CachedEvaluator:
         if self.is_qa:
             from axformer import squad
 
-            losses, _answers, metrics = squad.score(logits, self.labels, self.view, self.task)
+            losses, _answers, metrics = squad.score(logits.cpu(), self.labels.cpu(), self.view, self.task)
             return losses, metrics[self.task.metric]
-        losses = per_sample_loss(logits, self.labels, self.task.is_regression).numpy()
-        preds = logits[:, 0].numpy() if self.task.is_regression else logits.argmax(-1).numpy()
-        return losses, M.compute(self.task, preds, self.labels.numpy())[self.task.metric]
+        # losses and predictions on the device, one copy to the host per pass
+        losses = per_sample_loss(logits, self.labels, self.task.is_regression).cpu().numpy()
+        preds = (logits[:, 0] if self.task.is_regression else logits.argmax(-1)).cpu().numpy()
+        return losses, M.compute(self.task, preds, self.labels.cpu().numpy())[self.task.metric]
 
 
 # ----------------------------------------------------------------------------------------- the search

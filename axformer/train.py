@@ -122,6 +122,9 @@ def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
 
+# Training steps between reads of the loss back to the host (each read waits for the GPU to finish).
+SYNC_EVERY = 50
+
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 # Scores a model after an epoch for checkpoint selection (higher is better): see `train(select=...)`.
 SelectFn = Callable[[torch.nn.Module], float]
@@ -167,6 +170,14 @@ def train(
             return per_sample_loss(logits, batch["labels"].to(logits.device), task.is_regression).mean()
 
     curve: list[float] = []
+    pending: list[torch.Tensor] = []  # losses still on the device: read back in chunks, not once per step
+
+    def flush() -> None:
+        if pending:
+            curve.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+            bar.set_postfix(loss=f"{np.mean(curve[-20:]):.4f}")
+
     step = 0
     scores: list[dict[str, float]] = []
     best: tuple[float, dict[str, torch.Tensor]] | None = None
@@ -195,12 +206,14 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            curve.append(float(loss.detach()))
+            pending.append(loss.detach())
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(curve[-20:]):.4f}")
+            if len(pending) >= SYNC_EVERY:
+                flush()
             if step >= total_steps:
                 break
+    flush()
     bar.close()
     log: dict[str, Any] = {}
     if select is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 import warnings
 
@@ -41,7 +42,8 @@ def tokenizer():
 
 def tiny_cfg(**kw) -> M.MeasureConfig:
     # one thread: the test host's cores are shared, and oversubscribed OpenMP threads make timings erratic
-    base = dict(batch_sizes=[1, 2], seq_len=16, warmup=2, min_iters=5, min_seconds=0.2, threads=1)
+    base = dict(batch_sizes=[1, 2], seq_len=16, warmup=2, min_iters=5, min_seconds=0.2, threads=1,
+                memory_isolation=False)
     base.update(kw)
     return M.MeasureConfig(**base)
 
@@ -111,10 +113,15 @@ def test_measure_pair_schema_complete(tokenizer, tmp_path):
         assert block["seq_len"] == 16 and block["n_iters"] >= 5 and block["device"] == "cpu"
         assert block["threads"] == cfg.threads
         assert block["speedup"] == pytest.approx(block["baseline_p50_ms"] / block["p50_ms"])
+        assert block["dtypes"] == {"measure_dtype": "fp32", "baseline": ["float32"], "variant": ["float32"]}
+        assert set(block["tf32"]) >= {"matmul_allow_tf32", "cudnn_allow_tf32"} and block["library_log"] is None
     mem = res["memory"]
     assert {"peak_bytes", "source", "torch_cuda_max_allocated", "nvml_used_bytes", "reason"} <= set(mem)
-    assert mem["source"] == "rss" and mem["peak_bytes"] > 0
-    assert mem["torch_cuda_max_allocated"] is None and mem["nvml_used_bytes"] is None and mem["reason"]
+    # memory_isolation off: the exact tensor bytes of the variant, no per-model peak, the process peak secondary
+    assert mem["source"] == "tensors" and mem["peak_bytes"] is None and mem["reason"]
+    assert mem["weights_bytes"] == sum(t.numel() * t.element_size() for t in var.state_dict().values())
+    assert mem["process_peak_rss_bytes"] > mem["weights_bytes"]
+    assert mem["torch_cuda_max_allocated"] is None and mem["nvml_used_bytes"] is None
     size = res["size"]
     assert {"params_total", "params_encoder", "bytes_on_disk"} <= set(size)
     assert size["params_total"] == sum(p.numel() for p in var.parameters())
@@ -126,6 +133,8 @@ def test_measure_pair_schema_complete(tokenizer, tmp_path):
     env = res["env"]
     assert {"torch", "transformers", "cuda", "gpu_name", "driver", "cpu", "threads", "git_commit"} <= set(env)
     assert env["threads"] == cfg.threads
+    assert env["determinism"]["cublas_workspace_config"] == os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    assert {"deterministic_algorithms", "cudnn_benchmark"} <= set(env["determinism"]) and env["tf32"]
     # the whole result is plain JSON
     atomic_write_json(tmp_path / "metrics.json", res)
     assert json.loads((tmp_path / "metrics.json").read_text())["size"] == size

@@ -272,6 +272,7 @@ def test_bnb_config_loads_unedited_checkpoint(tmp_path):
         pytest.skip(f"from_pretrained with bitsandbytes on CPU: {type(exc).__name__}: {exc}")
     assert type(model.classifier) is nn.Linear  # head kept fp32
     assert count_int8_linears(model) == 12
+    x = torch.randint(1, VOCAB, (2, SEQ)).to(model.device)  # from_pretrained put the int8 model on the GPU
     with torch.inference_mode():
-        out = model(input_ids=torch.randint(1, VOCAB, (2, SEQ))).logits
+        out = model(input_ids=x).logits
     assert out.shape == (2, 2) and torch.isfinite(out).all()

@@ -204,8 +204,18 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
     paper = load_profile("paper")
     assert stats["finetune"] == len(paper["tasks"]) * len(paper["models"]) * paper["seeds"]
     # per-rule cluster resources from the profile's set-resources
-    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive"
+    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive=user"
     assert re.search(measure_res, res.stdout, re.S)
+    # GPUs only where a step runs on CUDA: every paper step that books one says device: cuda, and the
+    # rules without a model (majority, report) book none
+    for name, st in paper["steps"].items():
+        assert (st.get("gpu", 0) > 0) == (st.get("device") == "cuda"), name
+    for rule in ("finetune", "approximate", "distill", "baseline", "measure", "majority", "report"):
+        blocks = re.findall(rf"rule {rule}:\n(?:[^\n]+\n)*?\s+resources: ([^\n]*)", res.stdout)
+        assert blocks, rule
+        booked = {bool(re.search(r"\bgpu=[1-9]", b)) for b in blocks}
+        assert booked == ({False} if rule in ("majority", "report") else {True}), (rule, blocks[0])
+    assert "--device cuda" in res.stdout  # the CUDA steps are told to use it
     prof = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
     assert prof["executor"] == "slurm"
     assert {"finetune", "approximate", "distill", "baseline", "measure"} <= set(prof["set-resources"])
@@ -251,6 +261,14 @@ def test_seeds_per_variant(tmp_path, data_dir):
                     data_dir=data_dir)
     err = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "config key 'seeds_per_variant.finetune+nosuchvariant'" in err, err[-2000:]
+def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
+    cfg = load_profile("smoke")
+    cfg["steps"]["finetune"].update(device="cpu", gpu=1)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--configfile", str(path), "-n", data_dir=data_dir)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0 and "config key 'steps.finetune.gpu'" in err and "device cpu" in err, err[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------ (5)

@@ -15,6 +15,7 @@ rule approximate:
     wildcard_constraints:
         variant=variant_ending_in(steps_with("approximate")),
     params:
+        device=step_device,
         args=step_flags,
         data_dir=data_dir,
     threads: step_threads
@@ -26,4 +27,4 @@ rule approximate:
         "axformer approximate --parent {input.parent:q} --ckpt {output.ckpt:q} --metrics {output.record:q}"
         " --decisions {output.decisions:q} {params.args} --data-dir {params.data_dir} --threads {threads:q}"
         " --variant-name {wildcards.variant:q}"
-        " --no-progress > {log:q} 2>&1"
+        " --device {params.device} --no-progress > {log:q} 2>&1"

@@ -14,6 +14,7 @@ rule baseline:
     wildcard_constraints:
         variant=variant_ending_in(steps_with("baseline")),
     params:
+        device=step_device,
         args=step_flags,
         match=match_flag,
         data_dir=data_dir,
@@ -25,7 +26,7 @@ rule baseline:
     shell:
         "axformer baseline --parent {input.parent:q} --ckpt {output.ckpt:q} --metrics {output.record:q}"
         " --variant-name {wildcards.variant:q} {params.match} {params.args} --data-dir {params.data_dir}"
-        " --threads {threads:q} --no-progress > {log:q} 2>&1"
+        " --threads {threads:q} --device {params.device} --no-progress > {log:q} 2>&1"
 
 
 rule majority:

@@ -164,9 +164,16 @@ def _check_config():
             if st["match"] not in STEPS or not COMMANDS[STEPS[st["match"]]["command"]]["decisions"]:
                 valid = sorted(n for n, s in STEPS.items() if COMMANDS[s["command"]]["decisions"])
                 _config_error(f"steps.{name}.match", f"{st['match']!r} is not an approximate step (one of {valid}).")
+        if st["device"] == "cpu" and st["gpu"] > 0:
+            _config_error(f"steps.{name}.gpu", f"step {name!r} runs on device cpu but books {st['gpu']} GPU(s); "
+                          "set gpu: 0, or device: cuda (or auto) to use the GPU.")
         if st["command"] == "baseline" and "method" not in st["args"]:
             _config_error(f"steps.{name}.args.method", "baseline steps need args.method (the baselines/ method name).")
         _check_step_args(name, st)
+
+    if config["measure"]["device"] == "cpu" and config["measure"]["gpu"] > 0:
+        _config_error("measure.gpu", f"measure.device is cpu but measure.gpu is {config['measure']['gpu']}; "
+                      "set gpu: 0, or device: cuda.")
 
     for variant in config["variants"]:
         parts = variant.split("+")
@@ -390,8 +397,13 @@ def measure_threads(wildcards):
 
 def measure_flags():
     m = config["measure"]
-    keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads")
-    return cli_flags({k: m[k] for k in keys})
+    keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype")
+    return cli_flags({k: m[k] for k in keys}) + " --memory-isolation " + ("on" if m["memory_isolation"] else "off")
+
+
+def step_device(wildcards):
+    """--device of the job that builds the last step of {variant} (schema-checked, quoted all the same)."""
+    return shlex.quote(last_step(wildcards)["device"])
 
 
 # ------------------------------------------------------------------------------------------ targets

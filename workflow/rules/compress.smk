@@ -14,6 +14,7 @@ rule distill:
     wildcard_constraints:
         variant=variant_ending_in(steps_with("distill")),
     params:
+        device=step_device,
         args=step_flags,
         data_dir=data_dir,
     threads: step_threads
@@ -23,4 +24,4 @@ rule distill:
         gpu=step_resource("gpu"),
     shell:
         "axformer distill --parent {input.parent:q} --ckpt {output.ckpt:q} --metrics {output.record:q}"
-        " {params.args} --data-dir {params.data_dir} --threads {threads:q} --no-progress > {log:q} 2>&1"
+        " {params.args} --data-dir {params.data_dir} --threads {threads:q} --device {params.device} --no-progress > {log:q} 2>&1"

@@ -15,6 +15,7 @@ rule finetune:
         data_dir=data_dir,
         split=split_flags,
         args=finetune_flags,
+        device=shlex.quote(FT_STEP["device"]),
     threads: FT_STEP["threads"]
     resources:
         mem_mb=FT_STEP["mem_mb"],
@@ -23,4 +24,4 @@ rule finetune:
     shell:
         "axformer finetune --task {wildcards.task:q} --model {params.model} --seed {wildcards.seed:q}"
         " --profile {params.profile:q} --data-dir {params.data_dir} {params.split} {params.args}"
-        " --threads {threads:q} --ckpt {output.ckpt:q} --metrics {output.record:q} --no-progress > {log:q} 2>&1"
+        " --threads {threads:q} --ckpt {output.ckpt:q} --metrics {output.record:q} --device {params.device} --no-progress > {log:q} 2>&1"
