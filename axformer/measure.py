@@ -348,12 +348,21 @@ def compare(
     variant: nn.Module,
     inputs: dict[str, torch.Tensor],
     cfg: MeasureConfig,
+    references: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Time baseline and variant in one interleaved job; return the variant's ``latency`` block."""
-    stats = time_interleaved({"baseline": baseline, "variant": variant}, inputs, cfg)
+    """Time baseline and variant in one interleaved job; return the variant's ``latency`` block.
+
+    ``references``: further models timed in the same loop (e.g. the runtime's own fp32 graph for an ONNX
+    Runtime int8 variant); the block then gets ``references: {name: {p50_ms, p90_ms, speedup}}`` with
+    speedup = reference p50 / variant p50.
+    """
+    refs = dict(references or {})
+    if {"baseline", "variant"} & set(refs):
+        raise ConfigError("reference models cannot be named 'baseline' or 'variant'.")
+    stats = time_interleaved({"baseline": baseline, "variant": variant, **refs}, inputs, cfg)
     b, v = stats["baseline"], stats["variant"]
     batch_size, seq_len = (int(s) for s in inputs["input_ids"].shape[:2])
-    return Latency(
+    block = Latency(
         device=cfg.device,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -367,6 +376,13 @@ def compare(
         baseline_p90_ms=b.p90_ms,
         speedup=(b.p50_ms / v.p50_ms) if v.p50_ms > 0 else float("nan"),
     ).to_dict()
+    if refs:
+        block["references"] = {
+            name: {"p50_ms": stats[name].p50_ms, "p90_ms": stats[name].p90_ms,
+                   "speedup": (stats[name].p50_ms / v.p50_ms) if v.p50_ms > 0 else float("nan")}
+            for name in refs
+        }
+    return block
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -717,22 +733,26 @@ def measure_pair(
     texts_b: Sequence[str] | None,
     cfg: MeasureConfig,
     variant_dir: str | os.PathLike | None = None,
+    references: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Measure ``variant_model`` against ``baseline_model`` on real sentences.
 
     Returns ``{"latency": [block per batch size], "memory": {...}, "size": {...}, "flops": [entry per batch
     size], "env": {...}}`` for the variant; each latency block carries the baseline's p50/p90 and the speedup
-    from the same interleaved job. ``size.bytes_on_disk`` is None unless ``variant_dir`` is given.
+    from the same interleaved job (and ``references``' figures when given, see :func:`compare`).
+    ``size.bytes_on_disk`` is None unless ``variant_dir`` is given.
     Models are moved to ``cfg.device`` and put in eval mode.
     """
     device = check_device(cfg, [baseline_model, variant_model])
     _to_device(baseline_model, device)
     _to_device(variant_model, device)
     with _num_threads(cfg.threads):
-        return _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device)
+        return _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device,
+                             references)
 
 
-def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device):
+def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device,
+                  references=None):
     """Body of ``measure_pair``, run with ``cfg.threads`` applied."""
     latency: list[dict[str, Any]] = []
     flops: list[dict[str, Any]] = []
@@ -743,7 +763,7 @@ def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cf
     last_inputs = None
     for bs in cfg.batch_sizes:
         inputs = _inputs_to(make_inputs(tokenizer, texts_a, texts_b, bs, cfg.seq_len), device)
-        latency.append(compare(baseline_model, variant_model, inputs, cfg))
+        latency.append(compare(baseline_model, variant_model, inputs, cfg, references))
         flops.append(flops_block(variant_model, bs, cfg.seq_len, peak))
         if last_inputs is None or bs >= last_inputs["input_ids"].shape[0]:
             last_inputs = inputs
