@@ -147,3 +147,25 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
         ref = lat["references"]["ort_fp32"]
         assert lat["speedup"] > 0 and ref["p50_ms"] > 0 and ref["speedup"] == pytest.approx(ref["p50_ms"] / lat["p50_ms"])
         assert 0.0 <= rec["metric"]["dev"] <= 1.0 and rec["metric"]["n_dev"] == 24
+
+
+def test_workflow_stops_before_any_job_without_the_extra(tmp_path, data_dir):
+    """bench.yaml has int8_ort variants: with onnxruntime hidden, snakemake fails at config check time."""
+    import os
+    import subprocess
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    # sitecustomize runs at interpreter start: None in sys.modules makes find_spec / import see no package
+    (hide / "sitecustomize.py").write_text("import sys\nfor n in ('onnxruntime', 'onnx', 'onnxscript'):\n"
+                                           "    sys.modules[n] = None\n")
+    env = {**os.environ, "AXFORMER_DATA": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(hide), str(repo), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
+                          str(tmp_path / "w"), "--configfile", str(repo / "workflow" / "config" / "bench.yaml"),
+                          "-n"], capture_output=True, text=True, env=env, timeout=300)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "config key 'steps.int8_ort.args.quantize'" in err and 'pip install -e ".[ort]"' in err, err[-2000:]
+    assert "Building DAG" not in err
