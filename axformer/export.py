@@ -1,4 +1,5 @@
-"""ONNX export of any variant and ONNX Runtime int8: the runtime behind the ``int8_ort`` quantize steps.
+"""ONNX export of any variant, ONNX Runtime and OpenVINO int8: the runtimes behind the ``int8_ort`` /
+``int8_ov`` quantize steps.
 
 The PyTorch int8 path (:mod:`axformer.quantize`) is not what a user who wants a fast CPU model picks; ONNX
 Runtime (ORT) is. This module exports a loaded variant -- fine-tuned, structurally pruned (per-layer head
@@ -25,6 +26,9 @@ int8
     names), not the attention score matmuls, embeddings or LayerNorms; the task head (classifier / QA
     head and pooler dense, :data:`axformer.quantize.DEFAULT_SKIP`) stays fp32 for the reason given in
     :mod:`axformer.quantize`.
+    ``int8_ov``: OpenVINO reads the same fp32 ONNX graph; NNCF post-training quantization
+    (``model_type=TRANSFORMER``, ranges from search-split rows, head kept fp32 through an ignored scope)
+    writes an int8 IR. :class:`OvModel` runs it with ``INFERENCE_PRECISION_HINT=f32`` (see :func:`ov_config`).
 
 Running
     :class:`OrtModel` wraps an ``InferenceSession`` as a model: ``model(**inputs)`` returns the same output
@@ -35,7 +39,8 @@ Running
     exported from is kept as the ``reference`` submodule so that parameter counts and FLOPs are read off the
     same shapes; the forward never touches it.
 
-The packages are an optional extra: ``pip install -e ".[ort]"`` (:data:`INSTALL`).
+The packages are optional extras: ``pip install -e ".[ort]"`` (:data:`INSTALL`), ``pip install -e ".[ov]"``
+(:data:`OV_INSTALL`).
 """
 
 from __future__ import annotations
@@ -56,8 +61,12 @@ from axformer.utils import ConfigError
 
 INSTALL = 'pip install -e ".[ort]"'
 RUNTIME_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
+OV_INSTALL = 'pip install -e ".[ov]"'
+OV_PACKAGES = ("openvino", "nncf", "onnx", "onnxscript")
 # quantize step name (the CLI's --quantize value) -> ORT int8 scheme
 ORT_MODES = {"int8_ort": "dynamic", "int8_ort_static": "static"}
+OV_MODES = {"int8_ov": "static"}  # OpenVINO int8 through NNCF post-training quantization
+RUNTIME_MODES = (*ORT_MODES, *OV_MODES)
 OPSET = 18
 DEFAULT_ATOL = 1e-4  # max |logit| difference ORT fp32 vs PyTorch accepted at export
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -74,6 +83,10 @@ __all__ = [
     "quantize_onnx",
     "session",
     "OrtModel",
+    "OvModel",
+    "quantize_ov",
+    "require_runtime",
+    "RUNTIME_MODES",
     "max_abs_diff",
     "file_bytes",
     "text_batches",
@@ -81,18 +94,28 @@ __all__ = [
 ]
 
 
-def require_ort(what: str = "int8_ort") -> dict[str, str]:
+def require_ort(what: str = "int8_ort", packages: Sequence[str] = RUNTIME_PACKAGES,
+                install: str = INSTALL) -> dict[str, str]:
     """Versions of the runtime packages; ``ConfigError`` with the install command when one is missing."""
     versions = {}
-    for name in RUNTIME_PACKAGES:
+    for name in packages:
         try:
-            versions[name] = importlib.import_module(name).__version__
+            versions[name] = str(importlib.import_module(name).__version__)
         except ImportError as exc:
             raise ConfigError(
-                f"{what} needs the optional packages {', '.join(RUNTIME_PACKAGES)} ({name}: {exc}); "
-                f"install them with `{INSTALL}`."
+                f"{what} needs the optional packages {', '.join(packages)} ({name}: {exc}); "
+                f"install them with `{install}`."
             ) from exc
     return versions
+
+
+def require_runtime(mode: str) -> dict[str, str]:
+    """``require_ort`` for the packages quantize step ``mode`` (a key of RUNTIME_MODES) needs."""
+    if mode in OV_MODES:
+        return require_ort(f"--quantize {mode}", OV_PACKAGES, OV_INSTALL)
+    if mode in ORT_MODES:
+        return require_ort(f"--quantize {mode}")
+    raise ConfigError(f"quantize mode {mode!r} is not one of {', '.join(RUNTIME_MODES)}.")
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -134,15 +157,17 @@ def export_onnx(
     check: Iterable[dict[str, torch.Tensor]] = (),
     atol: float = DEFAULT_ATOL,
     threads: int = 1,
+    runtime: str = "ort",
 ) -> dict[str, Any]:
     """Export ``model`` (eval mode, CPU) to ``path`` with dynamic batch and sequence axes; return the info.
 
     ``sample``: one tokenized batch (batch and length >= 2, else torch.export specialises the axis to 1).
-    ``check``: batches whose ORT fp32 logits must match PyTorch within ``atol`` (real dev rows in the CLI);
+    ``check``: batches whose fp32 logits in ``runtime`` ("ort" or "ov") must match PyTorch within ``atol``
+    (real dev rows in the CLI);
     a larger difference raises ``RuntimeError``. info: exporter, opset, inputs, outputs, check_max_abs_diff,
     check_rows, atol, bytes.
     """
-    versions = require_ort("ONNX export")
+    versions = require_ort("ONNX export", ("onnx", "onnxscript"))
     model = model.eval().cpu()
     names = _input_names(sample)
     if min(sample["input_ids"].shape[:2]) < 2:
@@ -178,19 +203,22 @@ def export_onnx(
         **versions,
     }
     diff, rows = 0.0, 0
-    sess = session(path, threads)
+    runner = None
     for batch_inputs in check:
+        if runner is None:
+            runner = (OvModel if runtime == "ov" else OrtModel).like(path, model, threads, batch_inputs)
         with torch.inference_mode():
             ref = model(**batch_inputs)
-        got = _run(sess, names, outs, batch_inputs)
+        got = runner.infer(batch_inputs)
         for n, arr in zip(outs, got):
             diff = max(diff, max_abs_diff(getattr(ref, n), arr))
         rows += int(batch_inputs["input_ids"].shape[0])
-    info.update(check_rows=rows, check_max_abs_diff=diff if rows else None, atol=atol, bytes=file_bytes(path))
+    info.update(check_runtime=runtime, check_rows=rows, check_max_abs_diff=diff if rows else None, atol=atol,
+                bytes=file_bytes(path))
     if rows and not diff <= atol:
         raise RuntimeError(
-            f"ONNX export of {type(model).__name__} does not match PyTorch: max |logit diff| {diff:.3g} > {atol:g} "
-            f"on {rows} rows ({path})."
+            f"ONNX export of {type(model).__name__} does not match PyTorch in {runtime}: max |logit diff| "
+            f"{diff:.3g} > {atol:g} on {rows} rows ({path})."
         )
     return info
 
@@ -336,21 +364,21 @@ def _run(sess: Any, names: Sequence[str], outs: Sequence[str], inputs: dict[str,
     return sess.run(list(outs), feed)
 
 
-class OrtModel(nn.Module):
-    """An ONNX graph run by ORT, callable like the PyTorch model it was exported from.
+class _RuntimeModel(nn.Module):
+    """An exported graph run by a runtime, callable like the PyTorch model it was exported from.
 
-    ``model(**inputs)`` returns ``reference``'s output class with the logits filled in (from numpy,
-    on the CPU). ``reference`` is registered as a submodule only so that measure.py reads parameter counts
-    and FLOPs off the same shapes; ``base_model`` points into it.
+    ``model(**inputs)`` returns ``reference``'s output class with the logits filled in (from numpy, on the
+    CPU). ``reference`` is registered as a submodule only so that measure.py reads parameter counts and
+    FLOPs off the same shapes; ``base_model`` points into it. Subclasses implement :meth:`infer`.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, reference: nn.Module, threads: int, output_type: type):
+    runtime = ""
+
+    def __init__(self, reference: nn.Module, threads: int, output_type: type):
         super().__init__()
-        self.onnx_path = str(onnx_path)
-        self.threads = int(threads)
-        self.session = session(onnx_path, self.threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ConfigError(f"{self.runtime} threads must be an integer >= 1 (got {threads!r}).")
+        self.threads = threads
         self.output_type = output_type
         self.reference = reference.eval()
 
@@ -359,16 +387,114 @@ class OrtModel(nn.Module):
         return self.reference.base_model
 
     @classmethod
-    def like(cls, onnx_path: str | os.PathLike, reference: nn.Module, threads: int,
-             sample: dict[str, torch.Tensor]) -> "OrtModel":
+    def like(cls, path: str | os.PathLike, reference: nn.Module, threads: int,
+             sample: dict[str, torch.Tensor]) -> "_RuntimeModel":
         """Build with the output class ``reference`` returns for ``sample``."""
         with torch.inference_mode():
             out_type = type(reference(**sample))
-        return cls(onnx_path, reference, threads, out_type)
+        return cls(path, reference, threads, out_type)
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        raise NotImplementedError
 
     def forward(self, **inputs: torch.Tensor) -> Any:
-        outs = _run(self.session, self.input_names, self.output_names, inputs)
-        return self.output_type(**{n: torch.from_numpy(o) for n, o in zip(self.output_names, outs)})
+        outs = self.infer(inputs)
+        return self.output_type(**{n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self.output_names, outs)})
+
+
+class OrtModel(_RuntimeModel):
+    """An ONNX graph in an ORT ``InferenceSession`` (:func:`session`: pinned threads, no spinning)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, onnx_path: str | os.PathLike, reference: nn.Module, threads: int, output_type: type):
+        super().__init__(reference, threads, output_type)
+        self.path = str(onnx_path)
+        self.session = session(onnx_path, self.threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        return _run(self.session, self.input_names, self.output_names, inputs)
+
+
+def ov_config(threads: int) -> dict[str, Any]:
+    """OpenVINO CPU plugin settings: ``threads`` inference threads, one stream, fp32 for every op that is not
+    int8 (on CPUs with AMX / AVX-512 BF16 the plugin otherwise runs fp32 graphs in bf16: max |logit diff|
+    4e-4 vs PyTorch on the tiny test model instead of 1e-8)."""
+    return {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY"}
+
+
+class OvModel(_RuntimeModel):
+    """An ONNX graph (``.onnx``) or OpenVINO IR (``.xml``) compiled for OpenVINO's CPU plugin."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | os.PathLike, reference: nn.Module, threads: int, output_type: type):
+        super().__init__(reference, threads, output_type)
+        require_ort("OpenVINO", OV_PACKAGES, OV_INSTALL)
+        import openvino as ov
+
+        self.path = str(path)
+        self.compiled = ov.Core().compile_model(self.path, "CPU", ov_config(self.threads))
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.request = self.compiled.create_infer_request()
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        feed = {n: inputs[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in self.input_names}
+        res = self.request.infer(feed)
+        return [np.array(res[o]) for o in self.compiled.outputs]  # a copy: the request reuses its buffers
+
+
+def quantize_ov(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    calibration: Iterable[dict[str, torch.Tensor]],
+    skip: Sequence[str] = DEFAULT_SKIP,
+) -> dict[str, Any]:
+    """OpenVINO int8 IR (``dst``: .xml + .bin) of the fp32 graph ``src`` by NNCF post-training quantization
+    (``model_type=TRANSFORMER``: int8 weights per channel and int8 activations with ranges from
+    ``calibration``, SmoothQuant, bias correction). The task head (``skip``) stays fp32."""
+    versions = require_ort("int8_ov", OV_PACKAGES, OV_INSTALL)
+    import re
+
+    import nncf
+    import openvino as ov
+
+    batches = list(calibration)
+    n_calib = int(sum(b["input_ids"].shape[0] for b in batches))
+    if not n_calib:
+        raise ConfigError("int8_ov: the calibration set (search split) is empty.")
+    targets, kept = linear_matmul_nodes(src, skip)
+    model = ov.Core().read_model(str(src))
+    names = [i.get_any_name() for i in model.inputs]
+    feeds = [{n: b[n].cpu().numpy() for n in names} for b in batches]
+    # OpenVINO keeps the ONNX node names (a Gemm becomes "<name>/WithoutBiases" + an Add)
+    ignored = nncf.IgnoredScope(patterns=[rf"^{re.escape(n)}(/.*)?$" for n in kept], validate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        qmodel = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                               subset_size=len(feeds), ignored_scope=ignored)
+    dst = Path(dst)
+    ov.save_model(qmodel, str(dst), compress_to_fp16=False)
+    n_fq = sum(1 for op in qmodel.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+    return {
+        "backend": "openvino_nncf",
+        "dtype": "int8",
+        "scheme": "NNCF post-training int8 (model_type TRANSFORMER): int8 weights per output channel, int8 "
+                  "activations per tensor with ranges calibrated on search-split rows, SmoothQuant, fast bias "
+                  "correction; attention matmuls quantized too (NNCF's transformer scheme); head fp32",
+        "n_linear_total": len(targets) + len(kept),
+        "skipped_nodes": kept,
+        "skip_patterns": list(skip),
+        "fake_quantize_ops": n_fq,
+        "calibration_rows": n_calib,
+        "calibration_split": "search",
+        "bytes": int(dst.stat().st_size + dst.with_suffix(".bin").stat().st_size),
+        **versions,
+    }
 
 
 def text_batches(tokenizer: Any, texts_a: Sequence[str], texts_b: Sequence[str] | None, max_length: int,
@@ -392,24 +518,33 @@ def runtime_variant(
     check: list[dict[str, torch.Tensor]],
     calibration: list[dict[str, torch.Tensor]] | None = None,
     atol: float = DEFAULT_ATOL,
-) -> tuple[OrtModel, OrtModel, dict[str, Any]]:
-    """Export ``model`` (fp32, checked against PyTorch on ``check``), quantize it per ``mode`` (a key of
-    :data:`ORT_MODES`) and return ``(int8 OrtModel, fp32 OrtModel, info)``; info goes into metrics.json
-    as the ``quantize`` block (with the export's record under ``export``)."""
-    if mode not in ORT_MODES:
-        raise ConfigError(f"ORT quantize mode {mode!r} is not one of {', '.join(ORT_MODES)}.")
+) -> tuple[_RuntimeModel, dict[str, _RuntimeModel], dict[str, Any]]:
+    """Export ``model`` (fp32, checked against PyTorch on ``check`` in the runtime ``mode`` uses), quantize it
+    per ``mode`` (a key of :data:`RUNTIME_MODES`) and return ``(int8 model, {"<runtime>_fp32": fp32 model},
+    info)``; info goes into metrics.json as the ``quantize`` block (with the export's record under ``export``)."""
+    require_runtime(mode)
     if not check:
         raise ConfigError("runtime_variant needs at least one batch of real rows to check the export on.")
+    runtime = "ov" if mode in OV_MODES else "ort"
+    cls = OvModel if runtime == "ov" else OrtModel
     work = Path(workdir)
-    fp32_path, int8_path = work / "model_fp32.onnx", work / f"model_{mode}.onnx"
+    fp32_path = work / "model_fp32.onnx"
     sample = {k: v[:2] for k, v in check[0].items()}
-    exp = export_onnx(model, fp32_path, sample, check=check, atol=atol, threads=threads)
-    info = quantize_onnx(fp32_path, int8_path, ORT_MODES[mode], calibration=calibration)
-    info.update(requested_backend=mode, device="cpu", threads=threads, inter_op_threads=1, allow_spinning=False,
-                fp32_bytes=exp["bytes"], export=exp)
-    qmodel = OrtModel.like(int8_path, model, threads, sample)
-    fmodel = OrtModel.like(fp32_path, model, threads, sample)
-    return qmodel, fmodel, info
+    exp = export_onnx(model, fp32_path, sample, check=check, atol=atol, threads=threads, runtime=runtime)
+    if runtime == "ov":
+        if calibration is None:
+            raise ConfigError("int8_ov needs calibration batches (rows of the search split).")
+        int8_path = work / f"model_{mode}.xml"
+        info = quantize_ov(fp32_path, int8_path, calibration)
+        info.update(ov_config=ov_config(threads))
+    else:
+        int8_path = work / f"model_{mode}.onnx"
+        info = quantize_onnx(fp32_path, int8_path, ORT_MODES[mode], calibration=calibration)
+        info.update(inter_op_threads=1, allow_spinning=False)
+    info.update(requested_backend=mode, device="cpu", threads=threads, fp32_bytes=exp["bytes"], export=exp)
+    qmodel = cls.like(int8_path, model, threads, sample)
+    fmodel = cls.like(fp32_path, model, threads, sample)
+    return qmodel, {f"{runtime}_fp32": fmodel}, info
 
 
 def scratch_dir(prefix: str = "axformer-onnx-") -> tempfile.TemporaryDirectory:

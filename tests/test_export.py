@@ -93,6 +93,23 @@ def test_static_int8_calibrates_on_given_rows(tmp_path):
         export.quantize_onnx(tmp_path / "f.onnx", tmp_path / "t.onnx", "static")
 
 
+def test_openvino_int8_of_a_pruned_hard_attention_model(tmp_path):
+    pytest.importorskip("openvino", reason='the `ov` extra: pip install -e ".[ov]"')
+    pytest.importorskip("nncf", reason='the `ov` extra: pip install -e ".[ov]"')
+    m = pruned_model(True)
+    info = export.export_onnx(m, tmp_path / "f.onnx", batch(2, 8, 0), check=[batch(4, 16, 1)], runtime="ov")
+    assert info["check_runtime"] == "ov" and info["check_max_abs_diff"] <= export.DEFAULT_ATOL
+    q = export.quantize_ov(tmp_path / "f.onnx", tmp_path / "q.xml", [batch(8, 16, 5), batch(8, 12, 6)])
+    assert q["calibration_rows"] == 16 and q["fake_quantize_ops"] > 0 and len(q["skipped_nodes"]) == 2
+    x = batch(5, 23, 3)
+    int8 = export.OvModel.like(tmp_path / "q.xml", m, 1, x)
+    with torch.inference_mode():
+        ref = m(**x).logits
+        got = int8(**x).logits
+    assert got.shape == ref.shape
+    assert 0 < export.max_abs_diff(ref, got) < 0.1 * float(ref.abs().max()) + 1e-3
+
+
 def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
     m = pruned_model(False)
     real = export._run
@@ -111,6 +128,8 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch, capsys):
     _hide_ort(monkeypatch)
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[ort\]"'):
         export.require_ort()
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[ov\]"'):
+        export.require_runtime("int8_ov")
     # the CLI stops before loading any checkpoint (these paths do not exist)
     rc = main(["measure", "--task", "sst2", "--variant-name", "finetune+int8_ort", "--baseline",
                str(tmp_path / "nope"), "--variant", str(tmp_path / "nope"), "--quantize", "int8_ort",
@@ -131,7 +150,13 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
     elements.skip_ffn(m, 1)
     hard_attention.enable(m, [0], 4)
     models.save_checkpoint(m, tok, tmp_path / "pr")
-    for mode in ("int8_ort", "int8_ort_static"):
+    modes = ["int8_ort", "int8_ort_static"]
+    try:
+        export.require_runtime("int8_ov")
+        modes.append("int8_ov")
+    except ConfigError:  # the `ov` extra is not installed: ORT only
+        pass
+    for mode in modes:
         out = tmp_path / mode / "metrics.json"
         assert main(["measure", "--task", "sst2", "--variant-name", f"finetune+{mode}", "--baseline",
                      str(tmp_path / "ft"), "--variant", str(tmp_path / "pr"), "--quantize", mode, "--step-json",
@@ -139,12 +164,14 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
                      "--warmup", "1", "--min-iters", "3", "--min-seconds", "0", *common]) == 0
         rec = json.loads(out.read_text())
         q = rec["quantize"]
-        assert q["backend"] == f"onnxruntime_{export.ORT_MODES[mode]}" and q["threads"] == 1
+        runtime = "ov" if mode == "int8_ov" else "ort"
+        backend = "openvino_nncf" if mode == "int8_ov" else f"onnxruntime_{export.ORT_MODES[mode]}"
+        assert q["backend"] == backend and q["threads"] == 1
         assert q["export"]["check_rows"] == 24 and q["export"]["check_max_abs_diff"] <= export.DEFAULT_ATOL
-        assert q["calibration_rows"] == (16 if mode == "int8_ort_static" else None)
+        assert q["calibration_rows"] == (None if mode == "int8_ort" else 16)  # the search split's 16 rows
         assert rec["size"]["bytes_on_disk"] == q["bytes"] < q["fp32_bytes"]
         lat = rec["latency"][0]
-        ref = lat["references"]["ort_fp32"]
+        ref = lat["references"][f"{runtime}_fp32"]
         assert lat["speedup"] > 0 and ref["p50_ms"] > 0 and ref["speedup"] == pytest.approx(ref["p50_ms"] / lat["p50_ms"])
         assert 0.0 <= rec["metric"]["dev"] <= 1.0 and rec["metric"]["n_dev"] == 24
 
@@ -158,7 +185,7 @@ def test_workflow_stops_before_any_job_without_the_extra(tmp_path, data_dir):
     hide = tmp_path / "hide"
     hide.mkdir()
     # sitecustomize runs at interpreter start: None in sys.modules makes find_spec / import see no package
-    (hide / "sitecustomize.py").write_text("import sys\nfor n in ('onnxruntime', 'onnx', 'onnxscript'):\n"
+    (hide / "sitecustomize.py").write_text("import sys\nfor n in ('onnxruntime', 'onnx', 'onnxscript', 'openvino'):\n"
                                            "    sys.modules[n] = None\n")
     env = {**os.environ, "AXFORMER_DATA": str(data_dir), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(hide), str(repo), os.environ.get("PYTHONPATH", "")])}
@@ -167,5 +194,6 @@ def test_workflow_stops_before_any_job_without_the_extra(tmp_path, data_dir):
                           "-n"], capture_output=True, text=True, env=env, timeout=300)
     err = res.stdout + res.stderr
     assert res.returncode != 0
+    # the first offending step (sorted) is named: int8_ort before int8_ov
     assert "config key 'steps.int8_ort.args.quantize'" in err and 'pip install -e ".[ort]"' in err, err[-2000:]
     assert "Building DAG" not in err

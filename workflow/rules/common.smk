@@ -129,13 +129,16 @@ def _check_runtime_extra():
     """A variant ending in an ONNX Runtime int8 step needs the `ort` extra: stop before any job runs."""
     import importlib.util
 
+    extras = {"int8_ort": ("ort", ("onnxruntime", "onnx", "onnxscript")),
+              "int8_ov": ("ov", ("openvino", "nncf", "onnx", "onnxscript"))}
     used = {v.split("+")[-1] for v in config["variants"]}
     for name in sorted(used):
         mode = str(STEPS[name]["args"].get("quantize", "")) if STEPS[name]["command"] == "quantize" else ""
-        missing = [p for p in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(p) is None]
-        if mode.startswith("int8_ort") and missing:
-            _config_error(f"steps.{name}.args.quantize", f"{mode!r} needs the optional packages "
-                          f"{', '.join(missing)}; install them with `pip install -e \".[ort]\"`.")
+        for prefix, (extra, packages) in extras.items():
+            missing = [p for p in packages if importlib.util.find_spec(p) is None]
+            if mode.startswith(prefix) and missing:
+                _config_error(f"steps.{name}.args.quantize", f"{mode!r} needs the optional packages "
+                              f"{', '.join(missing)}; install them with `pip install -e \".[{extra}]\"`.")
 
 
 _check_config()
