@@ -349,7 +349,9 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="variant name recorded in metrics.json, e.g. finetune+axformer+int8")
     p.add_argument("--baseline", required=True, help="finetune checkpoint: timed interleaved with the variant")
     p.add_argument("--variant", required=True, help="checkpoint of the variant (for X+int8: X's checkpoint)")
-    p.add_argument("--quantize", default="none", choices=["none", "int8"], help="quantize the variant before measuring")
+    # int8_ort / int8_ort_static: ONNX Runtime int8, int8_ov: OpenVINO int8 (axformer.export; extras ort / ov)
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "int8_ort", "int8_ort_static", "int8_ov"],
+                   help="quantize the variant before measuring")
     p.add_argument("--quantize-backend", default="auto", help="auto | torch_dynamic | torchao | bitsandbytes")
     p.add_argument("--step-json", nargs="+", action="extend", default=[], metavar="STEP.json",
                    help="step records whose extra blocks (train, search, data, distill, ...) are copied in")
@@ -386,6 +388,25 @@ def _serialized_bytes(model) -> int | None:
     return buf.tell()
 
 
+def _ort_variant(args: argparse.Namespace, variant, tokenizer, task, splits, split, cfg):
+    """X+int8_ort / int8_ov: export X to ONNX (checked against PyTorch on dev rows), quantize it with ONNX
+    Runtime / OpenVINO (static ranges from search rows only); returns (int8 model, {"<runtime>_fp32": fp32
+    model}, info)."""
+    from axformer import export, squad
+
+    def texts(ds):
+        if task.is_qa:
+            return squad.measure_texts(ds)
+        return list(ds["text_a"]), (list(ds["text_b"]) if task.is_pair else None)
+
+    check = export.text_batches(tokenizer, *texts(splits.dev), split.max_length, export.CHECK_ROWS)
+    calib = None
+    if export.ORT_MODES.get(args.quantize, "static") == "static":
+        calib = export.text_batches(tokenizer, *texts(splits.search), split.max_length, export.CALIBRATION_ROWS)
+    with export.scratch_dir() as work:  # the sessions hold the graphs in memory; the files are not kept
+        return export.runtime_variant(variant, args.quantize, work, cfg.threads, check, calib)
+
+
 @step("measure", "metric (dev + search), size, latency vs the baseline, memory and FLOPs of a variant -> metrics.json")
 @with_args(_measure_args)
 def cmd_measure(args: argparse.Namespace) -> None:
@@ -405,6 +426,13 @@ def cmd_measure(args: argparse.Namespace) -> None:
     _setup_device(args)  # "auto" resolved before the config records it
     cfg = measure.MeasureConfig(device=args.device, **given)
     device = measure.check_device(cfg)  # fail before loading anything
+    runtime_int8 = args.quantize.startswith(("int8_ort", "int8_ov"))
+    if runtime_int8:
+        from axformer.export import require_runtime
+
+        require_runtime(args.quantize)
+        if device.type != "cpu":
+            raise ConfigError(f"--quantize {args.quantize} runs on the runtime's CPU backend; use --device cpu.")
     task = get_task(args.task)
     split = _parent_split_args(args.baseline, args)  # the baseline's split: the same dev and search rows
     if get_task(split.task).name != task.name:
@@ -429,6 +457,9 @@ def cmd_measure(args: argparse.Namespace) -> None:
 
     task = resolve_task(split)  # the QA settings the baseline was fine-tuned with
     splits = make_task_splits(task, split)
+    references = None  # int8_ort / int8_ov: the runtime's own fp32 graph, timed in the same interleaved loop
+    if runtime_int8:
+        variant, references, quant_info = _ort_variant(args, variant, vtok, task, splits, split, cfg)
     dev = train.evaluate(variant, data.tokenize(splits.dev, vtok, task, split.max_length), vtok, task)
     search = train.evaluate(variant, data.tokenize(splits.search, vtok, task, split.max_length), vtok, task)
 
@@ -438,8 +469,12 @@ def cmd_measure(args: argparse.Namespace) -> None:
         texts_a, texts_b = list(splits.dev["text_a"]), (list(splits.dev["text_b"]) if task.is_pair else None)
     # int8 variants are never saved: their size on disk is what torch.save of the quantized weights takes
     m = measure.measure_pair(baseline, variant, tokenizer, texts_a, texts_b, cfg,
-                             variant_dir=None if quant_info else args.variant)
-    if quant_info:
+                             variant_dir=None if quant_info else args.variant, references=references)
+    if references:
+        m["size"]["bytes_on_disk"] = quant_info["bytes"]
+        m["size"]["bytes_on_disk_source"] = (f"the {args.quantize} model file(s) (.onnx, or OpenVINO .xml + .bin; "
+                                             "written at measurement, not kept); the fp32 .onnx is quantize.fp32_bytes")
+    elif quant_info:
         m["size"]["bytes_on_disk"] = _serialized_bytes(variant)
         m["size"]["bytes_on_disk_source"] = ("torch.save(state_dict) of the quantized model "
                                              "(int8 is applied at measurement, never saved)")

@@ -146,6 +146,11 @@ def _allowed_keys(attention_mask: torch.Tensor | None, kv_len: int) -> torch.Ten
     return m > torch.finfo(m.dtype).min / 2
 
 
+def _export_kmax(k: int | float, kv_len: Any) -> Any:
+    """Upper bound of every row's k_eff from the (symbolic) key length alone, for a data-independent graph."""
+    return torch.sym_min(k, kv_len) if isinstance(k, int) else kv_len
+
+
 def topk_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -173,7 +178,10 @@ def topk_attention_forward(
     else:
         lengths = allowed.sum(dim=-1, keepdim=True)  # (B, 1, Tq, 1) real keys per query row
     keff = _k_eff_tensor(k, lengths)  # (B|1, 1, Tq|1, 1)
-    if bool((keff >= lengths).all()):
+    # torch.export (the ONNX exporter, axformer.export) cannot branch on tensor values: there the graph always
+    # takes the top-K path with a shape-derived kmax, which keeps the same keys (a no-op where K covers all).
+    exporting = torch.compiler.is_exporting()
+    if not exporting and bool((keff >= lengths).all()):
         # K covers every real key: ordinary attention, bit-identical to the model without hard attention.
         return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
@@ -184,7 +192,7 @@ def topk_attention_forward(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, neg)  # padded keys can never be among the top K
     with torch.no_grad():  # the selection itself is not differentiated; gradients flow through kept scores
-        kmax = int(keff.max())
+        kmax = _export_kmax(k, kv_len) if exporting else int(keff.max())
         top_idx = scores.topk(kmax, dim=-1, sorted=True).indices  # (B, H, Tq, kmax), best first
         rank = torch.arange(kmax, device=scores.device)
         take = (rank < keff).expand(top_idx.shape)  # row-specific K: keep the first keff of the sorted top-kmax

@@ -386,22 +386,29 @@ def compare(
     inputs: dict[str, torch.Tensor],
     cfg: MeasureConfig,
     samples: dict[str, list[float]] | None = None,
+    references: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Time baseline and variant in one interleaved job; return the variant's ``latency`` block.
 
     ``samples``, when given, receives the per-iteration times (ms, in round order) under "baseline" and
     "variant"; they are kept out of the block (metrics.json stays small) and go to predictions.npz.
+    ``references``: further models timed in the same loop (e.g. the runtime's own fp32 graph for an ONNX
+    Runtime int8 variant); the block then gets ``references: {name: {p50_ms, p90_ms, speedup}}`` with
+    speedup = reference p50 / variant p50.
     """
     from axformer.device import float_dtypes, quiet_logger, tf32_state
 
+    refs = dict(references or {})
+    if {"baseline", "variant"} & set(refs):
+        raise ConfigError("reference models cannot be named 'baseline' or 'variant'.")
     # bitsandbytes logs a cast warning on every Linear8bitLt call with non-fp16 input: kept once, then silenced
     with quiet_logger("bitsandbytes") as flt:
-        stats = time_interleaved({"baseline": baseline, "variant": variant}, inputs, cfg)
+        stats = time_interleaved({"baseline": baseline, "variant": variant, **refs}, inputs, cfg)
     b, v = stats["baseline"], stats["variant"]
     if samples is not None:
         samples.update(baseline=b.samples_ms, variant=v.samples_ms)
     batch_size, seq_len = (int(s) for s in inputs["input_ids"].shape[:2])
-    return Latency(
+    block = Latency(
         device=cfg.device,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -419,6 +426,13 @@ def compare(
         library_log=({"logger": "bitsandbytes", "first": flt.first, "silenced": flt.dropped}
                      if flt.first is not None else None),
     ).to_dict()
+    if refs:
+        block["references"] = {
+            name: {"p50_ms": stats[name].p50_ms, "p90_ms": stats[name].p90_ms,
+                   "speedup": (stats[name].p50_ms / v.p50_ms) if v.p50_ms > 0 else float("nan")}
+            for name in refs
+        }
+    return block
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -708,25 +722,28 @@ def measure_pair(
     texts_b: Sequence[str] | None,
     cfg: MeasureConfig,
     variant_dir: str | os.PathLike | None = None,
+    references: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Measure ``variant_model`` against ``baseline_model`` on real sentences.
 
     Returns ``{"latency": [block per batch size], "memory": {...}, "size": {...}, "flops": [entry per batch
     size], "env": {...}, "iter_ms": {batch size: {"baseline": [...], "variant": [...]}}}`` for the variant;
-    each latency block carries the baseline's p50/p90 and the speedup from the same interleaved job;
-    ``iter_ms`` holds the per-iteration times of those jobs (not a metrics.json block). ``size.bytes_on_disk``
-    is None unless ``variant_dir`` is given. Models are moved to ``cfg.device``, cast to ``cfg.dtype`` (int8
-    variants keep theirs) and put in eval mode. Memory is the variant's alone: on CUDA the baseline leaves the
-    GPU for that phase (memory.py).
+    each latency block carries the baseline's p50/p90 and the speedup from the same interleaved job (and
+    ``references``' figures when given, see :func:`compare`); ``iter_ms`` holds the per-iteration times of
+    those jobs (not a metrics.json block). ``size.bytes_on_disk`` is None unless ``variant_dir`` is given.
+    Models are moved to ``cfg.device``, cast to ``cfg.dtype`` (int8 variants keep theirs) and put in eval
+    mode. Memory is the variant's alone: on CUDA the baseline leaves the GPU for that phase (memory.py).
     """
     device = check_device(cfg, [baseline_model, variant_model])
     cast_for_measure(_to_device(baseline_model, device), cfg)
     cast_for_measure(_to_device(variant_model, device), cfg)
     with _num_threads(cfg.threads):
-        return _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device)
+        return _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device,
+                             references)
 
 
-def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device):
+def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cfg, variant_dir, device,
+                  references=None):
     """Body of ``measure_pair``, run with ``cfg.threads`` applied."""
     latency: list[dict[str, Any]] = []
     flops: list[dict[str, Any]] = []
@@ -738,7 +755,8 @@ def _measure_pair(baseline_model, variant_model, tokenizer, texts_a, texts_b, cf
     iter_ms: dict[int, dict[str, list[float]]] = {}
     for bs in cfg.batch_sizes:
         inputs = _inputs_to(make_inputs(tokenizer, texts_a, texts_b, bs, cfg.seq_len), device)
-        latency.append(compare(baseline_model, variant_model, inputs, cfg, samples=iter_ms.setdefault(int(bs), {})))
+        latency.append(compare(baseline_model, variant_model, inputs, cfg, samples=iter_ms.setdefault(int(bs), {}),
+                               references=references))
         flops.append(flops_block(variant_model, bs, cfg.seq_len, peak))
         if last_inputs is None or bs >= last_inputs["input_ids"].shape[0]:
             last_inputs = inputs

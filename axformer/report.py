@@ -59,7 +59,7 @@ ID_COLUMNS: tuple[str, ...] = ("task", "model", "variant", "seed", "profile")
 # Top-level blocks that are dicts (or null when not measured); a null block adds no columns.
 _BLOCKS = ("metric", "size", "memory", "env", "train", "search")
 # Known variant components, in the order they are applied; used to order table rows.
-_COMPONENT_RANK = {"distill": 0, "axformer": 1, "int8": 2, "headprune": 3}
+_COMPONENT_RANK = {"distill": 0, "axformer": 1, "int8": 2, "int8_ort": 2, "int8_ort_static": 2, "int8_ov": 2, "headprune": 3}
 _LAT_RE = re.compile(r"^latency_b(\d+)_(.+)$")
 _ELEMENT_RE = re.compile(r"^L(\d+)\.(head|ffn_group|ffn|attn)(\d+)?$")
 DASH = "–"
@@ -419,7 +419,7 @@ def _count_list(v: Any) -> float:
 def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
     """What each AxFormer-like search did and what it cost, beside the fine-tuning it starts from.
 
-    One row per (task, model, variant) that ran a search (``search_passes`` present), int8 copies left out
+    One row per (task, model, variant) that ran a search (``search_passes`` present), int8 / int8_ort copies left out
     (they share their parent's search); values are means over seeds. ``Search / fine-tune`` divides the
     search wall time by the wall time of the ``finetune`` training of the same task and model (the issue's
     cost target is < 1).
@@ -427,7 +427,7 @@ def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
     need = {"search_passes", "search_wall_s", "task", "variant"}
     if df.empty or not need <= set(df.columns):
         return pd.DataFrame(columns=["Task", "Variant"])
-    sub = df[df["search_passes"].notna() & ~df["variant"].astype(str).str.endswith("+int8")]
+    sub = df[df["search_passes"].notna() & ~df["variant"].astype(str).str.contains(r"\+int8(?:_ort\w*|_ov)?$")]
     rows = []
     for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
         ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]

@@ -164,6 +164,22 @@ def test_slow_variant_has_speedup_below_one(tokenizer):
     assert block["p50_ms"] >= 5.0
 
 
+def test_reference_models_are_timed_in_the_same_loop(tokenizer):
+    log: list[str] = []
+    base = tiny_model()
+    slow_ref = Recorder(copy.deepcopy(base), "ref", log, sleep_s=0.005)
+    inputs = M.make_inputs(tokenizer, TEXTS_A, TEXTS_B, 1, 16)
+    block = M.compare(Recorder(base, "A", log), Recorder(copy.deepcopy(base), "B", log), inputs, tiny_cfg(),
+                      references={"slow": slow_ref})
+    assert log[:3] == ["A", "B", "ref"] and log == ["A", "B", "ref"] * (len(log) // 3)
+    ref = block["references"]["slow"]
+    assert ref["p50_ms"] >= 5.0 and ref["speedup"] > 1.0
+    assert ref["speedup"] == pytest.approx(ref["p50_ms"] / block["p50_ms"])
+    assert "references" not in M.compare(base, copy.deepcopy(base), inputs, tiny_cfg())
+    with pytest.raises(ConfigError, match="baseline"):
+        M.compare(base, base, inputs, tiny_cfg(), references={"baseline": base})
+
+
 def test_identical_models_speedup_near_one(tokenizer):
     base = tiny_model()
     inputs = M.make_inputs(tokenizer, TEXTS_A, TEXTS_B, 2, 16)

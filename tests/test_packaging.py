@@ -17,7 +17,8 @@ def _name(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = {_name(d): d for d in py["dependencies"] + py["optional-dependencies"]["test"]}
+    extras = [d for group in py["optional-dependencies"].values() for d in group]  # test, ort, ov
+    deps = {_name(d): d for d in py["dependencies"] + extras}
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     pip = {_name(d): d for d in pip if not d.startswith("-e")}

@@ -186,6 +186,23 @@ def _check_config():
             if not COMMANDS[STEPS[name]["command"]]["checkpoint"] and i != len(parts) - 1:
                 _config_error("variants", f"variant {variant!r}: {name!r} writes no checkpoint, so it must be the "
                               "last step (e.g. finetune+axformer+int8).")
+    _check_runtime_extra()
+
+
+def _check_runtime_extra():
+    """A variant ending in an ONNX Runtime int8 step needs the `ort` extra: stop before any job runs."""
+    import importlib.util
+
+    extras = {"int8_ort": ("ort", ("onnxruntime", "onnx", "onnxscript")),
+              "int8_ov": ("ov", ("openvino", "nncf", "onnx", "onnxscript"))}
+    used = {v.split("+")[-1] for v in config["variants"]}
+    for name in sorted(used):
+        mode = str(STEPS[name]["args"].get("quantize", "")) if STEPS[name]["command"] == "quantize" else ""
+        for prefix, (extra, packages) in extras.items():
+            missing = [p for p in packages if importlib.util.find_spec(p) is None]
+            if mode.startswith(prefix) and missing:
+                _config_error(f"steps.{name}.args.quantize", f"{mode!r} needs the optional packages "
+                              f"{', '.join(missing)}; install them with `pip install -e \".[{extra}]\"`.")
 
     for variant in config["seeds_per_variant"]:
         if variant == "majority" and not config["majority"]:
