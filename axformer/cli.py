@@ -271,14 +271,28 @@ def _approximate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="output checkpoint folder")
     p.add_argument("--metrics", required=True, help="output step record (JSON)")
     p.add_argument("--decisions", required=True, help="output decisions.json")
-    p.add_argument("--mode", default="full", choices=["full", "prune", "hardattn"])
-    p.add_argument("--granularity", default="fine", choices=["fine", "blocks"])
-    p.add_argument("--accept-rule", default="paper", choices=["paper", "meanloss", "metric"])
-    p.add_argument("--accept-frac", type=float, default=0.5, help="N: fraction of search samples no worse")
-    p.add_argument("--less-important", type=float, default=1.1)
-    p.add_argument("--groups", type=int, default=12)
-    p.add_argument("--topk", default="30", help="hard attention K: int, or fraction of the real length")
-    p.add_argument("--batch-size", type=int, default=128)
+    # None = PruneConfig's default (the search defaults live in the dataclass only)
+    p.add_argument("--mode", default=None, choices=["full", "prune", "hardattn"])
+    p.add_argument("--granularity", default=None, choices=["fine", "blocks"])
+    p.add_argument("--accept-rule", default=None, choices=["guarded", "paper", "meanloss", "metric"],
+                   help="guarded (default): loss beats the best by the margin and search metric no worse")
+    p.add_argument("--accept-frac", type=float, default=None, help="N: fraction of search samples no worse")
+    p.add_argument("--accept-margin", type=float, default=None,
+                   help="relative floor of the acceptance margin (x best loss); 0 with --accept-z 0: no margin")
+    p.add_argument("--accept-z", type=float, default=None,
+                   help="margin in standard errors of the paired per-sample loss difference")
+    p.add_argument("--less-important", type=float, default=None)
+    p.add_argument("--groups", type=int, default=None)
+    p.add_argument("--topk", default=None, help="hard attention K: int, or fraction of the real length")
+    p.add_argument("--topk-form", default=None, choices=["official", "renorm"],
+                   help="official (the paper's: top-K of the softmax probabilities, not renormalised) | renorm")
+    p.add_argument("--latency-aware", action="store_true", default=None,
+                   help="time every hard-attention candidate; reject it where it slows the model down")
+    p.add_argument("--lat-batch-size", type=int, default=None, help="latency timing batch size")
+    p.add_argument("--lat-seq-len", type=int, default=None, help="latency timing length (padded)")
+    p.add_argument("--lat-seconds", type=float, default=None, help="minimum seconds per latency timing")
+    p.add_argument("--lat-min-iters", type=int, default=None, help="minimum timed forwards per model")
+    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--variant-name", default=None, help="variant label (default: <parent variant>+axformer)")
     p.add_argument("--search-max", type=int, default=None,
                    help="use at most this many rows of the parent's search split (stratified, seeded)")
@@ -296,10 +310,13 @@ def cmd_approximate(args: argparse.Namespace) -> None:
 
     _check_writable(args.ckpt, args.metrics, args.decisions)
     _setup_threads(args.threads)
-    cfg = prune.PruneConfig(accept_rule=args.accept_rule, accept_frac=args.accept_frac,
-                            less_important=args.less_important, n_groups=args.groups, topk=_parse_k(args.topk),
-                            mode=args.mode, granularity=args.granularity, batch_size=args.batch_size,
-                            progress=not args.no_progress)
+    given = {"accept_rule": args.accept_rule, "accept_frac": args.accept_frac, "accept_margin": args.accept_margin,
+             "accept_z": args.accept_z, "less_important": args.less_important, "n_groups": args.groups,
+             "topk": None if args.topk is None else _parse_k(args.topk), "topk_form": args.topk_form,
+             "mode": args.mode, "granularity": args.granularity, "batch_size": args.batch_size,
+             "latency_aware": args.latency_aware, "lat_batch_size": args.lat_batch_size,
+             "lat_seq_len": args.lat_seq_len, "lat_seconds": args.lat_seconds, "lat_min_iters": args.lat_min_iters}
+    cfg = prune.PruneConfig(progress=not args.no_progress, **{k: v for k, v in given.items() if v is not None})
     cfg.validate()
     device = _setup_device(args)
     split = _parent_split_args(args.parent, args)
@@ -313,7 +330,16 @@ def cmd_approximate(args: argparse.Namespace) -> None:
             raise ConfigError(f"--search-max must be >= 1 (got {args.search_max}).")
         splits.search, tok["search"] = data.subsample(task, splits.search, tok["search"], args.search_max, split.seed)
         splits.info["n_search_used"] = len(splits.search)
-    res = prune.search(model, tok["search"], tokenizer, task, cfg)
+    timing_texts = None
+    if cfg.latency_aware:  # the timing batch: search-split sentences (dev rows never take part in decisions)
+        if task.is_qa:
+            from axformer import squad
+
+            timing_texts = squad.measure_texts(splits.search)
+        else:
+            timing_texts = (list(splits.search["text_a"]),
+                            list(splits.search["text_b"]) if task.is_pair else None)
+    res = prune.search(model, tok["search"], tokenizer, task, cfg, timing_texts)
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
     variant = args.variant_name or f"{split.variant}+axformer"
@@ -324,9 +350,12 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     record = {
         "search": {"wall_s": res.wall_s, "passes": res.passes, "candidates": len(res.candidates),
                    "removed": res.removed, "hard_attention_layers": res.hard_attention_layers,
-                   "topk": cfg.topk, "k_effective_mean": dec["hard_attention"]["k_effective_mean"],
+                   "topk": cfg.topk, "topk_form": cfg.topk_form,
+                   "k_effective_mean": dec["hard_attention"]["k_effective_mean"],
                    "frac_rows_noop": dec["hard_attention"]["frac_rows_noop"],
-                   "accept_rule": cfg.accept_rule, "accept_frac": cfg.accept_frac, "mode": cfg.mode,
+                   "accept_rule": cfg.accept_rule, "accept_frac": cfg.accept_frac,
+                   "accept_margin": cfg.accept_margin, "accept_z": cfg.accept_z,
+                   "latency_aware": cfg.latency_aware, "mode": cfg.mode,
                    "granularity": cfg.granularity, "loss_before": res.original["loss"],
                    "loss_after": res.final["loss"], "search_metric_before": res.original["metric"],
                    "search_metric_after": res.final["metric"], "device": args.device},

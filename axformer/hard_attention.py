@@ -1,13 +1,23 @@
 """Top-K sparse ("hard") self-attention for selected encoder layers (AxFormer, sparse-attention approximation).
 
-For a hard-attention layer every query keeps only its K largest attention scores among the real (unpadded)
-keys; the other scores are set to the dtype's most negative value (exp -> exactly 0, like -inf but never NaN on a
-fully masked row), then softmax, dropout and ``@ V`` as usual. Other layers run the model's ordinary attention
-(``eager`` or ``sdpa``) with identical numerics.
+For a hard-attention layer every query keeps only its K largest attention entries among the real (unpadded)
+keys. Two forms (``topk_form``):
+
+* ``official`` (default, the paper's; the authors' ``modeling_bert.py``): softmax over the ordinary masked
+  scores, then every probability below the row's K-th largest probability is set to 0. The kept
+  probabilities are NOT renormalised (a row sums to less than 1).
+* ``renorm`` (ablation; the only form before ``topk_form`` existed): scores below the row's K-th largest
+  score are set to the dtype's most negative value (exp -> exactly 0, like -inf but never NaN), then softmax,
+  i.e. the kept keys' probabilities are renormalised to sum to 1.
+
+Ties: a row keeps every entry ``>=`` its K-th largest value, so it keeps more than K keys only where values
+tie exactly at the threshold. Then dropout and ``@ V`` as usual. Other layers run the model's ordinary
+attention (``eager`` or ``sdpa``) with identical numerics.
 
 K is either an int (absolute number of keys) or a float in (0, 1] (fraction of each row's real key count,
 ``k_eff = max(1, ceil(frac * n_real))``); in both cases ``k_eff <= n_real``. When ``k_eff`` covers all real keys
-of every row, the ordinary attention function is called, so the result equals the unmodified model.
+of a sequence, that sequence runs the ordinary attention function (per sequence, not per batch), so its
+result equals the unmodified model's; only the other sequences go through top-K.
 
 How it hooks into transformers 5.x:
 
@@ -20,8 +30,11 @@ How it hooks into transformers 5.x:
 * ``model.set_attn_implementation(IMPL_NAME)`` switches the model. ``config._attn_implementation`` is NOT saved by
   ``save_pretrained`` (it is in ``_remove_keys_not_serialized``), so after a reload the model comes back with its
   default (``sdpa``) — :func:`apply_from_config` re-installs hard attention from the JSON record
-  ``model.config.axformer["hard_attention"] = {"layers": [...], "k": K, "base": "sdpa"|"eager"}``.
-* The per-layer setting is the attribute ``axformer_topk`` on each ``BertSelfAttention`` module (None = off).
+  ``model.config.axformer["hard_attention"] = {"layers": [...], "k": K, "base": "sdpa"|"eager",
+  "topk_form": "official"|"renorm"}``. A record without ``topk_form`` (checkpoints written before it existed)
+  loads as ``renorm``, the form it was made with.
+* The per-layer setting is the attributes ``axformer_topk`` (K, None = off) and ``axformer_topk_form`` on each
+  ``BertSelfAttention`` module.
 
 Works with :mod:`axformer.elements`: heads can be removed from a hard-attention layer (top-K is per head);
 a layer whose attention block was skipped has no attention to sparsify and is ignored by
@@ -42,12 +55,19 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 IMPL_NAME = "axformer_topk"
 SUPPORTED_BASES = ("eager", "sdpa")
 _ATTR = "axformer_topk"
+_FORM_ATTR = "axformer_topk_form"
+FORMS = ("official", "renorm")
+DEFAULT_FORM = "official"  # the paper's; prune.PruneConfig.topk_form takes its default from here
+LEGACY_FORM = "renorm"  # what a record without "topk_form" was made with
 _EPS = 1e-9  # guards ceil(frac * n) against float round-up, e.g. 0.1 * 30 = 3.0000000000000004
 
 __all__ = [
     "IMPL_NAME",
     "SUPPORTED_BASES",
+    "FORMS",
+    "DEFAULT_FORM",
     "validate_k",
+    "validate_form",
     "effective_k",
     "enable",
     "disable",
@@ -78,6 +98,13 @@ def validate_k(k: Any) -> int | float:
             )
         return float(k)
     raise ValueError(f"hard-attention k must be an int >= 1 or a float in (0, 1] (got {type(k).__name__} {k!r}).")
+
+
+def validate_form(form: Any) -> str:
+    """Return ``form`` if it is one of :data:`FORMS`; else raise ValueError."""
+    if form not in FORMS:
+        raise ValueError(f"hard-attention topk_form must be one of {list(FORMS)} (got {form!r}).")
+    return form
 
 
 def _k_eff_tensor(k: int | float, lengths: torch.Tensor) -> torch.Tensor:
@@ -146,9 +173,67 @@ def _allowed_keys(attention_mask: torch.Tensor | None, kv_len: int) -> torch.Ten
     return m > torch.finfo(m.dtype).min / 2
 
 
-def _export_kmax(k: int | float, kv_len: Any) -> Any:
-    """Upper bound of every row's k_eff from the (symbolic) key length alone, for a data-independent graph."""
-    return torch.sym_min(k, kv_len) if isinstance(k, int) else kv_len
+def _threshold(x: torch.Tensor, k: int | float, keff: torch.Tensor) -> torch.Tensor:
+    """Per query row, the ``keff``-th largest value of ``x`` (B, H, Tq, Tk) along the keys: (B, H, Tq, 1).
+
+    Int K: one unsorted top-K of values only (no indices kept) and its minimum. A row with fewer than K
+    allowed keys then gets a masked value as threshold (the dtype minimum / probability 0), i.e. keeps every
+    allowed key, which is ``keff = n_real``. Float K (per-row ``keff``): sorted top-``max keff`` and a gather.
+    Under ``torch.export`` (the ONNX exporter, axformer.export) K is bounded by the symbolic key length and the
+    float form sorts whole rows: an exported graph cannot depend on tensor values.
+    """
+    exporting = torch.compiler.is_exporting()
+    if isinstance(k, int):
+        kk = torch.sym_min(k, x.shape[-1]) if exporting else k
+        return x.topk(kk, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    vals = x.topk(x.shape[-1] if exporting else int(keff.max()), dim=-1, sorted=True).values
+    idx = (keff - 1).expand(*vals.shape[:-1], 1)
+    return vals.gather(-1, idx)
+
+
+def _topk_core(
+    q: torch.Tensor,
+    k_: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor | None,
+    keff: torch.Tensor,
+    k: int | float,
+    form: str,
+    scaling: float,
+    dropout: float,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K attention of one (sub-)batch; every row keeps the keys whose value is >= its threshold.
+
+    ``official``: softmax over the masked scores, then probabilities below the row's K-th largest are zeroed
+    (no renormalisation). ``renorm``: scores below the row's K-th largest score are masked, then softmax.
+    The score tensor is the only full-size float buffer: masks and thresholds are applied in place, except
+    where autograd needs the un-modified tensor (training through hard attention).
+    """
+    inplace = not (torch.is_grad_enabled() and (q.requires_grad or k_.requires_grad or v.requires_grad))
+    scores = torch.matmul(q, k_.transpose(-1, -2))
+    scores = scores.mul_(scaling) if inplace else scores * scaling
+    neg = torch.finfo(scores.dtype).min
+    if allowed is not None:  # padded keys can never be among the top K
+        scores = scores.masked_fill_(~allowed, neg) if inplace else scores.masked_fill(~allowed, neg)
+    if form == "official":
+        probs = nn.functional.softmax(scores, dim=-1)
+        with torch.no_grad():  # the selection is not differentiated; gradients flow through kept entries
+            drop = probs < _threshold(probs, k, keff)
+        probs = probs.masked_fill_(drop, 0.0) if inplace else probs.masked_fill(drop, 0.0)
+    else:
+        with torch.no_grad():
+            drop = scores < _threshold(scores, k, keff)
+        scores = scores.masked_fill_(drop, neg) if inplace else scores.masked_fill(drop, neg)
+        probs = nn.functional.softmax(scores, dim=-1)
+    del drop
+    probs = nn.functional.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, v).transpose(1, 2).contiguous(), probs
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Batch rows ``idx`` of ``t`` (all when idx is None; a broadcast batch dimension of 1 is kept)."""
+    return t if idx is None or t.shape[0] == 1 else t.index_select(0, idx)
 
 
 def topk_attention_forward(
@@ -164,44 +249,62 @@ def topk_attention_forward(
     """Attention function registered as :data:`IMPL_NAME`.
 
     query/key/value: (B, H, T, d) with H the layer's current (possibly pruned) head count. Returns the attention
-    output as (B, Tq, H, d) and the attention probabilities (B, H, Tq, Tk) (None when delegated to sdpa).
+    output as (B, Tq, H, d) and the attention probabilities (B, H, Tq, Tk) when the whole batch went through
+    top-K over all keys, else None (as sdpa does).
+
+    Speed (DESIGN §7): the fallback is per sequence: sequences where K covers every real key of every query
+    row run the base implementation (``sdpa``/``eager``) unchanged, only the others run top-K; those have
+    their keys trimmed to the sub-batch's longest real row (padded keys get probability 0 either way).
     """
     k = getattr(module, _ATTR, None)
     base_fn = _base_function(module, _base_name(getattr(module, "config", None)))
     if k is None:
         return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-
-    kv_len = key.shape[-2]
-    allowed = _allowed_keys(attention_mask, kv_len)  # (B, 1, Tq, Tk) bool or None
-    if allowed is None:
-        lengths = torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device)
-    else:
-        lengths = allowed.sum(dim=-1, keepdim=True)  # (B, 1, Tq, 1) real keys per query row
-    keff = _k_eff_tensor(k, lengths)  # (B|1, 1, Tq|1, 1)
-    # torch.export (the ONNX exporter, axformer.export) cannot branch on tensor values: there the graph always
-    # takes the top-K path with a shape-derived kmax, which keeps the same keys (a no-op where K covers all).
-    exporting = torch.compiler.is_exporting()
-    if not exporting and bool((keff >= lengths).all()):
-        # K covers every real key: ordinary attention, bit-identical to the model without hard attention.
-        return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-
+    form = getattr(module, _FORM_ATTR, DEFAULT_FORM)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Tq, Tk)
-    neg = torch.finfo(scores.dtype).min
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, neg)  # padded keys can never be among the top K
-    with torch.no_grad():  # the selection itself is not differentiated; gradients flow through kept scores
-        kmax = _export_kmax(k, kv_len) if exporting else int(keff.max())
-        top_idx = scores.topk(kmax, dim=-1, sorted=True).indices  # (B, H, Tq, kmax), best first
-        rank = torch.arange(kmax, device=scores.device)
-        take = (rank < keff).expand(top_idx.shape)  # row-specific K: keep the first keff of the sorted top-kmax
-        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top_idx, take)  # exactly keff per row
-    scores = scores.masked_fill(~keep, neg)
-    probs = nn.functional.softmax(scores, dim=-1)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (B, Tq, H, d)
-    return out, probs
+    training = module.training
+    B, kv_len = query.shape[0], key.shape[-2]
+
+    allowed = _allowed_keys(attention_mask, kv_len)  # (B|1, 1|H, Tq|1, Tk) bool or None
+    if torch.compiler.is_exporting():
+        # torch.export cannot branch on tensor values: the exported graph sends every sequence through top-K,
+        # which keeps the same keys (top-K is a no-op for a row whose real length is <= K).
+        lengths = (allowed.sum(dim=-1, keepdim=True) if allowed is not None else
+                   torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
+        return _topk_core(query, key, value, allowed, _k_eff_tensor(k, lengths), k, form, scaling, dropout, training)
+    if allowed is None:
+        keff = _k_eff_tensor(k, torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
+        if int(keff) >= kv_len:
+            return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return _topk_core(query, key, value, None, keff, k, form, scaling, dropout, training)
+
+    lengths = allowed.sum(dim=-1, keepdim=True)  # real keys per query row
+    keff = _k_eff_tensor(k, lengths)
+    need = (keff < lengths).flatten(1).any(dim=1).expand(B)  # (B,): sequences where top-K drops a key
+    n_need = int(need.sum())
+    if n_need == 0:  # K covers every real key: ordinary attention, bit-identical to the model without it
+        return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    long_idx = None if n_need == B else need.nonzero().flatten()
+    # trim keys to the longest real row of the top-K sub-batch (works for left and right padding)
+    seen = _rows(allowed, long_idx).flatten(1, 2).any(dim=1)  # (b, Tk): key is real for some row
+    pos = torch.arange(1, kv_len + 1, device=seen.device)
+    tk = int((seen * pos).amax())
+    a_l = _rows(allowed, long_idx)[..., :tk]
+    out_l, probs = _topk_core(_rows(query, long_idx), _rows(key, long_idx)[..., :tk, :],
+                              _rows(value, long_idx)[..., :tk, :], a_l, _rows(keff, long_idx), k, form, scaling,
+                              dropout, training)
+    if long_idx is None:
+        return out_l, (probs if tk == kv_len else None)
+
+    short_idx = (~need).nonzero().flatten()
+    out_s, _ = base_fn(module, _rows(query, short_idx), _rows(key, short_idx), _rows(value, short_idx),
+                       _rows(attention_mask, short_idx), scaling=scaling, dropout=dropout, **kwargs)
+    out = out_l.new_empty((B, *out_l.shape[1:]))
+    out.index_copy_(0, long_idx, out_l)
+    out.index_copy_(0, short_idx, out_s.to(out.dtype))
+    return out, None
 
 
 def topk_attention_mask(*args: Any, **kwargs: Any):
@@ -265,7 +368,7 @@ def _current_base(model: nn.Module) -> str:
     )
 
 
-def _install(model: nn.Module, layers: list[int], k: int | float, base: str) -> list[int]:
+def _install(model: nn.Module, layers: list[int], k: int | float, base: str, form: str) -> list[int]:
     active = []
     for i, layer in enumerate(_layer_list(model)):
         sa = _self_attention(layer)
@@ -273,9 +376,12 @@ def _install(model: nn.Module, layers: list[int], k: int | float, base: str) -> 
             continue
         if i in layers:
             setattr(sa, _ATTR, k)
+            setattr(sa, _FORM_ATTR, form)
             active.append(i)
-        elif hasattr(sa, _ATTR):
-            delattr(sa, _ATTR)
+        else:
+            for attr in (_ATTR, _FORM_ATTR):
+                if hasattr(sa, attr):
+                    delattr(sa, attr)
     if model.config._attn_implementation != IMPL_NAME:
         model.set_attn_implementation(IMPL_NAME)
     if model.config._attn_implementation != IMPL_NAME:  # pragma: no cover - transformers refused silently
@@ -286,19 +392,22 @@ def _install(model: nn.Module, layers: list[int], k: int | float, base: str) -> 
 def _uninstall(model: nn.Module, base: str) -> None:
     for layer in _layer_list(model):
         sa = _self_attention(layer)
-        if sa is not None and hasattr(sa, _ATTR):
-            delattr(sa, _ATTR)
+        for attr in (_ATTR, _FORM_ATTR):
+            if sa is not None and hasattr(sa, attr):
+                delattr(sa, attr)
     if model.config._attn_implementation == IMPL_NAME:
         model.set_attn_implementation(base)
 
 
-def enable(model: nn.Module, layers: Iterable[int], k: int | float) -> None:
+def enable(model: nn.Module, layers: Iterable[int], k: int | float, topk_form: str = DEFAULT_FORM) -> None:
     """Use top-``k`` hard attention in ``layers`` (0-based). Replaces any previous hard-attention setting.
 
     ``k``: int = absolute number of keys per query, float in (0, 1] = fraction of each row's real length.
-    Raises ValueError for bad k / layers, or a layer whose attention block was removed.
+    ``topk_form``: ``official`` (the paper's, no renormalisation) or ``renorm`` (module docstring).
+    Raises ValueError for bad k / form / layers, or a layer whose attention block was removed.
     """
     k = validate_k(k)
+    topk_form = validate_form(topk_form)
     layers = _check_layers(model, layers)
     mods = _layer_list(model)
     skipped = [i for i in layers if _self_attention(mods[i]) is None]
@@ -306,8 +415,8 @@ def enable(model: nn.Module, layers: Iterable[int], k: int | float) -> None:
         raise ValueError(f"layers {skipped} have no attention block (skipped by axformer.elements); drop them.")
     base = _current_base(model)
     ax = _ax(model)
-    ax["hard_attention"] = {"layers": layers, "k": k, "base": base}
-    _install(model, layers, k, base)
+    ax["hard_attention"] = {"layers": layers, "k": k, "base": base, "topk_form": topk_form}
+    _install(model, layers, k, base, topk_form)
 
 
 def disable(model: nn.Module, layers: Iterable[int] | None = None) -> None:
@@ -329,7 +438,7 @@ def disable(model: nn.Module, layers: Iterable[int] | None = None) -> None:
         remaining = [i for i in rec["layers"] if i not in drop]
     if remaining:
         rec["layers"] = remaining
-        _install(model, remaining, rec["k"], base)
+        _install(model, remaining, rec["k"], base, rec.get("topk_form", LEGACY_FORM))
     else:
         del ax["hard_attention"]
         _uninstall(model, base)
@@ -338,7 +447,8 @@ def disable(model: nn.Module, layers: Iterable[int] | None = None) -> None:
 def apply_from_config(model: nn.Module) -> list[int]:
     """(Re-)install hard attention from ``model.config.axformer["hard_attention"]`` (call after a reload, after
     ``elements.apply_architecture``). Returns the layers now using hard attention ([] when there is no record).
-    Layers whose attention block was skipped are ignored. The base implementation is the model's current one."""
+    Layers whose attention block was skipped are ignored. The base implementation is the model's current one.
+    A record without ``topk_form`` (written before it existed) is ``renorm``, the form it was made with."""
     ax = getattr(model.config, "axformer", None)
     rec = ax.get("hard_attention") if isinstance(ax, dict) else None
     if not rec:
@@ -348,10 +458,11 @@ def apply_from_config(model: nn.Module) -> list[int]:
     if not isinstance(rec, dict) or "layers" not in rec or "k" not in rec:
         raise ValueError(f"config.axformer['hard_attention'] must hold 'layers' and 'k' (got {rec!r}).")
     k = validate_k(rec["k"])
+    form = validate_form(rec.get("topk_form", LEGACY_FORM))
     layers = _check_layers(model, rec["layers"])
     base = _current_base(model)
-    rec.update({"layers": layers, "k": k, "base": base})
-    return _install(model, layers, k, base)
+    rec.update({"layers": layers, "k": k, "base": base, "topk_form": form})
+    return _install(model, layers, k, base, form)
 
 
 def enabled_layers(model: nn.Module) -> list[int]:

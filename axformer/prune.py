@@ -7,15 +7,25 @@ Protocol (DESIGN §3), all on the *search split*, weights frozen:
 2. Accuracy-driven pruning, layers last -> first: the FFN block of layer i, and if it is only "less
    important", its neuron groups one by one; then the attention block of layer i, else its heads.
 
-A candidate is **accepted** (the element is *harmful*) iff its mean search loss is below the best so far AND
-more than a fraction ``accept_frac`` (N) of search samples have a loss no worse than the original
-fine-tuned model's. Rejected candidates with loss < ``less_important`` x best are *less important* (descend
-into finer elements); the rest are *important* (kept).
+A candidate **beats** the best loss when its mean search loss is lower by more than a margin:
+``gain = best_loss - loss > margin = max(accept_margin x best_loss, accept_z x SE)``, SE being the standard
+error of the per-sample paired difference (candidate vs the current best model on the same samples), so
+float noise (e.g. the eager/sdpa rounding of one row) is never accepted. Accept rules (``accept_rule``):
+
+* ``guarded`` (default): beats the best loss AND the search-split task metric is no worse than the best so
+  far, so a loss gain is never bought with the task metric;
+* ``paper``: beats the best loss AND more than a fraction ``accept_frac`` (N) of search samples have a loss
+  no worse than the original fine-tuned model's (the paper's rule, with the margin);
+* ``meanloss``: beats the best loss (N ignored; with margin 0 the old default);
+* ``metric``: the search-split metric no worse than the best so far and loss < ``less_important`` x best.
+
+Rejected candidates with loss < ``less_important`` x best are *less important* (descend into finer elements);
+the rest are *important* (kept). With ``latency_aware`` a hard-attention candidate must also not slow the
+model down (:mod:`axformer.latency_guard`).
 
 Deviations from the authors' code, on purpose: removal is structural (`elements.py`), regression tasks use
-the squared error per sample, and the accept rule is a config choice (``paper`` with N, ``meanloss`` = N
-ignored, ``metric`` = search-split task metric no worse than the best so far) because on a confident
-fine-tuned model the paper's N = 0.5 accepts almost nothing (DESIGN §3 calibration).
+the squared error per sample, the acceptance margin, and the accept rule is a config choice because on a
+confident fine-tuned model the paper's N = 0.5 accepts almost nothing (DESIGN §3 calibration).
 
 Cost: removing an element of layer i changes nothing below i, so the hidden states entering layer i are
 computed once per layer and every candidate runs only layers i..L-1 (plus pooler and head).
@@ -44,24 +54,48 @@ from axformer.utils import ConfigError
 
 @dataclass
 class PruneConfig:
-    """Search knobs; the defaults are the paper's."""
+    """Search knobs: the one place of their defaults (the CLI and the `axformer` step of every profile use
+    them); the paper's values where the paper has one."""
 
-    accept_rule: Literal["paper", "meanloss", "metric"] = "paper"
+    accept_rule: Literal["guarded", "paper", "meanloss", "metric"] = "guarded"
     accept_frac: float = 0.5  # N: fraction of search samples that must be no worse (paper §4: 0.5)
+    accept_margin: float = 1e-4  # relative floor of the acceptance margin: gain must exceed this x best loss
+    accept_z: float = 1.0  # ... and this many standard errors of the paired per-sample loss difference
     less_important: float = 1.1  # "less important" if loss < 1.1 x best loss (paper §4)
     n_groups: int = 12  # FFN neuron groups per layer (paper: 12)
     topk: int | float = 30  # hard attention K (paper: 30 at length 128); float in (0, 1] = fraction of length
+    topk_form: Literal["official", "renorm"] = hard_attention.DEFAULT_FORM  # official = the paper's
     mode: Literal["full", "prune", "hardattn"] = "full"  # ablations: pruning only / hard attention only
     granularity: Literal["fine", "blocks"] = "fine"  # blocks only, or descend into heads / FFN groups
     batch_size: int = 128
     tolerance: float = 1e-6  # "no worse" allows float noise of this size
     progress: bool = True
+    # latency-aware variant (axformer_lat): time hard-attention candidates on the measurement shape
+    latency_aware: bool = False
+    lat_batch_size: int = 32  # the measurement's throughput batch
+    lat_seq_len: int = 128  # the measurement's padded length
+    lat_warmup: int = 2  # untimed forwards per model before each timing
+    lat_min_iters: int = 8  # timed forwards per model (at least)
+    lat_seconds: float = 1.5  # ... and at least this many seconds per timing
 
     def validate(self) -> None:
-        if self.accept_rule not in ("paper", "meanloss", "metric"):
-            raise ConfigError(f"axformer.accept_rule must be paper | meanloss | metric (got {self.accept_rule!r}).")
+        if self.accept_rule not in ("guarded", "paper", "meanloss", "metric"):
+            raise ConfigError("axformer.accept_rule must be guarded | paper | meanloss | metric "
+                              f"(got {self.accept_rule!r}).")
         if not 0.0 <= self.accept_frac < 1.0:
             raise ConfigError(f"axformer.accept_frac must be in [0, 1) (got {self.accept_frac}).")
+        if not (self.accept_margin >= 0.0 and self.accept_z >= 0.0):
+            raise ConfigError(f"axformer.accept_margin and accept_z must be >= 0 (got {self.accept_margin}, "
+                              f"{self.accept_z}); 0 and 0 give the old rule without a margin.")
+        if self.topk_form not in hard_attention.FORMS:
+            raise ConfigError(f"axformer.topk_form must be one of {' | '.join(hard_attention.FORMS)} "
+                              f"(got {self.topk_form!r}).")
+        for name in ("lat_batch_size", "lat_seq_len", "lat_min_iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"axformer.{name} must be >= 1 (got {getattr(self, name)}).")
+        if self.lat_warmup < 0 or self.lat_seconds < 0:
+            raise ConfigError(f"axformer.lat_warmup and lat_seconds must be >= 0 (got {self.lat_warmup}, "
+                              f"{self.lat_seconds}).")
         if self.less_important < 1.0:
             raise ConfigError(f"axformer.less_important must be >= 1 (got {self.less_important}).")
         if self.mode not in ("full", "prune", "hardattn"):
@@ -203,38 +237,60 @@ class SearchResult:
     final: dict[str, float] = field(default_factory=dict)
     passes: int = 0
     wall_s: float = 0.0
+    latency: dict[str, Any] = field(default_factory=dict)  # latency_aware: timing setup, A/A noise, re-checks
 
 
 class _Search:
-    def __init__(self, model, ev: CachedEvaluator, cfg: PruneConfig):
-        self.model, self.ev, self.cfg = model, ev, cfg
+    def __init__(self, model, ev: CachedEvaluator, cfg: PruneConfig, lat=None):
+        self.model, self.ev, self.cfg, self.lat = model, ev, cfg, lat
         self.res = SearchResult()
         self.base_losses, self.base_metric = ev.score(None)
+        self.best_losses = self.base_losses  # per-sample losses of the current best model (paired margin)
         self.best_loss = float(self.base_losses.mean())
         self.best_metric = self.base_metric
         self.res.original = {"loss": self.best_loss, "metric": self.base_metric}
         self.bar = None
 
-    def judge(self, name: str, layer: int, kind: str, index: int | None, phase: str) -> tuple[bool, str]:
-        """Score the model as it stands now (candidate applied); log and classify the candidate."""
+    def margin(self, losses: np.ndarray) -> tuple[float, float, float]:
+        """(gain, SE, margin) of ``losses`` against the current best model on the same samples."""
+        diff = np.asarray(losses, dtype=np.float64) - np.asarray(self.best_losses, dtype=np.float64)
+        gain = -float(diff.mean())
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        return gain, se, max(self.cfg.accept_margin * self.best_loss, self.cfg.accept_z * se)
+
+    def judge(self, name: str, layer: int, kind: str, index: int | None, phase: str,
+              latency: dict[str, Any] | None = None) -> tuple[bool, str]:
+        """Score the model as it stands now (candidate applied); log and classify the candidate.
+        ``latency``: the candidate's timing (latency-aware search); a candidate that slows the model down
+        is rejected whatever its loss."""
         losses, metric = self.ev.score(layer)
         loss = float(losses.mean())
         frac = float(np.mean(losses <= self.base_losses + self.cfg.tolerance))
-        if self.cfg.accept_rule == "paper":
-            accepted = loss < self.best_loss and frac > self.cfg.accept_frac
+        gain, se, margin = self.margin(losses)
+        beats = gain > margin  # strict: a candidate that changes nothing (gain 0) never beats the best
+        if self.cfg.accept_rule == "guarded":
+            accepted = beats and metric >= self.best_metric
+        elif self.cfg.accept_rule == "paper":
+            accepted = beats and frac > self.cfg.accept_frac
         elif self.cfg.accept_rule == "meanloss":
-            accepted = loss < self.best_loss
+            accepted = beats
         else:  # metric: the search-split task metric must not drop, the loss must not blow up
             accepted = metric >= self.best_metric and loss < self.cfg.less_important * self.best_loss
+        if latency is not None:
+            accepted = accepted and bool(latency["ok"])
         cls = "harmful" if accepted else ("less_important" if loss < self.cfg.less_important * self.best_loss
                                           else "important")
-        self.res.candidates.append({
+        cand = {
             "element": name, "phase": phase, "layer": layer, "kind": kind, "index": index, "loss": loss,
-            "frac_no_worse": frac, "metric": metric, "best_loss_before": self.best_loss, "class": cls,
+            "frac_no_worse": frac, "metric": metric, "best_loss_before": self.best_loss,
+            "best_metric_before": self.best_metric, "gain": gain, "se": se, "margin": margin, "class": cls,
             "accepted": accepted,
-        })
+        }
+        if latency is not None:
+            cand["latency"] = latency
+        self.res.candidates.append(cand)
         if accepted:
-            self.best_loss, self.best_metric = loss, metric
+            self.best_loss, self.best_metric, self.best_losses = loss, metric, losses
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(best_loss=f"{self.best_loss:.4f}", removed=len(self.res.removed))
@@ -248,14 +304,33 @@ class _Search:
                 continue  # attention block already skipped
             chosen = self.res.hard_attention_layers
             self.ev.prepare(i, advance=True)  # layers < i are decided: move the cache forward cheaply
-            hard_attention.enable(self.model, chosen + [i], self.cfg.topk)
-            accepted, _ = self.judge(f"L{i}.hardattn", i, "hardattn", None, "hard_attention")
+            current = copy.deepcopy(self.model) if self.lat is not None else None  # timed against the candidate
+            hard_attention.enable(self.model, chosen + [i], self.cfg.topk, self.cfg.topk_form)
+            latency = self.lat.compare(current, self.model) if self.lat is not None else None
+            del current
+            accepted, _ = self.judge(f"L{i}.hardattn", i, "hardattn", None, "hard_attention", latency)
             if accepted:
                 chosen.append(i)
             elif chosen:
-                hard_attention.enable(self.model, chosen, self.cfg.topk)
+                hard_attention.enable(self.model, chosen, self.cfg.topk, self.cfg.topk_form)
             else:
                 hard_attention.disable(self.model)
+
+    # -- latency-aware: after pruning, keep a hard-attention layer only while it still pays
+    def recheck_latency(self) -> None:
+        checks = self.res.latency.setdefault("recheck", [])
+        for i in list(self.res.hard_attention_layers):
+            without = copy.deepcopy(self.model)
+            hard_attention.disable(without, [i])
+            entry = {"layer": i, **self.lat.compare(without, self.model)}  # rise of "with" over "without"
+            del without
+            entry["dropped"] = not entry["ok"]
+            if entry["dropped"]:
+                self.res.hard_attention_layers.remove(i)
+                hard_attention.disable(self.model, [i])
+                losses, metric = self.ev.score(None)
+                entry.update({"loss_after": float(losses.mean()), "metric_after": metric})
+            checks.append(entry)
 
     # -- phase 2: pruning, last -> first layer
     def _try_remove(self, el: elements.Element, phase: str) -> tuple[bool, str]:
@@ -297,23 +372,38 @@ class _Search:
             if i in self.res.hard_attention_layers and elements.architecture(self.model)["layers"][i]["attn_skipped"]:
                 self.res.hard_attention_layers.remove(i)
                 if self.res.hard_attention_layers:
-                    hard_attention.enable(self.model, self.res.hard_attention_layers, self.cfg.topk)
+                    hard_attention.enable(self.model, self.res.hard_attention_layers, self.cfg.topk,
+                                          self.cfg.topk_form)
                 else:
                     hard_attention.disable(self.model)
 
 
-def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig) -> SearchResult:
-    """Run the AxFormer search in place on ``model`` (frozen weights); return the decision log."""
+def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
+           timing_texts: tuple[list[str], list[str] | None] | None = None) -> SearchResult:
+    """Run the AxFormer search in place on ``model`` (frozen weights); return the decision log.
+
+    ``timing_texts`` (texts_a, texts_b or None): the sentences of the latency timing batch, needed when
+    ``cfg.latency_aware`` (the CLI passes search-split rows, never dev rows: decisions use the search split).
+    """
     from tqdm.auto import tqdm
 
     cfg.validate()
+    lat = None
+    if cfg.latency_aware and cfg.mode != "prune":
+        if timing_texts is None:
+            raise ConfigError("axformer.latency_aware needs timing texts (search-split sentences) for the timing batch.")
+        from axformer.latency_guard import LatencyGuard
+
+        lat = LatencyGuard.from_texts(tokenizer, timing_texts[0], timing_texts[1], cfg.lat_batch_size,
+                                      cfg.lat_seq_len, cfg.topk, warmup=cfg.lat_warmup,
+                                      min_iters=cfg.lat_min_iters, min_seconds=cfg.lat_seconds)
     t0 = time.perf_counter()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     elements.architecture(model)  # initialise the edit record
     ev = CachedEvaluator(model, search_ds, tokenizer, task, cfg.batch_size)
-    s = _Search(model, ev, cfg)
+    s = _Search(model, ev, cfg, lat)
     n_layers = len(ev._layers())
     upper = (n_layers if cfg.mode != "prune" else 0) + (
         0 if cfg.mode == "hardattn" else n_layers * (2 + (cfg.n_groups + model.config.num_attention_heads
@@ -323,6 +413,10 @@ def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig)
         s.hard_attention()
     if cfg.mode in ("full", "prune"):
         s.prune()
+    if lat is not None:
+        if cfg.mode == "full":
+            s.recheck_latency()
+        s.res.latency.update(lat.describe())
     s.bar.close()
     losses, metric = ev.score(None)
     s.res.final = {"loss": float(losses.mean()), "metric": metric}
@@ -347,8 +441,13 @@ def decisions_record(res: SearchResult, model: nn.Module, cfg: PruneConfig, task
         "n_groups": cfg.n_groups,
         "original": res.original,
         "final": res.final,
+        "acceptance": {"rule": cfg.accept_rule, "accept_margin": cfg.accept_margin, "accept_z": cfg.accept_z,
+                       # per candidate: gain = best loss - loss, se, margin = max(accept_margin x best loss,
+                       # accept_z x se); a loss-based rule needs gain > margin
+                       "margin": "max(accept_margin * best_loss, accept_z * se)"},
+        "latency": res.latency or None,
         "hard_attention": {
-            "k": k, "layers_selected": res.hard_attention_layers,
+            "k": k, "topk_form": cfg.topk_form, "layers_selected": res.hard_attention_layers,
             "k_effective_mean": float(np.mean(k_eff)) if k_eff else None,
             "search_len_mean": float(np.mean(lengths)) if lengths else None,
             # where K >= the row's length, top-K keeps every key: hard attention is a no-op for that row

@@ -9,8 +9,9 @@ TASKS=(sst2 mrpc rte cola stsb)
 targets() { for t in "${TASKS[@]}"; do for v in "$@"; do echo "results/bench/$t/minilm/$v/seed0/metrics.json"; done; done; }
 tier() {
   case $1 in
-    1) targets finetune finetune+axformer finetune+int8 finetune+axformer+int8 majority ;;
-    2) targets finetune+axformer_paper finetune+hardattn_half finetune+prune finetune+hardattn finetune+blocks ;;
+    1) targets finetune finetune+axformer finetune+axformer_lat finetune+int8 finetune+axformer+int8 majority ;;
+    2) targets finetune+axformer_paper finetune+axformer_meanloss finetune+hardattn_half finetune+prune \
+         finetune+hardattn finetune+hardattn_renorm finetune+blocks ;;
     3) targets finetune+distill finetune+distill+axformer finetune+distill+axformer+int8 ;;
     4) targets finetune+headprune finetune+layerdrop finetune+headprune_heads ;;
     5) echo results/bench/summary.csv ;;

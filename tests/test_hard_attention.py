@@ -68,7 +68,7 @@ def test_k_covering_length_equals_softmax_attention(base, k):
     want = logits(m)
     ha.enable(m, list(range(LAYERS)), k)
     assert m.config._attn_implementation == ha.IMPL_NAME
-    assert m.config.axformer["hard_attention"] == {"layers": [0, 1, 2], "k": k, "base": base}
+    assert m.config.axformer["hard_attention"] == {"layers": [0, 1, 2], "k": k, "base": base, "topk_form": "official"}
     torch.testing.assert_close(logits(m), want, atol=1e-6, rtol=0)
 
 
@@ -85,20 +85,22 @@ def test_non_hard_layers_are_bit_identical():
     assert not torch.allclose(got[3], want[3], atol=1e-3)
 
 
-def test_small_k_changes_output():
+@pytest.mark.parametrize("form", ha.FORMS)
+def test_small_k_changes_output(form):
     m = tiny_model()
     ids, mask = padded_batch()
     with torch.no_grad():
         want = m.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        ha.enable(m, [0, 1, 2], 1)
+        ha.enable(m, [0, 1, 2], 1, form)
         got = m.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert (got - want).abs().max() > 0.05
+    assert (got - want).abs().max() > 0.02
 
 
+@pytest.mark.parametrize("form", ha.FORMS)
 @pytest.mark.parametrize("k", [1, 3, 100, 0.3, 1.0])
-def test_padding_honoured(k):
+def test_padding_honoured(k, form):
     m = tiny_model()
-    ha.enable(m, [0, 2], k)
+    ha.enable(m, [0, 2], k, form)
     ids, mask = padded_batch()
     batched = logits(m, ids, mask)
     for i, n in enumerate(LENGTHS):
@@ -106,13 +108,14 @@ def test_padding_honoured(k):
         torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
 
 
-def test_fraction_k_matches_absolute_k_per_sequence():
+@pytest.mark.parametrize("form", ha.FORMS)
+def test_fraction_k_matches_absolute_k_per_sequence(form):
     m = tiny_model()
     ids, mask = padded_batch()
-    ha.enable(m, [0, 1, 2], 0.4)
+    ha.enable(m, [0, 1, 2], 0.4, form)
     got = [logits(m, ids[i : i + 1, :n], mask[i : i + 1, :n]) for i, n in enumerate(LENGTHS)]
     for i, n in enumerate(LENGTHS):
-        ha.enable(m, [0, 1, 2], math.ceil(0.4 * n))
+        ha.enable(m, [0, 1, 2], math.ceil(0.4 * n), form)
         torch.testing.assert_close(got[i], logits(m, ids[i : i + 1, :n], mask[i : i + 1, :n]), atol=1e-6, rtol=0)
 
 
@@ -125,44 +128,125 @@ def test_effective_k():
         ha.effective_k(0, [3])
 
 
-def reference_topk(q, k, v, allowed, keep):
-    """Brute force: per (batch, head, query) keep the `keep` best real keys, softmax over them."""
+def reference_topk(q, k, v, allowed, keep, form):
+    """Plain loops: per (batch, head, query) over the real keys only. ``official``: softmax, then zero every
+    probability below the row's K-th largest (no renormalisation); ``renorm``: softmax over the keys whose score
+    is >= the row's K-th largest score. Ties at the threshold are kept (the documented semantics)."""
     B, H, T, _ = q.shape
     out = torch.zeros_like(q)
     scale = q.shape[-1] ** -0.5
     for b in range(B):
+        real = allowed[b].nonzero().flatten()
+        kk = ha.effective_k(keep, int(real.numel()))
         for h in range(H):
             for t in range(T):
-                real = allowed[b].nonzero().flatten()
                 s = (k[b, h, real] @ q[b, h, t]) * scale
-                kk = ha.effective_k(keep, int(real.numel()))
-                top = s.topk(kk).indices
-                p = torch.softmax(s[top], dim=0)
-                out[b, h, t] = p @ v[b, h, real[top]]
+                if form == "official":
+                    p = torch.softmax(s, dim=0)
+                    p = torch.where(p >= p.sort(descending=True).values[kk - 1], p, 0.0)
+                    out[b, h, t] = p @ v[b, h, real]
+                else:
+                    kept = s >= s.sort(descending=True).values[kk - 1]
+                    out[b, h, t] = torch.softmax(s[kept], dim=0) @ v[b, h, real[kept]]
     return out.transpose(1, 2)
 
 
+def _module(keep, form):
+    module = torch.nn.Module()
+    module.axformer_topk, module.axformer_topk_form = keep, form
+    return module
+
+
+def _mask(allowed, kind, T):
+    B = allowed.shape[0]
+    if kind == "bool":
+        return allowed[:, None, None, :].expand(B, 1, T, T)
+    if kind == "float":
+        return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None, None, :].expand(B, 1, T, T)
+    return None
+
+
+@pytest.mark.parametrize("form", ha.FORMS)
 @pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
-@pytest.mark.parametrize("keep", [1, 2, 0.5])
-def test_function_matches_brute_force(mask_kind, keep):
+@pytest.mark.parametrize("keep", [1, 2, 4, 0.5, 0.3])
+def test_function_matches_reference(mask_kind, keep, form):
+    """Rows shorter and longer than K in one padded batch (per-sequence fallback + key trimming)."""
     torch.manual_seed(0)
-    B, H, T, d = 2, 3, 6, 4
-    q, k, v = (torch.randn(B, H, T, d) for _ in range(3))
+    B, H, T, d = 4, 3, 9, 4
+    q, k, v = (torch.randn(B, H, T, d) * 2 for _ in range(3))
     allowed = torch.ones(B, T, dtype=torch.bool)
     if mask_kind != "none":
-        allowed[1, 4:] = False
-    if mask_kind == "bool":
-        mask = allowed[:, None, None, :].expand(B, 1, T, T)
-    elif mask_kind == "float":
-        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None, None, :].expand(B, 1, T, T)
-    else:
-        mask = None
-    module = torch.nn.Module()
-    module.axformer_topk = keep
-    out, probs = ha.topk_attention_forward(module, q, k, v, mask, scaling=d**-0.5)
-    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep), atol=1e-6, rtol=0)
-    n_kept = (probs > 0).sum(-1)
-    assert n_kept[0].eq(ha.effective_k(keep, T)).all()
+        for b, n in enumerate([6, 2, 9, 3]):  # right padding; the longest top-K row is shorter than T in some cases
+            allowed[b, n:] = False
+    out, probs = ha.topk_attention_forward(_module(keep, form), q, k, v, _mask(allowed, mask_kind, T), scaling=d**-0.5)
+    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), atol=1e-6, rtol=0)
+    if probs is not None:  # the whole batch went through top-K over all keys
+        n_real = allowed.sum(-1)
+        want = torch.tensor(ha.effective_k(keep, n_real.tolist()))[:, None, None].expand(B, H, T)
+        assert torch.equal((probs > 0).sum(-1), want)
+
+
+@pytest.mark.parametrize("form", ha.FORMS)
+def test_left_padding_and_ties_at_threshold(form):
+    torch.manual_seed(1)
+    B, H, T, d = 2, 2, 8, 4
+    q, k, v = (torch.randn(B, H, T, d) for _ in range(3))
+    k[:, :, 5] = k[:, :, 4]  # two identical keys: equal scores and probabilities in every row
+    v[:, :, 5] = -v[:, :, 4]
+    allowed = torch.ones(B, T, dtype=torch.bool)
+    allowed[1, :3] = False  # left padding: trimming must keep the last real key
+    out, _ = ha.topk_attention_forward(_module(2, form), q, k, v, _mask(allowed, "bool", T), scaling=0.5)
+    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, 2, form), atol=1e-6, rtol=0)
+    # somewhere the tied pair sits at the threshold, so that row keeps 3 keys (ties are kept)
+    s = (q @ k.transpose(-1, -2)).masked_fill(~allowed[:, None, None, :], -1e9)
+    top = s.sort(dim=-1, descending=True).values
+    assert (top[..., 1] == top[..., 2]).any()
+
+
+def test_official_and_renorm_differ_and_grad_path():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))
+    o_off, p_off = ha.topk_attention_forward(_module(2, "official"), q, k, v, None, scaling=0.5)
+    o_ren, p_ren = ha.topk_attention_forward(_module(2, "renorm"), q, k, v, None, scaling=0.5)
+    assert (p_off.sum(-1) < 1 - 1e-3).any() and torch.allclose(p_ren.sum(-1), torch.ones(1, 2, 6))
+    assert not torch.allclose(o_off, o_ren, atol=1e-3)
+    (o_off.sum() + o_ren.sum()).backward()  # training through hard attention: no in-place error, finite grads
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+    with torch.no_grad():  # the in-place inference path computes the same
+        torch.testing.assert_close(ha.topk_attention_forward(_module(2, "official"), q, k, v, None, scaling=0.5)[0],
+                                   o_off.detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("form", ha.FORMS)
+def test_short_sequences_take_the_ordinary_path(form):
+    """Per-sequence fallback: in a batch with one long row, the rows within K equal the model without hard
+    attention; the long row changes."""
+    m = tiny_model()
+    ids, mask = padded_batch()  # lengths 12, 7, 4
+    with torch.no_grad():
+        want = m.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        ha.enable(m, [0, 1, 2], 7, form)
+        got = m.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got[1:], want[1:], atol=1e-6, rtol=0)
+    assert (got[0] - want[0]).abs().max() > 1e-3
+
+
+def test_record_without_form_loads_as_renorm(tmp_path):
+    """Checkpoints written before topk_form existed were made with the renorm form."""
+    m = tiny_model()
+    ha.enable(m, [0, 1], 3, "renorm")
+    want = logits(m)
+    del m.config.axformer["hard_attention"]["topk_form"]
+    m.save_pretrained(tmp_path)
+    back = el.rebuild_from_dir(tmp_path)
+    assert back.config.axformer["hard_attention"]["topk_form"] == "renorm"
+    torch.testing.assert_close(logits(back), want, atol=1e-6, rtol=0)
+    ha.enable(m, [0, 1], 3, "official")  # the form is recorded and reproduced on reload
+    m.save_pretrained(tmp_path / "b")
+    back = el.rebuild_from_dir(tmp_path / "b")
+    assert back.config.axformer["hard_attention"]["topk_form"] == "official"
+    torch.testing.assert_close(logits(back), logits(m), atol=1e-6, rtol=0)
+    assert not torch.allclose(logits(back), want, atol=1e-6, rtol=0)
 
 
 def test_save_reload_and_pruned_heads(tmp_path):
@@ -219,6 +303,12 @@ def test_bad_inputs_raise_value_errors():
     ha.enable(m, [0], 2)
     with pytest.raises(ValueError, match="not enabled on layers"):
         ha.disable(m, [1])
+    with pytest.raises(ValueError, match="topk_form"):
+        ha.enable(m, [0], 2, "softmax")
+    m.config.axformer["hard_attention"]["topk_form"] = "bogus"
+    with pytest.raises(ValueError, match="topk_form"):
+        ha.apply_from_config(m)
+    m.config.axformer["hard_attention"]["topk_form"] = "renorm"
     m.config.axformer["hard_attention"]["k"] = 7.5
     with pytest.raises(ValueError, match="fraction"):
         ha.apply_from_config(m)

@@ -126,6 +126,12 @@ def test_bad_config():
         prune.PruneConfig(accept_frac=1.5).validate()
     with pytest.raises(ConfigError, match="topk"):
         prune.PruneConfig(topk=0).validate()
+    with pytest.raises(ConfigError, match="topk_form"):
+        prune.PruneConfig(topk_form="softmax").validate()
+    with pytest.raises(ConfigError, match="accept_margin"):
+        prune.PruneConfig(accept_z=-1.0).validate()
+    with pytest.raises(ConfigError, match="accept_rule"):
+        prune.PruneConfig(accept_rule="loss").validate()
 
 
 def test_cli_approximate_after_finetune(tmp_path, data_dir):
@@ -143,5 +149,158 @@ def test_cli_approximate_after_finetune(tmp_path, data_dir):
     step = json.loads((tmp_path / "ax.json").read_text())
     assert dec["n_search"] == 16 and len(dec["candidates"]) == step["search"]["candidates"]
     assert step["size"]["params_encoder"] <= json.loads((tmp_path / "ft.json").read_text())["size"]["params_encoder"]
+    assert dec["hard_attention"]["topk_form"] == "official" and step["search"]["topk_form"] == "official"
+    assert all({"gain", "se", "margin"} <= set(c) for c in dec["candidates"])
+    # flags not given take PruneConfig's defaults (one place): only the given ones differ
+    from dataclasses import asdict
+
+    want = asdict(prune.PruneConfig(accept_rule="meanloss", topk=0.5, progress=False))
+    assert dec["config"] == want and dec["acceptance"]["accept_margin"] == want["accept_margin"]
     models.load_checkpoint(tmp_path / "ax")
     assert main(ax[:2] + [str(tmp_path / "nothing")] + ax[3:]) == 2  # missing parent: clear error
+    lat = ["approximate", "--parent", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "lat"), "--metrics",
+           str(tmp_path / "lat.json"), "--decisions", str(tmp_path / "lat_dec.json"), "--latency-aware", "--topk",
+           "4", "--topk-form", "renorm", "--mode", "hardattn", "--lat-seq-len", "32", "--lat-seconds", "0",
+           "--lat-min-iters", "2", "--no-progress"]
+    assert main(lat) == 0
+    dec = json.loads((tmp_path / "lat_dec.json").read_text())
+    assert dec["config"]["latency_aware"] and dec["config"]["accept_rule"] == "guarded"
+    assert dec["latency"]["seq_len"] == 32 and dec["latency"]["batch_size"] == 32
+    assert all(c["latency"]["timed"] for c in dec["candidates"]) and dec["hard_attention"]["topk_form"] == "renorm"
+    if dec["hard_attention"]["layers_selected"]:  # the form travels with the checkpoint
+        assert models.load_checkpoint(tmp_path / "lat")[0].config.axformer["hard_attention"]["topk_form"] == "renorm"
+
+
+# ----------------------------------------------------------------------------------------- acceptance margin
+class _StubEvaluator:
+    """Returns preset (per-sample losses, metric) pairs: the first is the original model's score."""
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def score(self, layer=None):
+        return self.scores.pop(0)
+
+
+def _judge_all(cfg, base, *cands):
+    s = prune._Search(None, _StubEvaluator([base, *cands]), cfg)
+    return s, [s.judge(f"c{i}", 0, "ffn", None, "prune")[0] for i in range(len(cands))]
+
+
+def test_margin_rejects_float_noise_that_the_old_rule_accepted():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 1.0, 500)
+    noisy = base + rng.normal(0, 1e-7, 500)
+    noisy -= max(0.0, noisy.mean() - base.mean()) + 1e-9  # mean loss lower by rounding-size amounts only
+    old = _cfg(accept_rule="meanloss", accept_margin=0.0, accept_z=0.0)
+    assert _judge_all(old, (base, 0.8), (noisy, 0.8))[1] == [True]  # the old default accepted it
+    for rule in ("guarded", "meanloss", "paper"):
+        s, acc = _judge_all(_cfg(accept_rule=rule), (base, 0.8), (noisy, 0.8))
+        c = s.res.candidates[0]
+        assert acc == [False] and not c["accepted"]
+        assert 0 < c["gain"] < c["margin"] and c["margin"] >= 1e-4 * base.mean() and c["se"] > 0
+
+
+def test_margin_uses_the_paired_standard_error_against_the_current_best():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 1.0, 400)
+    better = base - 0.01  # a clear, uniform gain: SE 0, accepted
+    noisy = better + rng.normal(0, 0.2, 400)  # large per-sample scatter around the new best
+    noisy -= noisy.mean() - better.mean() + 0.002  # mean gain 0.002 vs the new best, well below z x SE
+    s, acc = _judge_all(_cfg(accept_rule="meanloss"), (base, 0.8), (better, 0.8), (noisy, 0.8))
+    assert acc == [True, False]
+    c = s.res.candidates[1]
+    assert c["gain"] == pytest.approx(0.002) and c["se"] > c["gain"] and c["margin"] == pytest.approx(c["se"])
+    assert s.res.candidates[0]["se"] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_array_equal(s.best_losses, better)  # the margin is paired with the current best
+
+
+def test_guarded_rule_never_trades_the_metric_for_loss():
+    base = np.full(100, 0.5)
+    lower_loss_worse_metric = (base - 0.1, 0.7)
+    s, acc = _judge_all(_cfg(), (base, 0.8), lower_loss_worse_metric, (base - 0.05, 0.8))
+    assert prune.PruneConfig().accept_rule == "guarded"
+    assert acc == [False, True]  # the first lowers the loss a lot but the metric too
+    assert _judge_all(_cfg(accept_rule="meanloss"), (base, 0.8), lower_loss_worse_metric)[1] == [True]
+
+
+@pytest.mark.parametrize("rule", ["guarded", "meanloss", "paper"])
+def test_noop_hard_attention_is_never_accepted(fitted, rule):
+    """K above every search row's length: hard attention changes nothing, so no layer may be accepted."""
+    task, model, tok, ds = fitted
+    assert max(len(x) for x in ds["input_ids"]) < 40
+    m = copy.deepcopy(model)
+    res = prune.search(m, ds, tok, task, _cfg(accept_rule=rule, mode="hardattn", topk=40))
+    assert len(res.candidates) == len(m.base_model.encoder.layer)
+    for c in res.candidates:
+        assert not c["accepted"] and c["gain"] == 0.0 and c["margin"] > 0
+    assert res.hard_attention_layers == [] and hard_attention.enabled_layers(m) == []
+
+
+# ----------------------------------------------------------------------------------------- latency-aware
+def _fake_timing(monkeypatch, factor):
+    """time_interleaved stand-in: a model's median is 10 ms x factor per hard-attention layer it runs."""
+    from axformer import measure
+
+    calls = []
+
+    def fake(models, inputs, cfg):
+        calls.append(tuple(models))
+        return {n: measure.LatencyStats.from_values([10.0 * factor ** len(hard_attention.enabled_layers(m))])
+                for n, m in models.items()}
+
+    monkeypatch.setattr(measure, "time_interleaved", fake)
+    return calls
+
+
+def _texts(data_dir):
+    return list(data.load_split(get_task("sst2"), "train", data_dir).select(range(48))["text_a"]), None
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.5])
+def test_latency_aware_rejects_hard_attention_that_slows_the_model(fitted, data_dir, monkeypatch, factor):
+    task, model, tok, ds = fitted
+    kw = dict(accept_rule="metric", less_important=10.0, mode="hardattn", topk=2)
+    plain = prune.search(copy.deepcopy(model), ds, tok, task, _cfg(**kw))
+    assert plain.hard_attention_layers  # precondition: the accuracy rule alone accepts some layer
+    calls = _fake_timing(monkeypatch, factor)
+    res = prune.search(copy.deepcopy(model), ds, tok, task,
+                       _cfg(latency_aware=True, lat_batch_size=4, lat_seq_len=16, **kw), _texts(data_dir))
+    hard = [c for c in res.candidates if c["kind"] == "hardattn"]
+    assert hard and all(c["latency"]["timed"] for c in hard)
+    assert calls[0] == ("a", "b") and res.latency["aa"]["noise"] == 0.0  # A/A once, first
+    if factor < 1:  # faster: the decisions are the accuracy rule's
+        assert res.hard_attention_layers == plain.hard_attention_layers
+        assert all(c["latency"]["ok"] and c["latency"]["rise"] < 0 for c in hard)
+    else:  # slower: every hard-attention candidate is rejected, whatever its loss
+        assert res.hard_attention_layers == [] and not any(c["accepted"] for c in hard)
+        assert all(c["latency"]["rise"] == pytest.approx(0.5) for c in hard)
+
+
+def test_latency_aware_full_search_times_only_hard_attention_and_rechecks(fitted, data_dir):
+    """Real interleaved timing (tiny shape, short): structural candidates are not timed; kept hard-attention
+    layers are re-checked after pruning; the timing setup is recorded."""
+    task, model, tok, ds = fitted
+    res = prune.search(copy.deepcopy(model), ds, tok, task,
+                       _cfg(latency_aware=True, topk=2, granularity="blocks", accept_rule="metric",
+                            less_important=10.0, lat_batch_size=4, lat_seq_len=16,
+                            lat_warmup=0, lat_min_iters=2, lat_seconds=0.0), _texts(data_dir))
+    for c in res.candidates:
+        assert ("latency" in c) == (c["kind"] == "hardattn")
+    lat = res.latency
+    assert lat["batch_size"] == 4 and lat["seq_len"] == 16 and lat["rows_longer_than_k"] > 0
+    assert lat["aa"]["noise"] >= 0
+    checked = [r["layer"] for r in lat["recheck"]]
+    assert checked and checked == sorted(set(checked))  # every layer kept by the search, once
+    assert [r["layer"] for r in lat["recheck"] if not r["dropped"]] == res.hard_attention_layers
+    for r in lat["recheck"]:
+        assert r["timed"] and r["dropped"] == (r["rise"] > r["noise"]) and ("loss_after" in r) == r["dropped"]
+
+
+def test_latency_guard_skips_timing_when_no_row_is_longer_than_k(tokenizer):
+    from axformer import latency_guard
+
+    g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30)
+    assert g.n_rows_topk == 0
+    assert g.compare(None, None) == {"timed": False, "ok": True, "reason": g.compare(None, None)["reason"]}
+    assert g.aa is None  # nothing was timed
