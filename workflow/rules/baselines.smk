@@ -29,6 +29,8 @@ rule baseline:
 
 
 rule majority:
+    input:
+        task_def=task_def_input,
     output:
         METRICS.replace("{variant}", "majority"),
     log:
@@ -38,10 +40,11 @@ rule majority:
         profile=config["profile"],
         data_dir=data_dir,
         split=split_flags,
+        task_def=task_def_flag,
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "axformer majority --task {wildcards.task} --seed {wildcards.seed} --profile {params.profile}"
+        "axformer majority --task {wildcards.task} {params.task_def} --seed {wildcards.seed} --profile {params.profile}"
         " --model {params.model} --data-dir {params.data_dir} {params.split} --metrics {output} > {log} 2>&1"

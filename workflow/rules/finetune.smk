@@ -4,6 +4,8 @@ FT_STEP = STEPS["finetune"]
 
 
 rule finetune:
+    input:
+        task_def=task_def_input,
     output:
         ckpt=ckpt_output(CKPT_DIR.replace("{variant}", "finetune")),
         record=STEP_RECORD.replace("{variant}", "finetune"),
@@ -15,12 +17,13 @@ rule finetune:
         data_dir=data_dir,
         split=split_flags,
         args=finetune_flags,
+        task_def=task_def_flag,
     threads: FT_STEP["threads"]
     resources:
         mem_mb=FT_STEP["mem_mb"],
         runtime=FT_STEP["runtime"],
         gpu=FT_STEP["gpu"],
     shell:
-        "axformer finetune --task {wildcards.task} --model {params.model} --seed {wildcards.seed}"
+        "axformer finetune --task {wildcards.task} {params.task_def} --model {params.model} --seed {wildcards.seed}"
         " --profile {params.profile} --data-dir {params.data_dir} {params.split} {params.args}"
         " --threads {threads} --ckpt {output.ckpt} --metrics {output.record} --no-progress > {log} 2>&1"
