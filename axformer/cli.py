@@ -214,8 +214,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         print(f"search-split {args.select} per epoch ({curve}) -> kept epoch {log['selected_epoch']:g}")
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
-    info = step_info(task, split_record(task, args), args.model, "finetune")
-    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=info)
+    ck_info = step_info(task, split_record(task, args), args.model, "finetune")
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=ck_info)
     rec = results.new_record(task.name, args.model, "finetune", args.seed, args.profile)
     rec["metric"] = results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search))
     rec["metric"]["search_loss"] = search.mean_loss
@@ -548,8 +548,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     log = distill.distill(teacher, student, tok["train"], tokenizer, task, cfg, dcfg.temperature, dcfg.alpha)
     dev = train.evaluate(student, tok["dev"], tokenizer, task)
     search = train.evaluate(student, tok["search"], tokenizer, task)
-    info = step_info(task, split, split.model_spec, f"{split.variant}+distill")
-    ckpt = models.save_checkpoint(student, tokenizer, args.ckpt, extra=info)
+    ck_info = step_info(task, split, split.model_spec, f"{split.variant}+distill")
+    ckpt = models.save_checkpoint(student, tokenizer, args.ckpt, extra=ck_info)
     curve = log["loss_curve"]
     record = {
         "distill": {"n_layers": student.config.num_hidden_layers,
@@ -645,8 +645,8 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
     variant = args.variant_name or f"{split.variant}+{args.method}"
-    info = step_info(task, split, split.model_spec, variant, baseline={"method": args.method, "cfg": cfg})
-    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=info)
+    ck_info = step_info(task, split, split.model_spec, variant, baseline={"method": args.method, "cfg": cfg})
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=ck_info)
     record = {
         "baseline": {"method": args.method, "cfg": cfg, "wall_s": wall, "parent": str(args.parent), "info": info},
         "size": results.size_block(model, ckpt),

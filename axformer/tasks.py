@@ -318,6 +318,8 @@ def task_from_decl(name: str, decl: dict[str, Any]) -> Task:
                 "max_length": max_length}
     if hub is not None:
         resolved["hub"] = hub
+    if isinstance(decl.get("labels"), dict):  # YAML may key the map by numbers: JSON keys are text
+        resolved["labels"] = {label_key(k): v for k, v in decl["labels"].items()}
     return Task(name=name, text_a=text_a, text_b=text_b, label=label, label_map=label_map, metric=metric,
                 secondary=tuple(secondary), files={s: decl[s] for s in ("train", "dev") if s in decl}, format=fmt,
                 has_header=header, hub=hub, missing_note=dict(note), kind=task_kind, max_length=max_length,
