@@ -25,7 +25,9 @@ pytestmark = pytest.mark.skipif(shutil.which("axformer") is None, reason="the ax
 
 
 def profile(root: Path, **changes) -> Path:
-    """The smoke profile on the three declared tasks (data under ``root``), as one complete profile file."""
+    """The smoke profile on the three declared tasks (data under ``root``), as one complete profile file
+    ``root``/profile.yaml; ``changes`` replace top-level keys."""
+    root.mkdir(parents=True, exist_ok=True)
     cfg = yaml.safe_load(SMOKE.read_text())
     cfg.update(data_dir=str(root / "data"), task_defs=write_formats(root / "data"), tasks=["senti", "nli3", "score"],
                # distill, AxFormer on the student and int8 at measurement; a peer method (no match: one job less)
@@ -48,44 +50,56 @@ def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 600) -
 
 
 def test_declared_tasks_run_every_variant_end_to_end(tmp_path):
-    cfgfile = profile(tmp_path)
+    """The three-class CSV task through every step kind (distillation, AxFormer on the student, int8, a peer
+    baseline, the majority row, the report); the TSV and JSON Lines tasks through finetune -> measure. Two runs
+    keep the job count near the smoke profile's (CI time)."""
     from transformers import AutoConfig
 
-    cfg = yaml.safe_load(cfgfile.read_text())
-    work = tmp_path / "work"
-    res = snakemake(work, cfgfile, "--cores", "2")
-    logs = "\n".join(p.read_text()[-1500:] for p in work.rglob("*.log") if "error" in p.read_text().lower())
-    assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-4000:]}\n{logs}"
-
-    results, ckpts = work / cfg["results_dir"], work / cfg["checkpoints_dir"]
+    full = profile(tmp_path / "full", tasks=["nli3"])
+    light = profile(tmp_path / "light", tasks=["senti", "score"], variants=["finetune"], majority=False,
+                    report=False)
     want = {"senti": ("f1", {"accuracy"}), "nli3": ("macro_f1", {"accuracy", "mcc"}), "score": ("pearson", {"spearman"})}
-    for task, (metric, secondary) in want.items():
-        written = json.loads((results / task / "task_def.json").read_text())
-        assert written["name"] == task and written["metric"] == metric
-        # the fine-tuned checkpoint and every checkpoint built on it record the same declaration
-        for ck in ckpts.joinpath(task).rglob("axformer_step.json"):
-            assert json.loads(ck.read_text())["task_def"] == written, ck
-        for variant in [*cfg["variants"], "majority"]:
-            rec = json.loads((results / task / "tiny-random" / variant / "seed0" / "metrics.json").read_text())
-            assert rec["task"] == task and rec["metric"]["name"] == metric, (task, variant)
-            assert set(rec["metric"]["secondary"]) == secondary
-            assert rec["metric"]["n_dev"] == 12 and rec["metric"]["n_search"] == 12
-            if variant != "majority":
-                assert rec["latency"][0]["speedup"] > 0 and rec["size"]["params_encoder"] > 0
-        ft = AutoConfig.from_pretrained(ckpts / task / "tiny-random" / "finetune" / "seed0" / "ckpt")
-        assert ft.num_labels == {"senti": 2, "nli3": 3, "score": 1}[task]
-    nli_int8 = json.loads((results / "nli3/tiny-random/finetune+distill+axformer+int8/seed0/metrics.json").read_text())
-    assert nli_int8["quantize"]["dtype"] == "int8" and "distill" in nli_int8 and "search" in nli_int8
-    major = json.loads((results / "nli3/tiny-random/majority/seed0/metrics.json").read_text())
-    assert major["predictor"]["value"] in (0, 1, 2)
-    with open(results / "summary.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {(r["task"], r["variant"]) for r in rows} == {(t, v) for t in want for v in [*cfg["variants"], "majority"]}
-    log = (work / cfg["logs_dir"] / "nli3/tiny-random/finetune/seed0/finetune.log").read_text()
-    assert "nli3 finetune seed 0: dev macro_f1" in log
+    for cfgfile in (full, light):
+        cfg = yaml.safe_load(cfgfile.read_text())
+        work = cfgfile.parent / "work"
+        res = snakemake(work, cfgfile, "--cores", "2")
+        logs = "\n".join(p.read_text()[-1500:] for p in work.rglob("*.log") if "error" in p.read_text().lower())
+        assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-4000:]}\n{logs}"
+        results, ckpts = work / cfg["results_dir"], work / cfg["checkpoints_dir"]
+        variants = [*cfg["variants"], *(["majority"] if cfg["majority"] else [])]
+        for task in cfg["tasks"]:
+            metric, secondary = want[task]
+            written = json.loads((results / task / "task_def.json").read_text())
+            assert written["name"] == task and written["metric"] == metric
+            # the fine-tuned checkpoint and every checkpoint built on it record the same declaration
+            for ck in ckpts.joinpath(task).rglob("axformer_step.json"):
+                assert json.loads(ck.read_text())["task_def"] == written, ck
+            for variant in variants:
+                rec = json.loads((results / task / "tiny-random" / variant / "seed0" / "metrics.json").read_text())
+                assert rec["task"] == task and rec["metric"]["name"] == metric, (task, variant)
+                assert set(rec["metric"]["secondary"]) == secondary
+                assert rec["metric"]["n_dev"] == 12 and rec["metric"]["n_search"] == 12
+                if variant != "majority":
+                    assert rec["latency"][0]["speedup"] > 0 and rec["size"]["params_encoder"] > 0
+            ft = AutoConfig.from_pretrained(ckpts / task / "tiny-random" / "finetune" / "seed0" / "ckpt")
+            assert ft.num_labels == {"senti": 2, "nli3": 3, "score": 1}[task]
+        again = snakemake(work, cfgfile, "-n")
+        assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
-    again = snakemake(work, cfgfile, "-n")
-    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    work = tmp_path / "full" / "work" / "smoke"
+    nli_int8 = json.loads((work / "results/nli3/tiny-random/finetune+distill+axformer+int8/seed0/metrics.json").read_text())
+    assert nli_int8["quantize"]["dtype"] == "int8" and "distill" in nli_int8 and "search" in nli_int8
+    peer = json.loads((work / "results/nli3/tiny-random/finetune+headprune/seed0/metrics.json").read_text())
+    assert peer["baseline"]["info"]["n_removed"] == 1
+    major = json.loads((work / "results/nli3/tiny-random/majority/seed0/metrics.json").read_text())
+    assert major["predictor"]["value"] in (0, 1, 2)
+    with open(work / "results" / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["variant"] for r in rows) == sorted(["finetune+distill+axformer+int8", "finetune+headprune",
+                                                         "majority"])
+    assert {r["metric_name"] for r in rows} == {"macro_f1"} and (work / "figures" / "tables" / "nli3.md").is_file()
+    log = (work / "logs/nli3/tiny-random/finetune/seed0/finetune.log").read_text()
+    assert "nli3 finetune seed 0: dev macro_f1" in log
 
 
 def _bad(root: Path, task: str, **change) -> Path:
