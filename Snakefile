@@ -26,6 +26,7 @@ wildcard_constraints:
     **WILDCARD_CONSTRAINTS,
 
 
+include: "workflow/rules/tasks.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/axformer.smk"
 include: "workflow/rules/compress.smk"

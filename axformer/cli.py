@@ -38,7 +38,10 @@ def with_args(add: Callable[[argparse.ArgumentParser], None]):
 
 # ---------------------------------------------------------------- shared argument groups
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli | squad")
+    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli | squad, or a declared task")
+    p.add_argument("--task-def", default=None, metavar="FILE",
+                   help="JSON task declaration with its name (the workflow writes one per profile task_defs entry; "
+                        "default: the built-in registry, axformer/tasks.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with glue/ and squad/ (default: $AXFORMER_DATA)")
     p.add_argument("--profile", default="adhoc", help="name of the config profile, recorded in metrics.json")
@@ -103,9 +106,10 @@ def resolve_task(args: argparse.Namespace):
     """The task of ``args.task`` with its QA settings from the arguments; fills in the task's defaults for
     ``max_length`` and (QA) the SQuAD arguments, so the values recorded are the values used."""
     from axformer import squad
-    from axformer.tasks import get_task, with_qa_settings
+    from axformer.tasks import resolve, with_qa_settings
 
-    task = get_task(args.task)
+    # --task-def FILE (finetune, majority) or the declaration a checkpoint recorded (later steps); else built-in
+    task = resolve(args.task, getattr(args, "task_def", None))
     task = with_qa_settings(task, getattr(args, "doc_stride", None), getattr(args, "max_answer_len", None))
     if getattr(args, "max_length", None) is None:
         args.max_length = task.max_length
@@ -126,6 +130,15 @@ def make_task_splits(task, args: argparse.Namespace):
                             args.dev_max, allow_hub=bool(getattr(args, "allow_hub", False)),
                             protocol=getattr(args, "squad_protocol", None) or "standard",
                             local_fractions=getattr(args, "squad_fractions", None))
+
+
+def step_info(task, split: argparse.Namespace | dict[str, Any], model_spec: str | None, variant: str,
+              **extra: Any) -> dict[str, Any]:
+    """What a checkpoint records (axformer_step.json): its split arguments, the task and its resolved
+    declaration (so every later step reads the task as it was fine-tuned), the model spec and the variant."""
+    keys = vars(split) if isinstance(split, argparse.Namespace) else split
+    return {"split": {k: v for k, v in keys.items() if k not in ("task", "task_def", "model_spec", "variant")},
+            "task": task.name, "task_def": task.decl, "model_spec": model_spec, "variant": variant, **extra}
 
 
 def split_record(task, args: argparse.Namespace) -> dict[str, Any]:
@@ -219,9 +232,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         print(f"search-split {args.select} per epoch ({curve}) -> kept epoch {log['selected_epoch']:g}")
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
-    step_info = {"split": split_record(task, args), "task": task.name, "model_spec": args.model,
-                 "variant": "finetune"}
-    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
+    ck_info = step_info(task, split_record(task, args), args.model, "finetune")
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=ck_info)
     rec = results.new_record(task.name, args.model, "finetune", args.seed, args.profile)
     rec["metric"] = results.metric_block(task, dev.metrics, search.metrics, len(splits.dev), len(splits.search))
     rec["metric"]["search_loss"] = search.mean_loss
@@ -249,6 +261,7 @@ def _parent_split_args(parent: str | os.PathLike, args: argparse.Namespace) -> a
     step = results.read(Path(parent) / "axformer_step.json", kind="ckpt_step")
     ns = argparse.Namespace(**step["split"])
     ns.task = step["task"]
+    ns.task_def = step.get("task_def")  # None in checkpoints from before task declarations: the built-in task
     if getattr(args, "data_dir", None):
         ns.data_dir = args.data_dir
     ns.model_spec = step.get("model_spec")
@@ -343,9 +356,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
     variant = args.variant_name or f"{split.variant}+axformer"
-    step_info = {"split": vars(split) | {}, "task": task.name, "model_spec": split.model_spec, "variant": variant}
-    step_info["split"] = {k: v for k, v in step_info["split"].items() if k not in ("task", "model_spec", "variant")}
-    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info(task, split, split.model_spec, variant))
     atomic_write_json(args.decisions, dec)
     record = {
         "search": {"wall_s": res.wall_s, "passes": res.passes, "candidates": len(res.candidates),
@@ -370,7 +381,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- measure, majority, report
 def _measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="sst2 | mrpc | cola | rte | stsb | qnli | squad")
+    p.add_argument("--task", required=True, help="task name (its declaration comes from the baseline checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="adhoc", help="name of the config profile, recorded in metrics.json")
     p.add_argument("--model", default=None, help="model spec recorded in metrics.json (default: the baseline's)")
@@ -442,7 +453,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
     from axformer import data, measure, models, results, squad, train
-    from axformer.tasks import get_task
+    from axformer.tasks import canonical_name
 
     _nonneg("seed", args.seed)
     predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
@@ -462,11 +473,11 @@ def cmd_measure(args: argparse.Namespace) -> None:
         require_runtime(args.quantize)
         if device.type != "cpu":
             raise ConfigError(f"--quantize {args.quantize} runs on the runtime's CPU backend; use --device cpu.")
-    task = get_task(args.task)
     split = _parent_split_args(args.baseline, args)  # the baseline's split: the same dev and search rows
-    if get_task(split.task).name != task.name:
-        raise ConfigError(f"--task {task.name} but the baseline checkpoint {args.baseline} was fine-tuned on "
+    if canonical_name(split.task) != canonical_name(args.task):
+        raise ConfigError(f"--task {args.task} but the baseline checkpoint {args.baseline} was fine-tuned on "
                           f"{split.task}; pass that task's finetune checkpoint.")
+    resolve_task(argparse.Namespace(**vars(split)))  # a bad recorded declaration fails before any loading
     step_records = [(p, results.read(p, kind="step")) for p in args.step_json]  # read first: a missing file fails early
 
     baseline, tokenizer = models.load_checkpoint(args.baseline)
@@ -543,18 +554,17 @@ def _majority_args(p: argparse.ArgumentParser) -> None:
 def cmd_majority(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from axformer import data, metrics, results
-    from axformer.tasks import get_task
+    from axformer import metrics, results
+    from axformer.tasks import resolve
 
     _nonneg("seed", args.seed)
     predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
     _check_writable(args.metrics, str(predictions))
-    task = get_task(args.task)
-    if task.is_qa:
-        raise ConfigError(f"task {task.name}: span question answering has no majority-class / constant predictor "
+    if resolve(args.task, args.task_def).is_qa:
+        raise ConfigError(f"task {args.task}: span question answering has no majority-class / constant predictor "
                           "row; leave `majority` out for it (the workflow skips it for QA tasks).")
-    splits = data.make_splits(task, args.data_dir, args.seed, args.search_frac, args.search_max, args.train_max,
-                              args.dev_max, allow_hub=args.allow_hub)
+    task = resolve_task(args)
+    splits = make_task_splits(task, args)
     train_labels = np.asarray(splits.train["label"])
     dev = metrics.constant_baseline(task, train_labels, np.asarray(splits.dev["label"]))
     search = metrics.constant_baseline(task, train_labels, np.asarray(splits.search["label"]))
@@ -662,9 +672,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     log = distill.distill(teacher, student, tok["train"], tokenizer, task, cfg, dcfg.temperature, dcfg.alpha)
     dev = train.evaluate(student, tok["dev"], tokenizer, task)
     search = train.evaluate(student, tok["search"], tokenizer, task)
-    step_info = {"split": {k: v for k, v in vars(split).items() if k not in ("task", "model_spec", "variant")},
-                 "task": task.name, "model_spec": split.model_spec, "variant": f"{split.variant}+distill"}
-    ckpt = models.save_checkpoint(student, tokenizer, args.ckpt, extra=step_info)
+    ck_info = step_info(task, split, split.model_spec, f"{split.variant}+distill")
+    ckpt = models.save_checkpoint(student, tokenizer, args.ckpt, extra=ck_info)
     curve = log["loss_curve"]
     record = {
         "distill": {"n_layers": student.config.num_hidden_layers,
@@ -762,10 +771,8 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     dev = train.evaluate(model, tok["dev"], tokenizer, task)
     search = train.evaluate(model, tok["search"], tokenizer, task)
     variant = args.variant_name or f"{split.variant}+{args.method}"
-    step_info = {"split": {k: v for k, v in vars(split).items() if k not in ("task", "model_spec", "variant")},
-                 "task": task.name, "model_spec": split.model_spec, "variant": variant,
-                 "baseline": {"method": args.method, "cfg": cfg}}
-    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=step_info)
+    ck_info = step_info(task, split, split.model_spec, variant, baseline={"method": args.method, "cfg": cfg})
+    ckpt = models.save_checkpoint(model, tokenizer, args.ckpt, extra=ck_info)
     record = {
         "baseline": {"method": args.method, "cfg": cfg, "wall_s": wall, "parent": str(args.parent), "info": info,
                      "device": args.device},

@@ -1,7 +1,9 @@
-"""Read GLUE task files into `datasets.Dataset`s, carve the AxFormer search split, tokenize.
+"""Read task files into `datasets.Dataset`s, carve the AxFormer search split, tokenize.
 
 Data flow (DESIGN §2): GLUE train -> train' (fine-tuning) + search (every AxFormer decision), GLUE dev ->
-reported metric only. The data folder comes from the `data_dir` config key or `$AXFORMER_DATA`.
+reported metric only. The data folder comes from the `data_dir` config key or `$AXFORMER_DATA`. What a task's
+files are and how they are read is its declaration (axformer/tasks.py): TSV (the strict GLUE reader), CSV or
+JSON Lines, or a `datasets` hub source where the hub is reachable.
 SQuAD (task kind "qa") has its own reader, article-level splits and sliding-window tokenization in squad.py;
 the functions here dispatch to it so that every caller handles both kinds the same way.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from axformer.tasks import Task
+from axformer.tasks import Task, TaskError, label_key
 from axformer.utils import ConfigError
 
 ENV_VAR = "AXFORMER_DATA"
@@ -38,90 +40,233 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def task_file(task: Task, split: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of a task split's TSV (may not exist)."""
-    return data_root(data_dir) / "glue" / task.glue_dir / f"{split}.tsv"
+def task_file(task: Task, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """Path of a task split's file as declared (relative paths are under the data folder); None when the task
+    declares no file for it (a hub-only task). The file may not exist."""
+    declared = task.files.get(split)
+    if declared is None:
+        return None
+    path = Path(declared).expanduser()
+    return path if path.is_absolute() else data_root(data_dir) / path
 
 
-def _column_index(task: Task, header: list[str] | None, col: int | str, path: Path) -> int:
+def _column_index(task: Task, header: list[str] | None, col: int | str, path: Path, key: str, n_fields: int) -> int:
     if isinstance(col, int):
+        if col >= n_fields:
+            raise TaskError(f"{path}: task {task.name}, key '{key}': column index {col}, but rows have {n_fields} "
+                            "fields.", task=task.name, key=key)
         return col
     assert header is not None
     if col not in header:
-        raise ConfigError(f"{path}: header has no column {col!r} (found {header}); is this the GLUE {task.glue_dir} file?")
+        raise TaskError(f"{path}: task {task.name}, key '{key}': no column {col!r} in the header (columns: "
+                        f"{header}).", task=task.name, key=key)
     return header.index(col)
 
 
-def read_tsv(task: Task, path: Path) -> dict[str, list[Any]]:
-    """Parse a GLUE TSV strictly: BOM stripped, quoting disabled, every row checked.
+def _read_text(task: Task, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # MRPC's header starts with a U+FEFF byte-order mark
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: task {task.name}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+                        "file as UTF-8 (or restore the original).", task=task.name) from exc
+
+
+def _label(task: Task, raw: Any, where: str) -> float | int:
+    """A raw label value -> class id (classification) or float (regression); anything else fails naming ``where``."""
+    if task.label_map is None:
+        try:
+            value = float(raw) if not isinstance(raw, bool) and raw is not None else float("nan")
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            raise TaskError(f"{where}: label {raw!r} is not a finite number (task {task.name} is a regression: key "
+                            "'labels' is regression).", task=task.name, key="labels")
+        lo, hi = task.label_range or (-math.inf, math.inf)
+        if not lo <= value <= hi:  # e.g. an STS-B score outside [0, 5] would skew every metric silently
+            raise TaskError(f"{where}: label {raw!r} is outside [{lo:g}, {hi:g}] (task {task.name}, key "
+                            "'label_range').", task=task.name, key="label_range")
+        return value
+    key = label_key(raw) if raw is not None else ""
+    if key not in task.label_map:
+        raise TaskError(f"{where}: bad label {raw!r}; task {task.name} labels (key 'labels') are "
+                        f"{sorted(task.label_map)}.", task=task.name, key="labels")
+    return task.label_map[key]
+
+
+def _columns_from(task: Task, path: Path, split: str | None, rows) -> dict[str, list[Any]]:
+    """(where, text_a, text_b, raw label) records -> the reader's columns; an empty file fails naming the split."""
+    a, b, labels = [], [], []
+    for where, ta, tb, raw in rows:
+        labels.append(_label(task, raw, where))
+        a.append(ta)
+        b.append(tb)
+    if not labels:
+        key = split or "train"
+        raise TaskError(f"{path}: no data rows (task {task.name}, key '{key}'); the split must not be empty.",
+                        task=task.name, key=key)
+    return {"text_a": a, "text_b": b, "label": labels, "idx": list(range(len(labels)))}
+
+
+def read_tsv(task: Task, path: Path, split: str | None = None) -> dict[str, list[Any]]:
+    """Parse a TSV strictly (the GLUE reader): BOM stripped, quoting disabled, every row checked.
 
     Splitting on tabs ourselves (instead of csv/pandas) keeps the `"` characters of STS-B and MRPC
-    verbatim and lets a malformed row fail with its line number.
+    verbatim and lets a malformed row fail with its line number. Every row has as many fields as the header
+    (header-less files such as CoLA: as the first row).
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # MRPC's header starts with a U+FEFF byte-order mark
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); restore the GLUE file.") from exc
-    lines = text.split("\n")
+    lines = _read_text(task, path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # trailing newline; CoLA dev has none, which is fine
     header = None
     start = 0
     if task.has_header:
         if not lines:
-            raise ConfigError(f"{path}: empty file; restore the GLUE {task.glue_dir} file.")
+            raise TaskError(f"{path}: empty file (task {task.name}, key '{split or 'train'}'); the split must not be "
+                            "empty.", task=task.name, key=split or "train")
         header = lines[0].rstrip("\r").split("\t")
         start = 1
-    ia = _column_index(task, header, task.text_a, path)
-    ib = _column_index(task, header, task.text_b, path) if task.text_b is not None else None
-    il = _column_index(task, header, task.label, path)
-    a, b, labels = [], [], []
-    for lineno, line in enumerate(lines[start:], start=start + 1):
-        fields = line.rstrip("\r").split("\t")
-        if len(fields) != task.n_columns:
-            raise ConfigError(
-                f"{path}:{lineno}: expected {task.n_columns} tab-separated fields, found {len(fields)} "
-                "(truncated or malformed row); restore the file from the GLUE release (see the data README checksums)."
-            )
-        raw = fields[il].strip()
-        if task.label_map is None:
+    n_fields = len(header) if header is not None else (len(lines[0].rstrip("\r").split("\t")) if lines else 0)
+    ia = _column_index(task, header, task.text_a, path, "text", n_fields)
+    ib = _column_index(task, header, task.text_b, path, "text", n_fields) if task.text_b is not None else None
+    il = _column_index(task, header, task.label, path, "label", n_fields)
+
+    def rows():
+        for lineno, line in enumerate(lines[start:], start=start + 1):
+            fields = line.rstrip("\r").split("\t")
+            if len(fields) != n_fields:
+                raise TaskError(
+                    f"{path}:{lineno}: expected {n_fields} tab-separated fields, found {len(fields)} (truncated or "
+                    f"malformed row of task {task.name}); fix the row or restore the original file (GLUE: see the "
+                    "data README checksums).", task=task.name, key=split)
+            yield (f"{path}:{lineno}", fields[ia].strip(), fields[ib].strip() if ib is not None else None,
+                   fields[il].strip())
+
+    return _columns_from(task, path, split, rows())
+
+
+def read_csv(task: Task, path: Path, split: str | None = None) -> dict[str, list[Any]]:
+    """Parse a CSV (RFC 4180 quoting, BOM stripped, blank lines skipped); every row has the header's field count."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(_read_text(task, path), newline=""))
+    try:
+        first = next((r for r in reader if r), None)
+        header = first if task.has_header else None
+        n_fields = len(first) if first is not None else 0
+        body = [] if first is None else ([] if task.has_header else [(reader.line_num, first)])
+        body += [(reader.line_num, r) for r in reader if r]
+    except csv.Error as exc:
+        raise TaskError(f"{path}:{reader.line_num}: malformed CSV of task {task.name} ({exc}).", task=task.name,
+                        key=split) from exc
+    if first is None:
+        return _columns_from(task, path, split, iter(()))
+    ia = _column_index(task, header, task.text_a, path, "text", n_fields)
+    ib = _column_index(task, header, task.text_b, path, "text", n_fields) if task.text_b is not None else None
+    il = _column_index(task, header, task.label, path, "label", n_fields)
+
+    def rows():
+        for lineno, fields in body:
+            if len(fields) != n_fields:
+                raise TaskError(f"{path}:{lineno}: expected {n_fields} comma-separated fields, found {len(fields)} "
+                                f"(malformed row of task {task.name}); fix the row (quote fields that hold commas).",
+                                task=task.name, key=split)
+            yield (f"{path}:{lineno}", fields[ia].strip(), fields[ib].strip() if ib is not None else None,
+                   fields[il].strip())
+
+    return _columns_from(task, path, split, rows())
+
+
+def read_jsonl(task: Task, path: Path, split: str | None = None) -> dict[str, list[Any]]:
+    """Parse JSON Lines: one object per line (blank lines skipped); the columns are the objects' keys."""
+    import json
+
+    def text(obj: dict, col: str | int, where: str) -> str:
+        value = obj.get(col)
+        if not isinstance(value, str):
+            raise TaskError(f"{where}: task {task.name}, key 'text': field {col!r} is "
+                            + ("missing" if col not in obj else f"not a string ({value!r})") + ".",
+                            task=task.name, key="text")
+        return value.strip()
+
+    def rows():
+        for lineno, line in enumerate(_read_text(task, path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
             try:
-                lab: float | int = float(raw)
-            except ValueError:
-                raise ConfigError(f"{path}:{lineno}: label {raw!r} is not a number (STS-B scores are floats in [0, 5]).") from None
-            lo, hi = task.label_range or (-math.inf, math.inf)
-            # float() accepts 'nan' and 'inf': a non-finite or out-of-range score would poison every metric
-            if not (math.isfinite(lab) and lo <= lab <= hi):
-                raise ConfigError(f"{path}:{lineno}: label {raw!r} is not a finite number in [{lo:g}, {hi:g}] "
-                                  f"({task.name} scores); restore the GLUE {task.glue_dir} file.")
-        else:
-            if raw not in task.label_map:
-                raise ConfigError(
-                    f"{path}:{lineno}: bad label {raw!r}; {task.name} labels are {sorted(task.label_map)}."
-                )
-            lab = task.label_map[raw]
-        a.append(fields[ia].strip())
-        b.append(fields[ib].strip() if ib is not None else None)
-        labels.append(lab)
-    if not labels:
-        raise ConfigError(f"{path}: no data rows; restore the GLUE {task.glue_dir} file.")
-    return {"text_a": a, "text_b": b, "label": labels, "idx": list(range(len(labels)))}
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskError(f"{where}: not a JSON object ({exc.msg}) in task {task.name}'s JSON Lines file.",
+                                task=task.name, key=split) from exc
+            if not isinstance(obj, dict):
+                raise TaskError(f"{where}: task {task.name}: each line must be a JSON object.", task=task.name, key=split)
+            if task.label not in obj:
+                raise TaskError(f"{where}: task {task.name}, key 'label': no field {task.label!r} (fields: "
+                                f"{sorted(obj)}).", task=task.name, key="label")
+            yield (where, text(obj, task.text_a, where),
+                   text(obj, task.text_b, where) if task.text_b is not None else None, obj[task.label])
+
+    return _columns_from(task, path, split, rows())
+
+
+READERS = {"tsv": read_tsv, "csv": read_csv, "jsonl": read_jsonl}
+
+
+def read_rows(task: Task, path: Path, split: str | None = None) -> dict[str, list[Any]]:
+    """The columns (text_a, text_b, label, idx) of one text-task file, read by the task's format."""
+    if task.format not in READERS:
+        raise TaskError(f"task {task.name}: format {task.format!r} has no row reader (use one of {list(READERS)}).",
+                        task=task.name, key="format")
+    return READERS[task.format](task, path, split)
+
+
+def _hub_labels(task: Task, ds, col: str) -> list[Any]:
+    """Hub label values as the declaration's raw values: a ClassLabel's names when the declared labels use
+    them (RTE/QNLI: entailment, not_entailment), else the stored values (GLUE's 0/1)."""
+    feature = ds.features.get(col)
+    values = list(ds[col])
+    names = getattr(feature, "names", None)
+    if task.label_map is not None and names and all(label_key(n) in task.label_map for n in names):
+        return [names[v] if isinstance(v, int) and 0 <= v < len(names) else v for v in values]
+    return values
 
 
 def _from_hub(task: Task, split: str) -> dict[str, list[Any]]:
-    """Online fallback: GLUE from the `datasets` hub (for users with internet)."""
+    """Online fallback: the task's `datasets` hub source (for users with internet)."""
     import datasets
 
-    hub_split = {"dev": "validation"}.get(split, split)
-    ds = datasets.load_dataset("nyu-mll/glue", task.hub_name, split=hub_split)
-    cols = ds.column_names
-    a_col, b_col = cols[0], (cols[1] if task.is_pair else None)
-    return {
-        "text_a": ds[a_col],
-        "text_b": ds[b_col] if b_col else [None] * len(ds),
-        "label": [float(x) for x in ds["label"]] if task.is_regression else ds["label"],
-        "idx": list(range(len(ds))),
-    }
+    hub = task.hub or {}
+    ds = datasets.load_dataset(hub["name"], hub.get("config"), split=hub["splits"][split])
+    text = hub.get("text", [task.text_a] + ([task.text_b] if task.is_pair else []))
+    cols = text if isinstance(text, list) else [text]
+    label_col = hub.get("label", task.label)
+    missing = [c for c in [*cols, label_col] if c not in ds.column_names]
+    if missing:
+        raise TaskError(f"hub {hub['name']}/{hub.get('config')} split {hub['splits'][split]}: task {task.name}, key "
+                        f"'hub': no column {missing[0]!r} (columns: {ds.column_names}); set hub.text / hub.label.",
+                        task=task.name, key="hub")
+    where = f"hub {hub['name']}/{hub.get('config')} split {hub['splits'][split]} row"
+    texts_b = ds[cols[1]] if len(cols) > 1 else [None] * len(ds)
+    rows = ((f"{where} {i}", a, b, raw)
+            for i, (a, b, raw) in enumerate(zip(ds[cols[0]], texts_b, _hub_labels(task, ds, label_col))))
+    return _columns_from(task, Path(hub["name"]), split, rows)
+
+
+def _hub_reachable(allow_hub: bool) -> bool:
+    return allow_hub and not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE")
+
+
+def _missing_message(task: Task, split: str, path: Path | None, allow_hub: bool) -> str:
+    if path is None:
+        how = ("set 'allow_hub: true' where the Hugging Face hub is reachable, or declare the file." if not allow_hub
+               else "the hub is switched off here (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): declare the file.")
+        return f"task {task.name} declares no {split} file (key '{split}'), only the hub source {task.hub_name}: {how}"
+    note = task.missing_note.get(split, "")
+    hub_hint = "; or set 'allow_hub: true' where the Hugging Face hub is reachable." if task.hub and not allow_hub else "."
+    return (f"missing data file {path} (task {task.name}, key '{split}'). "
+            + (note + " " if note else f"Copy the task's {split} file there, ")
+            + f"or point 'data_dir' / {ENV_VAR} at a folder that has it" + hub_hint)
 
 
 def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None, allow_hub: bool = False):
@@ -137,21 +282,18 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
     if split not in ("train", "dev"):
         raise ConfigError(f"unknown split {split!r}: use 'train' or 'dev'.")
     path = task_file(task, split, data_dir)
-    if path.is_file():
-        cols = read_tsv(task, path)
-    elif allow_hub and not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
+    if path is not None and path.is_file():
+        cols = read_rows(task, path, split)
+    elif task.hub and _hub_reachable(allow_hub):
         try:
             cols = _from_hub(task, split)
+        except TaskError:
+            raise
         except Exception as exc:  # network errors come in many types; one clear message for all
-            raise ConfigError(f"{path} is missing and the hub download failed ({type(exc).__name__}: {exc}).") from exc
+            raise ConfigError(f"{path or 'the ' + split + ' file'} is missing and the hub download of task {task.name} "
+                              f"failed ({type(exc).__name__}: {exc}).") from exc
     else:
-        note = task.missing_note.get(split, "")
-        raise ConfigError(
-            f"missing data file {path}. "
-            + (note + " " if note else f"Copy the GLUE {task.glue_dir}/{split}.tsv there, ")
-            + f"or point 'data_dir' / {ENV_VAR} at a folder that has it"
-            + ("; or set 'allow_hub: true' where the Hugging Face hub is reachable." if not allow_hub else ".")
-        )
+        raise TaskError(_missing_message(task, split, path, allow_hub), task=task.name, key=split)
     if task.is_regression:
         features = datasets.Features(
             {"text_a": datasets.Value("string"), "text_b": datasets.Value("string"),
@@ -163,6 +305,24 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
              "label": datasets.Value("int64"), "idx": datasets.Value("int64")}
         )
     return datasets.Dataset.from_dict(cols, features=features)
+
+
+def check_task_files(task: Task, data_dir: str | os.PathLike | None, allow_hub: bool = False) -> dict[str, int]:
+    """Read a text task's train and dev files as a run would, before any work: a missing file, an unknown column,
+    a label outside the declared set or an empty split raises :class:`TaskError` naming the task, file and key.
+    Returns the data rows per split; a split read from the hub (allow_hub, no file) is not checked (-1)."""
+    if task.is_qa:
+        raise ValueError("check_task_files reads text tasks; SQuAD files are checked by squad.read_json")
+    rows: dict[str, int] = {}
+    for split in ("train", "dev"):
+        path = task_file(task, split, data_dir)
+        if path is not None and path.is_file():
+            rows[split] = len(read_rows(task, path, split)["label"])
+        elif task.hub and allow_hub:
+            rows[split] = -1  # read from the hub at run time; nothing to check offline
+        else:
+            raise TaskError(_missing_message(task, split, path, allow_hub), task=task.name, key=split)
+    return rows
 
 
 @dataclass

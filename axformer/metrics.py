@@ -29,8 +29,16 @@ def f1(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(f1_score(labels, preds, pos_label=1, zero_division=0.0))
 
 
+def macro_f1(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean over classes of each class's F1 (one-vs-rest), for more than two classes. The classes are
+    those present in the labels or the predictions; a class never predicted scores 0 (not skipped)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, preds, average="macro", zero_division=0.0))
+
+
 def mcc(preds: np.ndarray, labels: np.ndarray) -> float:
-    """Matthews correlation coefficient (CoLA)."""
+    """Matthews correlation coefficient (CoLA); the multi-class generalisation (Gorodkin's R_K) for > 2 classes."""
     from sklearn.metrics import matthews_corrcoef
 
     return float(matthews_corrcoef(labels, preds))
@@ -61,7 +69,8 @@ def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(spearmanr(preds, labels)[0])
 
 
-METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+METRICS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson,
+           "spearman": spearman}
 
 # ----------------------------------------------------------------------------------------------- SQuAD v1.1
 _PUNCT = frozenset(string.punctuation)

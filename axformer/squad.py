@@ -135,10 +135,14 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
     """One SQuAD file as a `datasets.Dataset`, one row per question (columns: ``EXAMPLE_COLUMNS``)."""
     import datasets
 
-    path = squad_file(split, data_dir)
+    from axformer.data import task_file
+
+    # the declared file (built-in squad: <data>/squad/<split>-v1.1.json); a hub-only declaration has none
+    path = task_file(task, split, data_dir) if split in task.files else squad_file(split, data_dir)
     if path.is_file():
         cols = read_json(path)
-    elif allow_hub and not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
+    elif (allow_hub and task.hub_name and not os.environ.get("HF_HUB_OFFLINE")
+          and not os.environ.get("HF_DATASETS_OFFLINE")):
         try:
             cols = _from_hub(split, task.hub_name)
         except Exception as exc:  # network errors come in many types; one clear message for all

@@ -181,10 +181,12 @@ def _approximate(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     from axformer.cli import _parse_k
     from axformer.prune import PruneConfig
 
-    _from_ns(PruneConfig, ns, {"groups": "n_groups"}, topk=_parse_k(str(ns.topk))).validate()
+    # flags left out are None and take PruneConfig's defaults, as in cmd_approximate
+    topk = {} if ns.topk is None else {"topk": _parse_k(str(ns.topk))}
+    _from_ns(PruneConfig, ns, {"groups": "n_groups"}, **topk).validate()
     if ns.search_max is not None and ns.search_max < 1:
         raise ConfigError(f"--search-max must be >= 1 (got {ns.search_max}).")
-    if ns.batch_size < 1:
+    if ns.batch_size is not None and ns.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {ns.batch_size}).")
 
 

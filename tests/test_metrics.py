@@ -56,3 +56,17 @@ def test_constant_float_prediction_scores_zero_not_nan():
     labels = np.linspace(0.0, 5.0, 1500)
     assert np.std(preds) > 0  # the case: numerically constant, std not exactly 0
     assert M.pearson(preds, labels) == 0.0 and M.spearman(preds, labels) == 0.0
+def test_macro_f1_by_hand_and_multiclass_constant_baseline():
+    preds = np.array([0, 1, 2, 2, 1, 0, 2])
+    labels = np.array([0, 1, 1, 2, 2, 0, 2])
+    # class 0: TP 2 FP 0 FN 0 -> 1; class 1: TP 1 FP 1 FN 1 -> 1/2; class 2: TP 2 FP 1 FN 1 -> 2/3
+    assert M.macro_f1(preds, labels) == pytest.approx((1 + 1 / 2 + 2 / 3) / 3)
+    # a class never predicted counts as 0, not skipped
+    assert M.macro_f1(np.zeros(3, int), np.array([0, 1, 2])) == pytest.approx((2 * (1 / 3) / (1 + 1 / 3)) / 3)
+    from axformer.tasks import task_from_decl
+
+    three = task_from_decl("t3", {"train": "a.csv", "dev": "b.csv", "text": "s", "label": "y",
+                                  "labels": ["a", "b", "c"], "metric": "macro_f1", "secondary": ["accuracy", "mcc"]})
+    base = M.constant_baseline(three, np.array([2, 2, 1, 0]), np.array([0, 1, 2, 2]))
+    assert base["accuracy"] == 0.5 and base["mcc"] == 0.0
+    assert base["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)  # only class 2 is predicted: P 1/2, R 1

@@ -5,6 +5,7 @@
 # AxFormer search, then int8 at measurement. Every prefix that ends in a checkpoint-producing step has a
 # checkpoint folder; a step with command `quantize` (int8) writes none and may only come last.
 
+import json
 import os
 import re
 import shlex
@@ -12,11 +13,12 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from axformer.data import check_task_files, task_file
 from axformer.models import check_model_spec
 from axformer.results import model_name
 from axformer.stepargs import StepArgError, check_step_args
+from axformer.tasks import TASKS, TaskError, task_from_decl
 from axformer.utils import ConfigError
-from axformer.tasks import TASKS
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -106,7 +108,7 @@ QA_SPLIT_KEYS = ("squad_protocol", "squad_fractions", "doc_stride", "max_answer_
 def _check_qa_task(task, data_dir):
     """SQuAD: the standard protocol needs train-v1.1.json (or the hub); the local protocol splits dev by article."""
     protocol = {**config["split"], **config["split_per_task"].get(task, {})}.get("squad_protocol", "standard")
-    train_file = os.path.join(data_dir, "squad", "train-v1.1.json")
+    train_file = str(task_file(TASKS[task], "train", data_dir) or os.path.join(data_dir, "squad", "train-v1.1.json"))
     if protocol == "standard" and not config["allow_hub"] and not os.path.isfile(train_file):
         _config_error(f"split_per_task.{task}.squad_protocol",
                       f"protocol 'standard' needs {train_file} (SQuAD v1.1 train, not in the offline data folder); "
@@ -121,6 +123,56 @@ def _check_step_args(name, st):
         except StepArgError as exc:
             where = f"args_per_task.{task}" if exc.key in per_task else "args"
             _config_error(".".join(p for p in (f"steps.{name}.{where}", exc.key) if p), str(exc))
+# ------------------------------------------------------------------------------------------ tasks
+def _task_error_key(task, err):
+    """The config key a task error is about: task_defs.<task>.<key> for a profile entry, else `tasks`."""
+    if task in config["task_defs"]:
+        return ".".join(p for p in ("task_defs", task, getattr(err, "key", None)) if p)
+    return "tasks"
+
+
+def _task_registry():
+    """The built-in tasks plus the profile's task_defs (an entry with a built-in's name replaces it), each
+    declaration checked (keys, columns, labels, metric against the label kind)."""
+    out = dict(TASKS)
+    for name, decl in config["task_defs"].items():
+        try:
+            out[name] = task_from_decl(name, decl)
+        except TaskError as exc:
+            _config_error(_task_error_key(name, exc), str(exc))
+    return out
+
+
+def _check_task_data(data_dir):
+    """Every task of the profile is known and its files read as declared (missing file, unknown column, label
+    outside the declared set, empty split), and its train file leaves a non-empty search split and train'."""
+    for task in config["tasks"]:
+        if task not in TASKS:
+            _config_error("tasks", f"unknown task {task!r}: use a built-in one ({', '.join(sorted(BUILTIN_TASKS))}) "
+                          "or declare it under task_defs.")
+        if TASKS[task].is_qa:
+            _check_qa_task(task, data_dir)
+            continue
+        try:
+            rows = check_task_files(TASKS[task], data_dir, config["allow_hub"])
+        except TaskError as exc:
+            _config_error(_task_error_key(task, exc), str(exc))
+        split = {**config["split"], **config["split_per_task"].get(task, {})}
+        n_train = rows["train"]
+        n_search = min(int(round(split["search_frac"] * n_train)), split["search_max"])
+        if n_train >= 0 and (n_search < 1 or n_train - n_search < 1):
+            key = f"split_per_task.{task}.search_frac" if "search_frac" in config["split_per_task"].get(task, {}) \
+                else "split.search_frac"
+            _config_error(key, f"task {task}: {task_file(TASKS[task], 'train', data_dir)} has {n_train} data rows, so "
+                          f"search_frac {split['search_frac']} leaves an empty "
+                          f"{'search split' if n_search < 1 else 'train split'}; add rows or change search_frac.")
+    for task in config["split_per_task"]:
+        if task not in TASKS:
+            _config_error(f"split_per_task.{task}", f"unknown task {task!r} (built-in or declared under task_defs).")
+
+
+BUILTIN_TASKS = TASKS
+TASKS = _task_registry()  # from here on: the built-in tasks and the profile's declarations
 
 
 def _check_config():
@@ -134,11 +186,7 @@ def _check_config():
         _config_error("data_dir", f"{data_dir} is not a folder; point it at the folder that holds glue/.")
     config["data_dir"] = data_dir
 
-    for task in config["tasks"]:
-        if TASKS[task].is_qa:
-            _check_qa_task(task, data_dir)
-        elif "train" not in TASKS[task].splits and not config["allow_hub"]:
-            _config_error("tasks", f"task {task!r} has no train file offline; drop it or set allow_hub: true.")
+    _check_task_data(data_dir)
     for task, keys in config["split_per_task"].items():
         qa_only = sorted(set(keys) & set(QA_SPLIT_KEYS))
         if qa_only and not TASKS[task].is_qa:
@@ -242,6 +290,7 @@ CKPT_DECISIONS = f"{CKPTS}/{RUN}/decisions.json"
 METRICS = f"{RES}/{RUN}/metrics.json"
 PREDICTIONS = f"{RES}/{RUN}/predictions.npz"  # written by measure / majority beside metrics.json
 DECISIONS = f"{RES}/{RUN}/decisions.json"
+TASK_DEF = f"{RES}/{{task}}/task_def.json"  # the resolved declaration of a task declared in the profile
 
 
 # ------------------------------------------------------------------------------ the variant grammar
@@ -351,7 +400,11 @@ def cli_flags(args):
 
 
 def split_config(task):
-    return {**config["split"], **config["split_per_task"].get(task, {})}
+    out = {**config["split"], **config["split_per_task"].get(task, {})}
+    declared = config["task_defs"].get(task, {}).get("max_length")  # a declared task's length beats split's
+    if declared is not None and "max_length" not in config["split_per_task"].get(task, {}):
+        out["max_length"] = declared
+    return out
 
 
 def split_flags(wildcards):
@@ -379,6 +432,20 @@ def quantize_flags(wildcards):
     """--quantize int8 ... for X+int8 (the quantize step's args), nothing otherwise."""
     name = variant_steps(wildcards.variant)[-1]
     return cli_flags(STEPS[name]["args"]) if name in QUANT_STEPS else ""
+
+
+def task_def_input(wildcards):
+    """The resolved declaration file of a task declared in the profile; none for a built-in task (the CLI has it)."""
+    return [TASK_DEF.format(task=wildcards.task)] if wildcards.task in config["task_defs"] else []
+
+
+def task_def_flag(wildcards, input):
+    return f"--task-def {shlex.quote(str(input.task_def))}" if input.task_def else ""
+
+
+def task_def_json(wildcards):
+    """The declaration written to TASK_DEF: resolved (defaults filled in), keys sorted, so a change re-runs."""
+    return json.dumps(TASKS[wildcards.task].decl, sort_keys=True)
 
 
 def model_spec(wildcards):
