@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     run.run("approximate", cli(
         "approximate", "--parent", str(ck / "finetune"), "--ckpt", str(ck / "finetune+axformer"),
         "--metrics", str(steps / "finetune+axformer.json"), "--decisions", str(out / "decisions.json"),
-        "--accept-rule", "meanloss", "--data-dir", data_dir, "--threads", str(args.threads),
+        "--data-dir", data_dir, "--threads", str(args.threads),
         "--device", args.device, "--no-progress"), needs=("finetune",), env=env)
 
     timing = ["--batch-sizes", *map(str, args.batch_sizes), "--seq-len", str(args.max_length),
