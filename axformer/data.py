@@ -24,6 +24,27 @@ from axformer.utils import ConfigError
 ENV_VAR = "AXFORMER_DATA"
 
 
+def _pickleable_pyarrow_types() -> None:
+    """Let `datasets` fingerprint (dill-pickle) objects that reach pyarrow's MonthDayNano type.
+
+    pyarrow builds MonthDayNano as a C struct sequence whose ``__module__`` is 'builtins', so pickling the class
+    by reference fails ("Can't pickle <class 'MonthDayNano'>: it's not found as builtins.MonthDayNano"); under
+    Python 3.12 `datasets` 5.2 hits it in every Dataset.from_dict (seen on the GPU machine). Publishing the class
+    under that name makes the by-reference lookup succeed; nothing else changes."""
+    import builtins
+
+    try:
+        import pyarrow.lib as palib
+    except ImportError:  # pragma: no cover - datasets needs pyarrow
+        return
+    cls = getattr(palib, "MonthDayNano", None)
+    if cls is not None and getattr(cls, "__module__", None) == "builtins" and not hasattr(builtins, cls.__name__):
+        setattr(builtins, cls.__name__, cls)
+
+
+_pickleable_pyarrow_types()
+
+
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """The data folder: ``data_dir`` if given, else ``$AXFORMER_DATA``; it must exist."""
     raw = data_dir if data_dir not in (None, "") else os.environ.get(ENV_VAR)

@@ -43,12 +43,19 @@ CPU_METHOD = ("RSS of a fresh subprocess (python -m axformer.memory, torch and t
 SUBPROCESS_TIMEOUT_S = 600
 
 
-def tensor_bytes(model: nn.Module) -> int:
-    """Bytes of every tensor in ``model.state_dict()`` (packed int8 weights of quantized Linears included)."""
+def tensor_bytes(model: nn.Module, device: torch.device | None = None) -> int:
+    """Bytes of every tensor in ``model.state_dict()`` (packed int8 weights of quantized Linears included);
+    with ``device``, only the tensors that live on it."""
+    dev = None if device is None else torch.device(device)
+
+    def on(v: torch.Tensor) -> bool:
+        if dev is None:
+            return True
+        return v.device.type == dev.type and (dev.index is None or v.device.index == dev.index)
 
     def size(v: Any) -> int:
         if torch.is_tensor(v):
-            return v.numel() * v.element_size()
+            return v.numel() * v.element_size() if on(v) else 0
         if isinstance(v, (tuple, list)):
             return sum(size(x) for x in v)
         return 0
@@ -76,7 +83,11 @@ def cuda_model_memory(model: nn.Module, inputs: dict[str, torch.Tensor], device:
     torch.cuda.synchronize(device)
     gc.collect()
     torch.cuda.empty_cache()
-    weights = int(torch.cuda.memory_allocated(device))
+    # memory_allocated also holds what earlier work left on the device (the cuBLAS workspace, 32 MiB with
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8): the weights are the model's own tensors on it, the activations what the
+    # forwards add on top of everything allocated before them
+    before = int(torch.cuda.memory_allocated(device))
+    weights = tensor_bytes(model, device)
     torch.cuda.reset_peak_memory_stats(device)
     dev_inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
     with torch.inference_mode():
@@ -89,7 +100,8 @@ def cuda_model_memory(model: nn.Module, inputs: dict[str, torch.Tensor], device:
     del dev_inputs
     return {
         "peak_bytes": peak, "source": "torch.cuda", "method": CUDA_METHOD,
-        "weights_bytes": weights, "activation_peak_bytes": peak - weights, "state_bytes": tensor_bytes(model),
+        "weights_bytes": weights, "allocated_before_bytes": before, "activation_peak_bytes": peak - before,
+        "state_bytes": tensor_bytes(model),
         "torch_cuda_max_allocated": peak, "torch_cuda_reserved": reserved,
         "nvml_used_bytes": q["process_used_bytes"], "nvml_note": nvml.NOTE,
         "reason": None if q["process_used_bytes"] is not None else f"NVML figure unavailable: {q['reason']}",

@@ -300,7 +300,10 @@ def test_cuda_memory_phase_order_and_arithmetic(monkeypatch):
     x = {"input_ids": torch.ones(2, 8, dtype=torch.long)}
     block = memory.cuda_model_memory(model, x, torch.device("cpu"), iters=2)
     assert alloc.events[:3] == ["empty_cache", "memory_allocated", "reset"] and alloc.events[3:] == ["forward"] * 2
-    assert block["weights_bytes"] == 10_000 and block["activation_peak_bytes"] == 2_500
+    # the activations are what the forwards add to everything allocated before them; the weights are the
+    # model's own tensors on the device (the allocator also holds e.g. the cuBLAS workspace)
+    assert block["allocated_before_bytes"] == 10_000 and block["activation_peak_bytes"] == 2_500
+    assert block["weights_bytes"] == memory.tensor_bytes(model, torch.device("cpu")) == memory.tensor_bytes(model)
     assert block["peak_bytes"] == 12_500 and block["source"] == "torch.cuda"
     assert block["nvml_used_bytes"] is None and "fake: no NVML" in block["reason"] and block["nvml_note"]
 
