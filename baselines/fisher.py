@@ -429,11 +429,12 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
                     continue
                 h_t = layer.intermediate(t_attn[b])
                 pre_t = layer.output.dense(h_t) + t_attn[b]
-                tgt = sel(pre_t - layer.output.dense.bias - a_s, b).double()  # (n, hid)
-                h_s = sel(layer.intermediate(a_s), b)[:, kept_n].double()  # (n, Kn)
-                hh_acc += h_s.T @ h_s
-                atb += ((tgt @ w2) * h_s).sum(0)
-                btb += float((tgt * tgt).sum())
+                tgt = sel(pre_t - layer.output.dense.bias - a_s, b).float()  # (n, hid)
+                h_s = sel(layer.intermediate(a_s), b)[:, kept_n].float()  # (n, Kn)
+                # per-batch products in float32 (the (Kn, Kn) Gram is the cost), accumulated in float64
+                hh_acc += (h_s.T @ h_s).double()
+                atb += ((tgt @ w2.float()) * h_s).sum(0).double()
+                btb += float((tgt.double() ** 2).sum())
             if kept_n:
                 ata = ata * hh_acc
                 ones = torch.ones(len(kept_n), dtype=torch.float64)
