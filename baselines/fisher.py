@@ -304,16 +304,19 @@ def _context(layer: nn.Module, x: torch.Tensor, am: Any) -> torch.Tensor:
 def _attention(layer: nn.Module, x: torch.Tensor, am: Any, scale: torch.Tensor | None):
     """(context per head (B, T, H, hs) or None, attention-block output). ``scale`` multiplies each head's
     context; all-zero = the block removed (output = LayerNorm(x), the structural skip, no output bias)."""
+    ctx = None if isinstance(layer.attention, elements.SkippedAttention) else _context(layer, x, am)
+    return ctx, _attention_from(layer, x, ctx, scale)
+
+
+def _attention_from(layer: nn.Module, x: torch.Tensor, ctx: torch.Tensor | None, scale: torch.Tensor | None):
+    """The attention-block output from an already computed context (see :func:`_attention`)."""
     att = layer.attention
-    if isinstance(att, elements.SkippedAttention):
-        return None, att.output.LayerNorm(x)
-    ctx = _context(layer, x, am)
-    b, t, n, hs = ctx.shape
-    d = n * hs
+    if isinstance(att, elements.SkippedAttention) or ctx is None:
+        return att.output.LayerNorm(x)
     if scale is not None and not bool(scale.any()):
-        return ctx, att.output.LayerNorm(x)
-    c = ctx if scale is None else ctx * scale.to(ctx.dtype)[None, None, :, None]
-    return ctx, att.output.LayerNorm(att.output.dense(c.reshape(b, t, d)) + x)
+        return att.output.LayerNorm(x)
+    c = ctx if scale is None else ctx * scale.to(device=ctx.device, dtype=ctx.dtype)[None, None, :, None]
+    return att.output.LayerNorm(att.output.dense(c.flatten(2)) + x)
 
 
 def _ffn(layer: nn.Module, a: torch.Tensor, scale: torch.Tensor | None):
@@ -323,7 +326,7 @@ def _ffn(layer: nn.Module, a: torch.Tensor, scale: torch.Tensor | None):
     h = layer.intermediate(a)
     if scale is not None and not bool(scale.any()):
         return h, layer.output.LayerNorm(a)
-    hh = h if scale is None else h * scale.to(h.dtype)
+    hh = h if scale is None else h * scale.to(device=h.device, dtype=h.dtype)
     return h, layer.output.LayerNorm(layer.output.dense(hh) + a)
 
 
@@ -383,26 +386,28 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
             # --- MHA block: target = teacher's pre-LayerNorm output; A columns = per-head contributions
             hs_t = head_scale.get(li)
             kept = [] if hs_t is None else torch.nonzero(hs_t).flatten().tolist()
-            t_attn = []
+            t_attn, s_ctx = [], []
             if kept:
                 ata = torch.zeros(len(kept), len(kept), dtype=torch.float64)
                 atb = torch.zeros(len(kept), dtype=torch.float64)
                 btb = 0.0
                 dense = layer.attention.output.dense
                 hsz = dense.weight.shape[1] // len(hs_t)
-                w = dense.weight.view(dense.weight.shape[0], len(hs_t), hsz)[:, kept].double()  # (hid, K, hs)
+                w = dense.weight.view(dense.weight.shape[0], len(hs_t), hsz)[:, kept].float()  # (hid, K, hs)
             for b in range(len(teach)):
                 ctx_t, a_t = _attention(layer, teach[b], ams[b], None)
                 t_attn.append(a_t)
+                ctx_s = None if hs_t is None else _context(layer, stud[b], ams[b])
+                s_ctx.append(ctx_s)  # reused for the student's block output once the scales are known
                 if not kept:
                     continue
-                ctx_s = _context(layer, stud[b], ams[b])
                 pre_t = layer.attention.output.dense(ctx_t.flatten(2)) + teach[b]
-                tgt = sel(pre_t - layer.attention.output.dense.bias - stud[b], b).double()  # (n, hid)
-                c = torch.einsum("nkd,okd->nok", sel(ctx_s, b)[:, kept].double(), w)  # (n, hid, K)
-                ata += torch.einsum("nok,noj->kj", c, c)
-                atb += torch.einsum("nok,no->k", c, tgt)
-                btb += float((tgt * tgt).sum())
+                tgt = sel(pre_t - layer.attention.output.dense.bias - stud[b], b).float()  # (n, hid)
+                c = torch.einsum("nkd,okd->nok", sel(ctx_s, b)[:, kept].float(), w)  # (n, hid, K)
+                # per-batch products in float32, accumulated on the CPU in float64
+                ata += torch.einsum("nok,noj->kj", c, c).double().cpu()
+                atb += torch.einsum("nok,no->k", c, tgt).double().cpu()
+                btb += float((tgt.double() ** 2).sum())
             if kept:
                 ones = torch.ones(len(kept), dtype=torch.float64)
                 s = _solve(ata, atb, damp) if tune and stopped is None else ones
@@ -412,31 +417,32 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
                 head_scale[li][kept] = s
                 errors.append({"layer": li, "block": "mha", "before": _err(ata, atb, btb, ones),
                                "after": _err(ata, atb, btb, s), "norm": btb})
-            # --- FFN block
+            s_attn = [_attention_from(layer, stud[b], s_ctx[b], head_scale.get(li)) for b in range(len(teach))]
+            del s_ctx
+            # --- FFN block (the teacher's next-layer input is computed here too)
             ns_t = neuron_scale.get(li)
             kept_n = [] if ns_t is None else torch.nonzero(ns_t).flatten().tolist()
-            s_attn = []
             if kept_n:
-                w2 = layer.output.dense.weight[:, kept_n].double()  # (hid, Kn)
-                ata = (w2.T @ w2)
+                w2 = layer.output.dense.weight[:, kept_n].float()  # (hid, Kn)
                 hh_acc = torch.zeros(len(kept_n), len(kept_n), dtype=torch.float64)
                 atb = torch.zeros(len(kept_n), dtype=torch.float64)
                 btb = 0.0
             for b in range(len(teach)):
-                a_s = _attention(layer, stud[b], ams[b], head_scale.get(li))[1]
-                s_attn.append(a_s)
+                a_t, a_s = t_attn[b], s_attn[b]
+                if isinstance(layer.output, elements.SkippedFFNOutput):
+                    teach[b] = layer.output.LayerNorm(a_t)
+                    continue
+                pre_t = layer.output.dense(layer.intermediate(a_t)) + a_t
+                teach[b] = layer.output.LayerNorm(pre_t)
                 if not kept_n:
                     continue
-                h_t = layer.intermediate(t_attn[b])
-                pre_t = layer.output.dense(h_t) + t_attn[b]
                 tgt = sel(pre_t - layer.output.dense.bias - a_s, b).float()  # (n, hid)
                 h_s = sel(layer.intermediate(a_s), b)[:, kept_n].float()  # (n, Kn)
-                # per-batch products in float32 (the (Kn, Kn) Gram is the cost), accumulated in float64
-                hh_acc += (h_s.T @ h_s).double()
-                atb += ((tgt @ w2.float()) * h_s).sum(0).double()
+                hh_acc += (h_s.T @ h_s).double().cpu()  # the (Kn, Kn) Gram is the cost
+                atb += ((tgt @ w2) * h_s).sum(0).double().cpu()
                 btb += float((tgt.double() ** 2).sum())
             if kept_n:
-                ata = ata * hh_acc
+                ata = (w2.double().T @ w2.double()).cpu() * hh_acc
                 ones = torch.ones(len(kept_n), dtype=torch.float64)
                 s = _solve(ata, atb, damp) if tune and stopped is None else ones
                 if not bool(torch.isfinite(s).all()) or float(s.abs().max()) > SCALE_BOUND:
@@ -445,9 +451,8 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
                 neuron_scale[li][kept_n] = s
                 errors.append({"layer": li, "block": "ffn", "before": _err(ata, atb, btb, ones),
                                "after": _err(ata, atb, btb, s), "norm": btb})
-            # --- propagate both models to the next layer
+            # --- the student's next-layer input, with this layer's scales
             for b in range(len(teach)):
-                teach[b] = _ffn(layer, t_attn[b], None)[1]
                 stud[b] = _ffn(layer, s_attn[b], neuron_scale.get(li))[1]
             del t_attn, s_attn
 
