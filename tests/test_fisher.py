@@ -235,3 +235,23 @@ def test_cli_fisher_step(tmp_path, data_dir):
     assert set(info["timing"]) == {"fisher_s", "search_s", "rearrange_s", "tune_s"} and rec["baseline"]["wall_s"] > 0
     back, _ = models.load_checkpoint(out / "ck")
     assert rec["size"]["params_encoder"] == elements.count_encoder_params(back) == info["params_encoder_after"]
+
+
+def test_edited_parent_and_full_mask_is_the_model(rows, tokenizer, tmp_path):
+    """A parent with a skipped attention block and removed neurons: keeping every unit reproduces it exactly
+    (the layer-by-layer pass equals the model's forward); pruning it further reloads."""
+    model = _tiny()
+    elements.skip_attention(model, 0)
+    elements.remove_neurons(model, 1, list(range(10)))
+    units = Units.of(model)
+    assert set(units.heads) == {1} and len(units.neurons[1]) == 118
+    full = tune_masks(model, rows, tokenizer, {i: list(range(len(h))) for i, h in units.heads.items()},
+                      {i: list(range(len(n))) for i, n in units.neurons.items()}, batch_size=8, tune=False,
+                      cls_only_last=False)
+    assert full["final_rel_err"] < 1e-10 and all(e["rel_before"] < 1e-10 for e in full["errors"])
+    pruned, info = baselines.get("fisher")(model, tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "batch_size": 8})
+    assert info["heads_before"] == 4 and info["neurons_before"] == 128 + 118
+    back, _ = models.load_checkpoint(models.save_checkpoint(pruned, tokenizer, tmp_path / "ck"))
+    assert elements.architecture(back)["layers"][0]["attn_skipped"]
+    torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
+                               torch.from_numpy(train.predict_logits(pruned, rows, tokenizer)[0]))
