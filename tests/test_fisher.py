@@ -248,7 +248,7 @@ def test_edited_parent_and_full_mask_is_the_model(rows, tokenizer, tmp_path):
     full = tune_masks(model, rows, tokenizer, {i: list(range(len(h))) for i, h in units.heads.items()},
                       {i: list(range(len(n))) for i, n in units.neurons.items()}, batch_size=8, tune=False,
                       cls_only_last=False)
-    assert full["final_rel_err"] < 1e-10 and all(e["rel_before"] < 1e-10 for e in full["errors"])
+    assert full["final_rel_err"] < 1e-10 and all(abs(e["rel_before"]) < 1e-5 for e in full["errors"])  # float32 products
     pruned, info = baselines.get("fisher")(model, tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "batch_size": 8})
     assert info["heads_before"] == 4 and info["neurons_before"] == 128 + 118
     back, _ = models.load_checkpoint(models.save_checkpoint(pruned, tokenizer, tmp_path / "ck"))
