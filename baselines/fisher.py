@@ -35,7 +35,7 @@ reads); no latency look-up-table constraint (FLOPs and parameters only).
 Config (``cfg``): the amount — ``match`` (AxFormer's decisions.json; ``match_by`` ``params`` [default] or
 ``flops``) | ``target_params`` / ``match_params`` | ``flops_frac`` (kept fraction of the parent's head + FFN
 FLOPs); ``max_rows`` (2048, the paper's sample), ``batch_size`` (32), ``seq_len`` (``"mean"`` = mean real
-length of the sample, or an int), ``rearrange`` (true), ``tune`` (true), ``damp`` (1e-3, relative to the mean
+length of the sample, or an int), ``rearrange`` (true), ``tune`` (true), ``damp`` (0.1, relative to the mean
 diagonal of the normal matrix), ``split`` ("search"), ``seed``, ``progress``.
 """
 
@@ -60,7 +60,7 @@ from baselines import register
 from baselines._match import load_decisions, resolve_target
 
 DEFAULTS: dict[str, Any] = {"max_rows": 2048, "batch_size": 32, "seq_len": "mean", "rearrange": True, "tune": True,
-                            "damp": 1e-3, "split": "search"}
+                            "damp": 0.1, "split": "search"}
 KNOWN_KEYS = {"match", "match_by", "match_params", "target_params", "flops_frac", "seed", "progress", *DEFAULTS}
 SCALE_BOUND = 10.0  # a tuned scale beyond +-10 means a degenerate solve: keep the binary mask (authors' code)
 PAPER = ("Kwon, Kim, Mahoney, Hassoun, Keutzer & Gholami 2022, A Fast Post-Training Pruning Framework for "
@@ -336,7 +336,8 @@ def _solve(ata: torch.Tensor, atb: torch.Tensor, damp: float) -> torch.Tensor:
     lam = damp * float(torch.diagonal(ata).mean()) if k else 0.0
     lhs = ata + lam * torch.eye(k, dtype=ata.dtype)
     rhs = atb + lam * torch.ones(k, dtype=ata.dtype)
-    return torch.linalg.lstsq(lhs, rhs[:, None], driver="gelsd").solution[:, 0]
+    # gelsy (pivoted QR): ~100x faster than the SVD drivers at 1,500 unknowns, still rank-revealing at damp = 0
+    return torch.linalg.lstsq(lhs, rhs[:, None], driver="gelsy").solution[:, 0]
 
 
 def _err(ata: torch.Tensor, atb: torch.Tensor, btb: float, s: torch.Tensor) -> float:
@@ -344,7 +345,7 @@ def _err(ata: torch.Tensor, atb: torch.Tensor, btb: float, s: torch.Tensor) -> f
 
 
 def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], keep_n: dict[int, list[int]],
-               batch_size: int = 32, damp: float = 1e-3, cls_only_last: bool = True,
+               batch_size: int = 32, damp: float = 0.1, cls_only_last: bool = True,
                tune: bool = True) -> dict[str, Any]:
     """Layer-wise least-squares scales of the kept heads / neurons (paper §4.3).
 
