@@ -428,7 +428,7 @@ def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty or not need <= set(df.columns):
         return pd.DataFrame(columns=["Task", "Variant"])
     sub = df[df["search_passes"].notna() & ~df["variant"].astype(str).str.contains(r"\+int8(?:_ort\w*|_ov)?$")]
-    rows = []
+    rows = _fisher_search_rows(df)  # the retraining-free Fisher peer: a search too, timed beside AxFormer's
     for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
         ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
         ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
@@ -453,6 +453,35 @@ def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
     out["_t"] = out["Task"].map(order.index)
     out = out.sort_values(["_t", "_key"], kind="stable").drop(columns=["_t", "_key"])
     return out.reset_index(drop=True)
+
+
+def _fisher_search_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """search_cost rows of the Fisher mask-search peer (``baseline_method == "fisher"``, baselines/fisher.py):
+    heads / FFN neurons removed, its wall time (``baseline_wall_s``) and the search-split loss of the parent
+    ``finetune`` -> the pruned model (the whole search split, from metrics.json; no passes count)."""
+    if "baseline_method" not in df.columns or "baseline_wall_s" not in df.columns:
+        return []
+    sub = df[(df["baseline_method"] == "fisher") & ~df["variant"].astype(str).str.endswith("+int8")]
+    rows = []
+    for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
+        ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
+        ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
+        wall = _num(g, "baseline_wall_s").mean()
+        removed = [(_num(g, f"baseline_info_{k}_before") - _num(g, f"baseline_info_{k}_after")).mean()
+                   if f"baseline_info_{k}_after" in g.columns else np.nan for k in ("heads", "neurons")]
+        rows.append({
+            "Task": str(task),
+            "Variant": str(variant) if df["model"].nunique() == 1 else f"{model}: {variant}",
+            "Removed": f"{_fmt(removed[0], 0)} heads, {_fmt(removed[1], 0)} neurons",
+            "Hard-attention layers": DASH,
+            "Passes": DASH,
+            "Search loss": f"{_fmt(_num(ft, 'metric_search_loss').mean())} → {_fmt(_num(g, 'metric_search_loss').mean())}",
+            "Search (s)": _fmt(wall, 0),
+            "Fine-tune (s)": _fmt(ft_wall, 0),
+            "Search / fine-tune": _fmt(wall / ft_wall if ft_wall else np.nan, 2),
+            "_key": (task, variant_sort_key(str(variant))),
+        })
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- figures

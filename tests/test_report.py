@@ -250,3 +250,29 @@ def test_search_cost_table_by_hand(tree: Path) -> None:
     assert t.iloc[1]["Search / fine-tune"] == "3.00"
     md = report.to_markdown(t)
     assert md.splitlines()[0].endswith("| Search / fine-tune |") and "| sst2 | finetune+axformer | 2 | [0, 2] |" in md
+
+
+def test_search_cost_table_lists_the_fisher_peer(tree: Path) -> None:
+    """finetune+fisher (baselines/fisher.py) is a search too: its wall time sits beside AxFormer's."""
+    p = tree / "sst2" / "minilm" / "finetune+axformer" / "seed0" / "metrics.json"
+    m = json.loads(p.read_text())
+    m["search"] = {"wall_s": 4.0, "passes": 40, "removed": ["L5.ffn"], "loss_before": 0.4, "loss_after": 0.3}
+    p.write_text(json.dumps(m))
+    ft = tree / "sst2" / "minilm" / "finetune" / "seed0" / "metrics.json"
+    f = json.loads(ft.read_text())
+    f["metric"]["search_loss"] = 0.25
+    ft.write_text(json.dumps(f))
+    for variant in ("finetune+fisher", "finetune+fisher+int8"):
+        run = tree / "sst2" / "minilm" / variant / "seed0"
+        run.mkdir(parents=True)
+        rec = {**_metrics("sst2", "finetune+axformer", 0), "variant": variant,
+               "baseline": {"method": "fisher", "wall_s": 7.0,
+                            "info": {"heads_before": 72, "heads_after": 60, "neurons_before": 9216,
+                                     "neurons_after": 8000}}}
+        rec["metric"] = {**rec["metric"], "search_loss": 0.35}
+        (run / "metrics.json").write_text(json.dumps(rec))
+    t = report.search_cost_table(report.collect(tree))
+    assert list(t["Variant"]) == ["finetune+axformer", "finetune+fisher"]  # the int8 copy shares the search
+    row = t.iloc[1]
+    assert row["Removed"] == "12 heads, 1216 neurons" and row["Search (s)"] == "7" and row["Passes"] == report.DASH
+    assert row["Search loss"] == "0.250 → 0.350" and row["Search / fine-tune"] == "0.70"
