@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 CUDA_METHOD = ("torch.cuda allocations in a phase of its own: the other model moved off the GPU, caches emptied, "
-               "peak counters reset; weights = memory_allocated before the forwards, activation peak = "
-               "max_memory_allocated over the forwards minus weights")
+               "peak counters reset; weights = bytes of the model's tensors on the device, activation peak = "
+               "max_memory_allocated over the forwards minus memory_allocated before them (which also holds "
+               "e.g. the cuBLAS workspace: allocated_before_bytes)")
 CPU_METHOD = ("RSS of a fresh subprocess (python -m axformer.memory, torch and transformers imported first) "
               "holding only this model: "
               "weights = RSS growth from loading it, activation peak = peak RSS (VmHWM, reset after loading) over "

@@ -238,7 +238,7 @@ def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], 
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Rounds: fp32 / fp16 / bf16 = baseline and variant in that dtype; int8 = bitsandbytes LLM.int8 "
               "(fp16 compute) timed against the fp16 baseline. Memory: torch.cuda allocations of the variant alone "
-              "(weights before the forwards, activation peak over them); NVML = the process on that GPU, CUDA "
+              "(weights = its tensors on the GPU, activation peak = what the forwards add); NVML = the process on that GPU, CUDA "
               "context and allocator reserve included.", ""]
     (out / "summary.md").write_text("\n".join(lines))
     return summary
