@@ -63,7 +63,8 @@ def _assert_refused(res, key: str, workdir: Path) -> None:
 def test_every_rule_shell_substitution_is_quoted():
     """Each {...} in a rule's shell line is `:q`, or a params function that builds its flags with shlex."""
     prequoted = {"params.args", "params.split", "params.model", "params.data_dir", "params.quantize",
-                 "params.measure", "params.match"}
+                 "params.measure", "params.match", "params.device", "params.task_def",
+                 "params.bootstrap"}  # device, task_def: shlex-quoted in common.smk; bootstrap: two int() values
     seen = 0
     for path in RULES:
         text = path.read_text()
@@ -163,13 +164,13 @@ def test_step_arg_names_come_from_the_cli_parser(monkeypatch):
 
     def add_more(p):
         add(p)
-        p.add_argument("--accept-margin", type=float, default=0.0)
+        p.add_argument("--probe-margin", type=float, default=0.0)
 
     monkeypatch.setitem(cli.STEPS, "approximate", (add_more, fn, help_))
-    stepargs.check_step_args("approximate", {"accept_margin": 0.1, "topk": 8})
+    stepargs.check_step_args("approximate", {"probe_margin": 0.1, "topk": 8})
     with pytest.raises(stepargs.StepArgError) as exc:
-        stepargs.check_step_args("approximate", {"accept_margin": "wide"})
-    assert exc.value.key == "accept_margin"
+        stepargs.check_step_args("approximate", {"probe_margin": "wide"})
+    assert exc.value.key == "probe_margin"
 
 
 def test_rule_set_flag_is_not_a_step_arg():
