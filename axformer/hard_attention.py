@@ -173,6 +173,14 @@ def _allowed_keys(attention_mask: torch.Tensor | None, kv_len: int) -> torch.Ten
     return m > torch.finfo(m.dtype).min / 2
 
 
+def static_graph(x: torch.Tensor) -> bool:
+    """True where the top-K path must not read tensor values on the host: under ``torch.export`` (the ONNX
+    exporter cannot branch on values) and on CUDA (each host read waits for the GPU). Every sequence then takes
+    the top-K path with K bounded by the key length; the kept keys are the same (top-K keeps every real key of a
+    row no longer than K), only the per-sequence sdpa fallback and the key trimming are skipped."""
+    return torch.compiler.is_exporting() or x.is_cuda
+
+
 def _threshold(x: torch.Tensor, k: int | float, keff: torch.Tensor) -> torch.Tensor:
     """Per query row, the ``keff``-th largest value of ``x`` (B, H, Tq, Tk) along the keys: (B, H, Tq, 1).
 
@@ -182,9 +190,10 @@ def _threshold(x: torch.Tensor, k: int | float, keff: torch.Tensor) -> torch.Ten
     Under ``torch.export`` (the ONNX exporter, axformer.export) K is bounded by the symbolic key length and the
     float form sorts whole rows: an exported graph cannot depend on tensor values.
     """
-    exporting = torch.compiler.is_exporting()
+    exporting = static_graph(x)
     if isinstance(k, int):
-        kk = torch.sym_min(k, x.shape[-1]) if exporting else k
+        kk = (torch.sym_min(k, x.shape[-1]) if torch.compiler.is_exporting() else min(k, x.shape[-1])) \
+            if exporting else k
         return x.topk(kk, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     vals = x.topk(x.shape[-1] if exporting else int(keff.max()), dim=-1, sorted=True).values
     idx = (keff - 1).expand(*vals.shape[:-1], 1)
@@ -267,9 +276,9 @@ def topk_attention_forward(
     B, kv_len = query.shape[0], key.shape[-2]
 
     allowed = _allowed_keys(attention_mask, kv_len)  # (B|1, 1|H, Tq|1, Tk) bool or None
-    if torch.compiler.is_exporting():
-        # torch.export cannot branch on tensor values: the exported graph sends every sequence through top-K,
-        # which keeps the same keys (top-K is a no-op for a row whose real length is <= K).
+    if static_graph(query):
+        # no host reads of tensor values (export; CUDA): every sequence goes through top-K, which keeps the
+        # same keys (top-K is a no-op for a row whose real length is <= K).
         lengths = (allowed.sum(dim=-1, keepdim=True) if allowed is not None else
                    torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
         return _topk_core(query, key, value, allowed, _k_eff_tensor(k, lengths), k, form, scaling, dropout, training)

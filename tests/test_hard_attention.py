@@ -187,6 +187,22 @@ def test_function_matches_reference(mask_kind, keep, form):
 
 
 @pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("keep", [2, 4, 20, 0.5])
+def test_static_graph_path_matches_reference(monkeypatch, keep, form):
+    """The path CUDA and the ONNX export take (no host reads of tensor values: every sequence through top-K,
+    K bounded by the key length) keeps the same keys as the reference, for rows shorter and longer than K."""
+    monkeypatch.setattr(ha, "static_graph", lambda x: True)
+    torch.manual_seed(1)
+    B, H, T, d = 4, 2, 9, 4
+    q, k, v = (torch.randn(B, H, T, d) * 2 for _ in range(3))
+    allowed = torch.ones(B, T, dtype=torch.bool)
+    for b, n in enumerate([6, 2, 9, 3]):
+        allowed[b, n:] = False
+    out, _ = ha.topk_attention_forward(_module(keep, form), q, k, v, _mask(allowed, "bool", T), scaling=d**-0.5)
+    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("form", ha.FORMS)
 def test_left_padding_and_ties_at_threshold(form):
     torch.manual_seed(1)
     B, H, T, d = 2, 2, 8, 4
