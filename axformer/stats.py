@@ -376,11 +376,15 @@ def verdict_accuracy(low: float, high: float) -> str:
     return "more accurate" if low > 0 else "less accurate" if high < 0 else "within noise"
 
 
-def verdict_speed(low: float, high: float) -> str:
-    """"faster" / "slower" when the speedup interval excludes 1.0, else "within noise"."""
+def verdict_speed(low: float, high: float, floor_low: float = 1.0, floor_high: float = 1.0) -> str:
+    """"faster" / "slower" when the speedup interval excludes 1.0 *and* the A/A noise band ``[floor_low,
+    floor_high]`` (finetune timed against a copy of itself in its own job: the interval from one job's
+    iterations misses drift between jobs, so a model can look 2 % "slower" than itself), else "within noise"."""
     if _nan(low) or _nan(high):
         return NA
-    return "faster" if low > 1.0 else "slower" if high < 1.0 else "within noise"
+    hi_floor = 1.0 if _nan(floor_high) else max(1.0, floor_high)
+    lo_floor = 1.0 if _nan(floor_low) else min(1.0, floor_low)
+    return "faster" if low > hi_floor else "slower" if high < lo_floor else "within noise"
 
 
 def verdict_size(*ratios: float, tol: float = SIZE_TOLERANCE) -> str:

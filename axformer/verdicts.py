@@ -155,7 +155,25 @@ def verdict_table(df: pd.DataFrame, results_dir: str | os.PathLike, batch_size: 
                 gv = g[g["variant"] == variant].drop_duplicates("seed").set_index("seed")
                 rows.append(_row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed, level, notes))
     out = pd.DataFrame(rows)
+    _speed_against_noise_floor(out)
     return out[list(COLUMNS) + [c for c in out.columns if c not in COLUMNS]]
+
+
+def _speed_against_noise_floor(vt: pd.DataFrame) -> None:
+    """The speed verdict also has to clear the A/A band of the same task and model: finetune timed against a
+    copy of itself (its own row), whose verdict is "within noise" by definition."""
+    vt["speed_floor_low"], vt["speed_floor_high"] = math.nan, math.nan
+    for (task, model), g in vt.groupby(["task", "model"], sort=False):
+        ft = g[g["variant"] == "finetune"]
+        for i, r in g.iterrows():
+            b = int(r["speed_batch"])
+            lo = float(ft[f"speedup_b{b}_low"].iloc[0]) if len(ft) else math.nan
+            hi = float(ft[f"speedup_b{b}_high"].iloc[0]) if len(ft) else math.nan
+            vt.loc[i, ["speed_floor_low", "speed_floor_high"]] = [lo, hi]
+            if r["variant"] == "finetune":
+                vt.loc[i, "verdict_speed"] = "within noise" if not math.isnan(r[f"speedup_b{b}_low"]) else S.NA
+            else:
+                vt.loc[i, "verdict_speed"] = S.verdict_speed(r[f"speedup_b{b}_low"], r[f"speedup_b{b}_high"], lo, hi)
 
 
 def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed, level, notes) -> dict[str, Any]:

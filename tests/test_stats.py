@@ -162,6 +162,11 @@ def test_verdict_thresholds():
     assert S.verdict_speed(0.97, 1.03) == "within noise"
     assert S.verdict_speed(1.0, 1.1) == "within noise"
     assert S.verdict_speed(None, None) == "n/a"
+    # the A/A band of finetune against itself widens "within noise": 0.97-0.99 is not "slower" when the
+    # same model timed against itself spans 0.96-1.00, and 1.01-1.03 is not "faster" when it spans 0.99-1.04
+    assert S.verdict_speed(0.97, 0.99, 0.96, 1.00) == "within noise"
+    assert S.verdict_speed(1.01, 1.03, 0.99, 1.04) == "within noise"
+    assert S.verdict_speed(1.05, 1.2, 0.99, 1.04) == "faster" and S.verdict_speed(0.8, 0.9, 0.96, 1.0) == "slower"
     assert S.verdict_size(0.81, 0.83) == "smaller"
     assert S.verdict_size(1.0, 0.26) == "smaller"  # int8: same parameters, a quarter of the bytes
     assert S.verdict_size(1.0, 1.001) == "same"
