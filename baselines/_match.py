@@ -58,9 +58,9 @@ def removed_heads(dec: dict[str, Any], n_heads: int) -> int:
     return sum(n_heads if s is None else len(s) for s in per_layer.values())
 
 
-def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
-    """Encoder parameter count of ``model``'s ORIGINAL architecture cut down to ``arch`` (built on the meta
-    device: no memory, no weights)."""
+def shell_of_arch(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    """``model``'s ORIGINAL architecture cut down to ``arch``, built on the meta device (no memory, no weights):
+    what sizes and FLOPs of a matched architecture are counted on."""
     cfg = copy.deepcopy(model.config)
     ax = dict(getattr(cfg, "axformer", None) or {})
     ax.pop("arch", None)
@@ -72,7 +72,12 @@ def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
         elements.apply_architecture(shell, arch)
     except ValueError as exc:
         raise ConfigError(f"the AxFormer architecture record does not fit this model: {exc}") from None
-    return elements.count_encoder_params(shell)
+    return shell
+
+
+def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
+    """Encoder parameter count of ``model``'s original architecture cut down to ``arch``."""
+    return elements.count_encoder_params(shell_of_arch(model, arch))
 
 
 def _as_count(v: Any, key: str) -> int:

@@ -521,20 +521,9 @@ def _sample(ds, max_rows: int, seed: int):
 
 def _shell_flops(model: nn.Module, arch: dict[str, Any], seq_len: float) -> float:
     """Forward FLOPs (one sequence of ``seq_len``) of ``model``'s original architecture cut to ``arch``."""
-    from axformer import measure
+    from baselines._match import shell_of_arch
 
-    cfg = copy.deepcopy(model.config)
-    ax = dict(getattr(cfg, "axformer", None) or {})
-    ax.pop("arch", None)
-    ax.pop("hard_attention", None)
-    cfg.axformer = ax
-    with torch.device("meta"):
-        shell = type(model)(cfg)
-    try:
-        elements.apply_architecture(shell, arch)
-    except ValueError as exc:
-        raise ConfigError(f"the AxFormer architecture record does not fit this model: {exc}") from None
-    return _flops(shell, seq_len)
+    return _flops(shell_of_arch(model, arch), seq_len)
 
 
 def _flops(model: nn.Module, seq_len: float) -> float:
