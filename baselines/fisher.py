@@ -41,7 +41,6 @@ diagonal of the normal matrix), ``split`` ("search"), ``seed``, ``progress``.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
