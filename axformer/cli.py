@@ -345,18 +345,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
         splits.info["n_search_used"] = len(splits.search)
     timing_texts = None
     if cfg.latency_aware:  # the timing batch: search-split sentences (dev rows never take part in decisions)
-        if task.is_qa:
-            from axformer import squad
-
-            timing_texts = squad.measure_texts(splits.search)
-        else:
-            # a seeded random sample, not the first rows: GLUE files are ordered by source (STS-B's first
-            # thousand rows are short video captions), and a batch of short rows never exercises top-K
-            import numpy as np
-
-            pick = np.random.default_rng(split.seed).permutation(len(splits.search))[:cfg.lat_batch_size]
-            rows = splits.search.select(sorted(pick.tolist()))
-            timing_texts = (list(rows["text_a"]), list(rows["text_b"]) if task.is_pair else None)
+        timing_texts = data.timing_texts(task, splits.search, cfg.lat_batch_size, split.seed)
     res = prune.search(model, tok["search"], tokenizer, task, cfg, timing_texts)
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
@@ -457,7 +446,7 @@ def _ort_variant(args: argparse.Namespace, variant, tokenizer, task, splits, spl
 def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from axformer import data, measure, models, results, squad, train
+    from axformer import data, measure, models, results, train
     from axformer.tasks import canonical_name
 
     _nonneg("seed", args.seed)
@@ -508,10 +497,9 @@ def cmd_measure(args: argparse.Namespace) -> None:
     dev = train.evaluate(variant, data.tokenize(splits.dev, vtok, task, split.max_length), vtok, task)
     search = train.evaluate(variant, data.tokenize(splits.search, vtok, task, split.max_length), vtok, task)
 
-    if task.is_qa:  # question + context pairs, truncated into one window of the timing length
-        texts_a, texts_b = squad.measure_texts(splits.dev)
-    else:
-        texts_a, texts_b = list(splits.dev["text_a"]), (list(splits.dev["text_b"]) if task.is_pair else None)
+    # a seeded random sample of dev rows (the same for every variant of a seed): SQuAD question + context
+    # pairs are truncated into one window of the timing length
+    texts_a, texts_b = data.timing_texts(task, splits.dev, max(cfg.batch_sizes), split.seed)
     # int8 variants are never saved: their size on disk is what torch.save of the quantized weights takes
     m = measure.measure_pair(baseline, variant, tokenizer, texts_a, texts_b, cfg,
                              variant_dir=None if quant_info else args.variant, references=references)

@@ -551,3 +551,21 @@ def subsample(task: Task, ds, tokenized, n: int, seed: int):
         return ds.select(keep), tokenized.select(squad.windows_of(tokenized, keep))
     keep = stratified_pick(task, np.asarray(ds["label"]), n, rng)
     return ds.select(keep), tokenized.select(keep)
+
+
+def timing_texts(task: Task, ds, n: int, seed: int) -> tuple[list[str], list[str] | None]:
+    """The texts a latency timing batch is built from: a seeded random sample of ``n`` rows of a split.
+
+    Not the first rows: GLUE files are ordered by source (STS-B's first thousand rows are short video
+    captions, CoLA's are short sentences), and a batch of short rows never exercises top-K attention nor
+    shows what a model does on the split's real length mix. SQuAD: (question, context) pairs, sampled alike.
+    """
+    if n < 1:
+        raise ConfigError(f"the timing sample needs n >= 1 (got {n}).")
+    pick = sorted(np.random.default_rng(seed).permutation(len(ds))[:n].tolist())
+    rows = ds.select(pick)
+    if task.is_qa:
+        from axformer import squad
+
+        return squad.measure_texts(rows)
+    return list(rows["text_a"]), (list(rows["text_b"]) if task.is_pair else None)

@@ -163,3 +163,20 @@ def test_exact_duplicates_of_search_rows_leave_train(data_dir):
     keys = {(a, b) for a, b in zip(sp.search["text_a"], sp.search["text_b"])}
     assert not [1 for a, b in zip(sp.train["text_a"], sp.train["text_b"]) if (a, b) in keys]
     assert sp.info["n_train_dropped_duplicates"] > 0 and sp.info["search_pool"] == "all"
+
+
+def test_timing_texts_are_a_seeded_sample_not_the_first_rows(data_dir):
+    task = get_task("stsb")
+    dev = data.load_split(task, "dev", data_dir)
+    a1, b1 = data.timing_texts(task, dev, 32, seed=0)
+    a2, b2 = data.timing_texts(task, dev, 32, seed=0)
+    assert (a1, b1) == (a2, b2) and len(a1) == len(b1) == 32
+    assert a1 != list(dev["text_a"][:32])  # STS-B dev opens with short captions: the first rows are not a sample
+    assert data.timing_texts(task, dev, 32, seed=1)[0] != a1
+    # sampled rows keep their pairing
+    pairs = set(zip(dev["text_a"], dev["text_b"]))
+    assert all((a, b) in pairs for a, b in zip(a1, b1))
+    single, none = data.timing_texts(get_task("sst2"), data.load_split(get_task("sst2"), "dev", data_dir), 5, 0)
+    assert len(single) == 5 and none is None
+    with pytest.raises(ConfigError, match="n >= 1"):
+        data.timing_texts(task, dev, 0, 0)
