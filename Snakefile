@@ -22,6 +22,11 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report report.html`: the workflow's description; every figure and table of the report rule is
+# flagged with its caption (workflow/report/*.rst)
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     **WILDCARD_CONSTRAINTS,
 

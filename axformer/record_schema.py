@@ -61,6 +61,13 @@ LATENCY_BLOCK: dict[str, Any] = {
             "seq_len": {"type": "integer", "minimum": 1},
             "device": {"type": "string"},
             "p50_ms": _NUM_OR_NULL,
+            "p90_ms": _NUM_OR_NULL,
+            "mean_ms": _NUM_OR_NULL,
+            "std_ms": _NUM_OR_NULL,
+            "n_iters": _COUNT_OR_NULL,
+            "threads": _COUNT_OR_NULL,
+            "baseline_p50_ms": _NUM_OR_NULL,
+            "baseline_p90_ms": _NUM_OR_NULL,
             "speedup": _NUM_OR_NULL,
         },
     },
@@ -86,6 +93,16 @@ METRICS_SCHEMA: dict[str, Any] = {
         "memory": {"type": ["object", "null"], "properties": {"peak_bytes": _COUNT_OR_NULL}},
         "env": {"type": "object"},
         "flops": {"type": ["array", "null"]},
+        "data": {"type": ["object", "null"], "properties": {
+            k: _COUNT_OR_NULL for k in ("n_train", "n_search", "n_dev", "split_seed")}},
+        # the lineage (axformer.record.Step): step.json paths (records so far) or {name, command, record}
+        "steps": {"type": ["array", "null"], "items": {"anyOf": [
+            {"type": "string"},
+            {"type": "object", "properties": {"name": {"type": ["string", "null"]},
+                                              "command": {"type": ["string", "null"]},
+                                              "record": {"type": ["string", "null"]}}}]}},
+        # the blocks the step commands write (axformer.record.STEP_BLOCKS)
+        **{k: {"type": ["object", "null"]} for k in ("train", "search", "distill", "baseline", "quantize")},
     },
 }
 

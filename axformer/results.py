@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from axformer import record_schema
+from axformer.record import Run
 from axformer.utils import ConfigError, atomic_write_json, env_info, git_commit
 
 SCHEMA_KEYS = ("task", "model", "variant", "seed", "profile", "git_commit", "created",
@@ -50,13 +51,16 @@ def metric_block(task, dev_metrics: dict[str, float], search_metrics: dict[str, 
     }
 
 
-def write(path: str | Path, record: dict[str, Any]) -> None:
-    """Write a metrics.json atomically after checking it against the schema (axformer.record_schema)."""
+def write(path: str | Path, record: dict[str, Any] | Run) -> None:
+    """Write a metrics.json atomically after checking it against the schema (axformer.record_schema), through
+    :class:`axformer.record.Run` (a dict or a Run)."""
+    if isinstance(record, Run):
+        record = record.to_json()
     missing = [k for k in SCHEMA_KEYS if k not in record]
     if missing:
         raise ValueError(f"metrics record lacks keys {missing}")
-    record_schema.check(record, "metrics", path)
-    atomic_write_json(path, record)
+    # through the typed record (axformer.record.Run): schema-checked, written in the shape it was given
+    atomic_write_json(path, Run.from_json(record, path).to_json())
 
 
 def write_step(path: str | Path, record: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from axformer import report as R
+from axformer import tables as R
 from axformer import stats as S
 from axformer.utils import ConfigError, atomic_write_text
 
@@ -38,18 +38,8 @@ COLUMNS: tuple[str, ...] = (
     "speed_batch", "encoder_ratio", "total_ratio", "bytes_ratio", "verdict_accuracy", "verdict_speed", "verdict_size",
 )
 KINDS = ("AxFormer", "peer", "compression", "reference")
-# Colour families by kind (shades are cycled within a family): AxFormer blues, peers vermillion / orange /
-# purple, compression greens, references grey / black; every variant of a figure also gets its own marker.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "AxFormer": ("#0072B2", "#56B4E9", "#003F63", "#2F8FCF", "#7FB8DA", "#00518A"),
-    "peer": ("#D55E00", "#E69F00", "#CC79A7", "#A33F00"),
-    "compression": ("#009E73", "#7BC8A4", "#00664A", "#3DB38C"),
-    "reference": ("#000000", "#777777"),
-}
-# finetune (the origin of every panel) is a black circle; the others cycle through these (none of them
-# round), so up to 17 variants of a figure get distinct markers
-FIG_MARKERS = ("s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d",
-               "$\\clubsuit$", "$\\spadesuit$", "$\\heartsuit$", "$\\diamondsuit$")
+# verdicts.csv's kind -> the figure family (axformer.figures: one colour family per kind, a marker per variant)
+_FAMILY = {"AxFormer": "axformer", "peer": "peer", "compression": "compression", "reference": "reference"}
 
 
 def kind_of(variant: str, rows: pd.DataFrame) -> str:
@@ -57,6 +47,8 @@ def kind_of(variant: str, rows: pd.DataFrame) -> str:
     method), compression (int8 / distillation only) or reference (finetune itself, the constant predictor)."""
     if variant in ("finetune", "majority"):
         return "reference"
+    if "family" in rows and rows["family"].notna().any():  # read from the record (axformer.record.Run.family)
+        return {v: k for k, v in _FAMILY.items()}.get(str(rows["family"].dropna().iloc[0]), "compression")
     if ("has_decisions" in rows and rows["has_decisions"].fillna(False).astype(bool).any()) or \
             ("search_passes" in rows and rows["search_passes"].notna().any()):
         return "AxFormer"
@@ -271,18 +263,12 @@ def display_table(vt: pd.DataFrame) -> pd.DataFrame:
 
 
 def _style(vt: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """variant -> (colour, marker): colour family by kind, a distinct marker per variant of the figure."""
-    styles, used = {}, {k: 0 for k in KINDS}
-    variants = sorted(vt["variant"].unique(), key=lambda v: R.variant_sort_key(str(v)))
+    """variant -> (colour, marker): colour family by kind, a distinct marker and colour per variant."""
+    from axformer import figures as F
+
     kinds = vt.drop_duplicates("variant").set_index("variant")["kind"]
-    others = [v for v in variants if v != "finetune"]
-    for v in variants:
-        k = kinds.get(v, "compression")
-        fam = FAMILIES.get(k, FAMILIES["compression"])
-        marker = "o" if v == "finetune" else FIG_MARKERS[others.index(v) % len(FIG_MARKERS)]
-        styles[v] = ("#000000" if v == "finetune" else fam[used[k] % len(fam)], marker)
-        used[k] += v != "finetune"
-    return styles
+    st = F.styles({str(v): _FAMILY.get(str(k), "compression") for v, k in kinds.items()})
+    return {v: (s.colour, s.marker) for v, s in st.items()}
 
 
 def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[str] | None = None) -> list[Path]:
@@ -298,8 +284,11 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
     styles = _style(pts) if len(pts) else {}
     ncol = min(3, max(1, len(panels)))
     nrow = max(1, math.ceil(len(panels) / ncol))
-    with matplotlib.rc_context(R.figure_style()):
-        fig = R._new_figure((3.6 * ncol + 0.4, 3.2 * nrow + 0.4))
+    from axformer import figures as F
+
+    width = F.DOUBLE_COLUMN_IN
+    with matplotlib.rc_context(F.figure_style()):
+        fig = F._new_figure(width, 2.3 * nrow + 0.5 + 0.16 * F.legend_rows(list(styles), width))
         for i, ((task, model), g) in enumerate(panels):
             ax = fig.add_subplot(nrow, ncol, i + 1)
             for _, r in g.iterrows():
@@ -317,20 +306,18 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
             ax.axvline(1.0, color="0.3", lw=0.8, ls=":", zorder=1)
             metric = g["metric"].iloc[0]
             ax.set_title(f"{task}" + (f" · {model}" if multi_model else ""))
-            ax.set_xlabel(f"speedup vs finetune (×, batch {int(g['speed_batch'].iloc[0])})")
-            ax.set_ylabel(f"Δ dev {metric} vs finetune")
+            ax.set_xlabel(f"speedup (×, batch {int(g['speed_batch'].iloc[0])})")
+            ax.set_ylabel(f"Δ dev {metric}")
         if panels:
             fig.suptitle("Δ dev metric (95 % CI) vs speedup (95 % interval), each against finetune")
-            fig.tight_layout()
             handles, labels = [], []
             for kind in KINDS:
                 for v, (c, m) in styles.items():
                     if (pts.loc[pts["variant"] == v, "kind"] == kind).any():
                         handles.append(Line2D([], [], color=c, marker=m, ls="", ms=6))
-                        labels.append(f"{v} ({kind})" if kind != "reference" else v)
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)),
-                       frameon=False, fontsize=9)
-        return R._save(fig, Path(figures_dir), "verdicts")
+                        labels.append(F.short_label(v) + (f" ({kind})" if kind != "reference" else ""))
+            F.legend_below(fig, handles, labels, width)
+        return F.save(fig, Path(figures_dir), "verdicts")
 
 
 def render(df: pd.DataFrame, results_dir: str | os.PathLike, figures_dir: str | os.PathLike,

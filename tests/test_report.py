@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,17 +58,20 @@ def _metrics(task: str, variant: str, seed: int) -> dict:
     }
 
 
+def _cand(layer: int, kind: str, index: int | None, accepted: bool, phase: str = "prune") -> dict:
+    # the element name is only a label: the report reads layer / kind / index
+    return {"element": f"x{layer}{kind}{index}", "phase": phase, "layer": layer, "kind": kind, "index": index,
+            "loss": 0.3, "frac_no_worse": 0.4, "class": "harmful" if accepted else "important", "accepted": accepted}
+
+
 DECISIONS = {
     "hard_attention": {"k": 30, "layers_selected": [0, 2]},
     "removed": ["L5.ffn", "L4.head3", "L3.ffn_group2", "L1.attn"],
     "n_layers": 6, "n_heads": 12, "n_groups": 12,
     "candidates": [
-        {"element": "L5.ffn", "layer": 5, "kind": "ffn", "index": None, "loss": 0.26, "frac_no_worse": 0.4,
-         "class": "harmful", "accepted": True},
-        {"element": "L4.ffn", "layer": 4, "kind": "ffn", "index": None, "loss": 0.30, "frac_no_worse": 0.2,
-         "class": "important", "accepted": False},
-        {"element": "L4.head3", "layer": 4, "kind": "head", "index": 3, "loss": 0.27, "frac_no_worse": 0.5,
-         "class": "less_important", "accepted": True},
+        _cand(0, "hardattn", None, True, "hard_attention"), _cand(1, "hardattn", None, False, "hard_attention"),
+        _cand(5, "ffn", None, True), _cand(4, "ffn", None, False), _cand(4, "head", 3, True),
+        _cand(3, "ffn_group", 2, True), _cand(1, "attn", None, True), _cand(2, "head", 7, False),
     ],
 }
 
@@ -96,11 +100,61 @@ def test_collect_and_summary(tree: Path, tmp_path: Path) -> None:
     assert row["latency_b32_p50_ms"] == pytest.approx(60.0 * 1.02)
     assert bool(row["has_decisions"]) is False
 
-    out = report.write_summary(df, tmp_path / "summary.csv")
-    back = pd.read_csv(out)
-    assert len(back) == len(DEV)
-    assert list(back.columns) == list(df.columns)
-    assert set(zip(back["task"], back["variant"], back["seed"])) == set(DEV)
+    assert set(df["family"]) == {"reference"} and set(df["commands"]) == {"finetune"}  # every fixture run has "train"
+
+
+def test_tidy_tables_by_hand(tree: Path, tmp_path: Path) -> None:
+    from axformer import tidy
+
+    report.render(tree, tmp_path / "figures", tmp_path / "out" / "summary.csv")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(summary.columns) == list(tidy.SUMMARY_COLUMNS) and len(summary.columns) <= 40
+    assert set(zip(summary["task"], summary["variant"], summary["seed"])) == set(DEV)
+    cells = summary.astype(str).stack()
+    assert not cells.str.startswith(("[", "{")).any()  # no JSON in a cell
+    row = summary[(summary["task"] == "sst2") & (summary["variant"] == "finetune+axformer") & (summary["seed"] == 1)].iloc[0]
+    assert row["latency_batch"] == 32 and row["latency_p50_ms"] == pytest.approx(60.0 * 1.02)
+    assert row["latency_finetune_p50_ms"] == pytest.approx(100.0)
+    assert row["speedup_vs_finetune"] == pytest.approx(100.0 / (60.0 * 1.02))
+    assert row["metric2_name"] == "f1" and row["params_encoder"] == 6_000_000 and row["train_wall_s"] == 10.0
+    lat = pd.read_csv(tmp_path / "out" / "latency.csv")
+    assert list(lat.columns) == list(tidy.LATENCY_COLUMNS)
+    timed = [k for k in DEV if k[1] != "majority"]
+    assert len(lat) == 2 * len(timed) and sorted(set(lat["batch_size"])) == [1, 32]
+    el = pd.read_csv(tmp_path / "out" / "elements.csv")
+    assert list(el.columns) == list(tidy.ELEMENT_COLUMNS) and len(el) == len(DECISIONS["candidates"])
+    assert set(el["variant"]) == {"finetune+axformer"} and el["accepted"].sum() == 5
+    assert (tmp_path / "out" / "baseline_scores.csv").is_file()
+
+
+def test_baseline_scores_long(tree: Path, tmp_path: Path) -> None:
+    from axformer import tidy
+
+    run = tree / "sst2" / "minilm" / "finetune+headprune" / "seed0"
+    run.mkdir(parents=True)
+    rec = {**_metrics("sst2", "finetune+axformer", 0), "variant": "finetune+headprune",
+           "baseline": {"method": "headprune", "wall_s": 3.0,
+                        "info": {"scores": {"L0": {"head0": 0.1, "head1": 0.9}, "L1": {"head0": 0.5, "head1": 0.2}}}}}
+    (run / "metrics.json").write_text(json.dumps(rec))
+    tabs = tidy.tables([(d, r, None) for d, r in report.runs(tree)])
+    sc = tabs["baseline_scores"]
+    assert len(sc) == 4 and set(sc["peer_method"]) == {"headprune"}
+    assert sc.set_index(["group", "unit"]).loc[("L0", "head1"), "score"] == pytest.approx(0.9)
+    peer = tabs["summary"][tabs["summary"]["variant"] == "finetune+headprune"].iloc[0]
+    assert peer["family"] == "peer" and peer["peer_method"] == "headprune" and peer["peer_wall_s"] == 3.0
+
+
+def test_committed_summaries_share_the_columns() -> None:
+    """Every profile's committed summary.csv is the narrow one (regenerated with `axformer report`)."""
+    from axformer import tidy
+
+    repo = Path(__file__).resolve().parents[1]
+    found = sorted((repo / "results").rglob("summary.csv"))
+    assert found
+    for path in found:
+        header = path.read_text().splitlines()[0].split(",")
+        assert header == list(tidy.SUMMARY_COLUMNS), path
+        assert (path.parent / "latency.csv").is_file() and (path.parent / "elements.csv").is_file(), path
 
 
 def test_variant_table_by_hand(tree: Path) -> None:
@@ -144,20 +198,23 @@ def test_pareto_front() -> None:
 
 def test_removal_grid() -> None:
     grid, dims = report.removal_grid(DECISIONS)
-    assert dims == {"n_layers": 6, "n_heads": 12, "n_groups": 12}
+    assert dims["n_layers"] == 6 and dims["n_head"] == 12 and dims["n_ffn_group"] == 12
     assert grid.shape == (6, 12 + 12 + 3)
     attn, ffn, ha = 24, 25, 26
+    assert dims["columns"][attn] == ("attn", None) and dims["columns"][ha] == ("hardattn", None)
     assert grid[4, 3] == report.REMOVED and grid[3, 12 + 2] == report.REMOVED
     assert grid[5, ffn] == report.REMOVED and (grid[5, 12:24] == report.IMPLIED).all()
     assert grid[1, attn] == report.REMOVED and (grid[1, :12] == report.IMPLIED).all()
-    assert grid[4, ffn] == report.TRIED
+    assert grid[4, ffn] == report.TRIED and grid[2, 7] == report.TRIED
     assert list(np.nonzero(grid[:, ha] == report.HARD)[0]) == [0, 2]
-    assert report.parse_element("L3.ffn_group2") == (3, "ffn_group", 2)
+    # no decisions-level sizes: the widths come from the candidates, never a default head count
+    grid2, dims2 = report.removal_grid({**DECISIONS, "n_heads": None, "n_groups": None})
+    assert dims2["n_head"] == 8 and dims2["n_ffn_group"] == 3 and grid2.shape == (6, 8 + 3 + 3)
 
 
 def test_render_writes_everything(tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     figs = tmp_path / "figures"
-    caplog.set_level("INFO", logger="axformer.report")
+    caplog.set_level("INFO", logger="axformer.figures")
     out = report.render(tree, figs, tmp_path / "summary.csv")
     expected = [f"{kind}_{task}.{ext}" for kind in ("accuracy_vs_latency", "speedup_size_bars")
                 for task in ("sst2", "rte") for ext in ("pdf", "png")]
@@ -212,11 +269,38 @@ def test_missing_results_dir(tmp_path: Path) -> None:
         report.collect(tmp_path / "nope")
 
 
-def test_variant_styles_distinct_beyond_palette():
-    # nine variants + majority (the default profile) exceed the 8-colour palette: styles must still differ
-    names = [f"finetune+v{i}" for i in range(20)] + ["finetune", "majority"]
-    styles = report._variant_styles(names)
-    assert len(set(styles.values())) == len(names)
+def test_figure_styles_by_family() -> None:
+    from axformer import figures
+
+    # more AxFormer variants than its palette, peers and compression chains: one family each, no colour twice
+    fam = {f"finetune+ax{i}": "axformer" for i in range(9)}
+    fam |= {"finetune": "reference", "majority": "reference", "finetune+headprune": "peer",
+            "finetune+layerdrop": "peer", "finetune+int8": "compression", "finetune+distill": "compression"}
+    st = figures.styles(fam)
+    assert len({s.colour for s in st.values()}) == len(fam)
+    assert st["finetune"].colour == "#000000" and st["finetune+headprune"].colour in figures.FAMILY_COLOURS["peer"]
+    for family in ("peer", "compression", "reference"):
+        markers = [s.marker for v, s in st.items() if s.family == family]
+        assert len(set(markers)) == len(markers), family
+    blues = [matplotlib.colors.to_rgb(s.colour) for s in st.values() if s.family == "axformer"]
+    assert all(b > r and b > g for r, g, b in blues)  # shades of the family's hue
+
+
+def test_figures_are_column_sized_with_embedded_fonts(tree: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from axformer import figures
+
+    figs = tmp_path / "figures"
+    report.render(tree, figs, tmp_path / "summary.csv")
+    for name, width in (("accuracy_vs_latency_sst2", figures.SINGLE_COLUMN_IN),
+                        ("speedup_size_bars_sst2", figures.DOUBLE_COLUMN_IN),
+                        ("removal_map_sst2_minilm_finetune-axformer_seed0", figures.DOUBLE_COLUMN_IN),
+                        ("verdicts", figures.DOUBLE_COLUMN_IN)):
+        with Image.open(figs / f"{name}.png") as im:
+            assert im.size[0] == round(width * 300), name
+        pdf = (figs / f"{name}.pdf").read_bytes()
+        assert b"/FontFile2" in pdf and b"/Type3" not in pdf, name  # TrueType embedded (pdf.fonttype 42)
 
 
 def test_collect_ignores_nested_profile_tree(tree: Path) -> None:
@@ -240,7 +324,8 @@ def test_search_cost_table_by_hand(tree: Path) -> None:
             p.write_text(json.dumps(m))
             q = tree / task / "minilm" / "finetune+axformer+int8" / f"seed{seed}"
             q.mkdir(parents=True)
-            (q / "metrics.json").write_text(json.dumps({**m, "variant": "finetune+axformer+int8"}))
+            (q / "metrics.json").write_text(json.dumps({**m, "variant": "finetune+axformer+int8",
+                                                        "quantize": {"dtype": "int8"}}))
     t = report.search_cost_table(report.collect(tree))
     assert list(t["Task"]) == ["sst2", "rte"] and list(t["Variant"]) == ["finetune+axformer"] * 2
     sst2 = t.iloc[0]
@@ -270,6 +355,8 @@ def test_search_cost_table_lists_the_fisher_peer(tree: Path) -> None:
                             "info": {"heads_before": 72, "heads_after": 60, "neurons_before": 9216,
                                      "neurons_after": 8000}}}
         rec["metric"] = {**rec["metric"], "search_loss": 0.35}
+        if variant.endswith("int8"):  # the record says it was quantized (the name is not read)
+            rec["quantize"] = {"dtype": "int8"}
         (run / "metrics.json").write_text(json.dumps(rec))
     t = report.search_cost_table(report.collect(tree))
     assert list(t["Variant"]) == ["finetune+axformer", "finetune+fisher"]  # the int8 copy shares the search

@@ -158,6 +158,19 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
     again = snakemake(tmp_path, *args, "-n", data_dir=data_dir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, _fail_msg(again, tmp_path)
 
+    # `snakemake --report` on the same outputs: every figure and table of the report rule, captioned
+    # (workflow/report/*.rst), is in the html
+    html = tmp_path / "report.html"
+    rep = snakemake(tmp_path, *args, "--report", str(html), data_dir=data_dir)
+    assert rep.returncode == 0 and html.is_file(), _fail_msg(rep, tmp_path)
+    text = html.read_text(errors="replace")
+    figs = sorted(p.name for p in (tmp_path / cfg["figures_dir"]).glob("*.png"))
+    assert any(f.startswith("removal_map_") for f in figs) and "verdicts.png" in figs
+    for name in [*figs, "summary.csv", "latency.csv", "elements.csv", "baseline_scores.csv", "verdicts.csv"]:
+        assert name in text, f"{name} is not in the snakemake report"
+    for caption in ("Pareto front", "one row per run and timed batch size", "hard (top-k) attention"):
+        assert caption in text, caption
+
 
 # ------------------------------------------------------------------------------------------------ (2)
 def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):

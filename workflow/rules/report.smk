@@ -1,14 +1,36 @@
-# All metrics.json -> results/summary.csv, per-task tables and figures (axformer.report.render), and the
+# All metrics.json -> results/summary.csv (narrow, one row per run) with latency.csv, elements.csv and
+# baseline_scores.csv beside it (axformer.tidy), per-task tables and figures (axformer.report.render), and the
 # verdict table results/verdicts.csv with its rendering (axformer.verdicts; intervals from predictions.npz).
+# Every figure and table is flagged for `snakemake --report report.html`, captioned from workflow/report/.
+
+from axformer.figures import slug as _fig_slug
+
+CAPTIONS = "../report"
+
+
+def removal_maps():
+    """removal_map_<task>_<model>_<variant>_seed<k>.png of every run with decisions.json (axformer.report)."""
+    return [f"{FIGS}/removal_map_{_fig_slug(t)}_{_fig_slug(m)}_{_fig_slug(v)}_seed{s}.png"
+            for v in config["variants"] if has_decisions(v) for t in TASK_NAMES for m in MODEL_SPECS
+            for s in variant_seeds(v)]
 
 
 rule report:
     input:
         run_targets(),
     output:
-        summary=f"{RES}/summary.csv",
+        summary=report(f"{RES}/summary.csv", caption=f"{CAPTIONS}/summary.rst", category="Tables"),
+        latency=report(f"{RES}/latency.csv", caption=f"{CAPTIONS}/latency.rst", category="Tables"),
+        elements=report(f"{RES}/elements.csv", caption=f"{CAPTIONS}/elements.rst", category="Tables"),
+        scores=report(f"{RES}/baseline_scores.csv", caption=f"{CAPTIONS}/baseline_scores.rst", category="Tables"),
+        verdicts=report(f"{RES}/verdicts.csv", caption=f"{CAPTIONS}/verdicts_table.rst", category="Tables"),
         index=f"{FIGS}/README.md",
-        verdicts=f"{RES}/verdicts.csv",
+        verdicts_fig=report(f"{FIGS}/verdicts.png", caption=f"{CAPTIONS}/verdicts.rst", category="Verdicts"),
+        accuracy=[report(f"{FIGS}/accuracy_vs_latency_{_fig_slug(t)}.png", caption=f"{CAPTIONS}/accuracy_vs_latency.rst",
+                         category="Accuracy vs latency", subcategory=t) for t in TASK_NAMES],
+        bars=[report(f"{FIGS}/speedup_size_bars_{_fig_slug(t)}.png", caption=f"{CAPTIONS}/speedup_size_bars.rst",
+                     category="Speedup and size", subcategory=t) for t in TASK_NAMES],
+        maps=[report(p, caption=f"{CAPTIONS}/removal_map.rst", category="Removal maps") for p in removal_maps()],
     log:
         f"{LOGS}/report.log",
     params:
