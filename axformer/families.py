@@ -342,3 +342,25 @@ def encoder_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[t
     finally:
         handle.remove()
     return box["x"], box["am"]
+
+
+def encoder_or_none(model: nn.Module) -> nn.Module | None:
+    """The module holding the encoder layers (``base_model.encoder``; DistilBERT ``transformer``), or None for a
+    model of no known family (callers then fall back to ``base_model.encoder``)."""
+    try:
+        return of(model).encoder_module(model)
+    except (ValueError, AttributeError):
+        return None
+
+
+def attention_shape(model: nn.Module, layer: nn.Module) -> tuple[int, int] | None:
+    """(current heads, head size) of ``layer``'s self-attention, None when its attention block is gone. Models
+    of no known family are read with BERT's names (``attention.self.num_attention_heads``)."""
+    try:
+        fam = of(model)
+        sa, attr = fam.self_attention(layer), fam.heads_attr
+    except (ValueError, AttributeError):
+        sa, attr = getattr(getattr(layer, "attention", None), "self", None), "num_attention_heads"
+    if sa is None:
+        return None
+    return int(getattr(sa, attr, 0)), int(getattr(sa, "attention_head_size", 0))
