@@ -254,19 +254,22 @@ class Family:
     def run_self_attention(self, layer: nn.Module, hidden: torch.Tensor, ctx: dict) -> torch.Tensor:
         """The per-head context (B, T, H, d) that enters the attention output projection."""
         box: dict[str, torch.Tensor] = {}
+        sa = _get(layer, self.self_attn)
+        if not self.attn_out.startswith(self.self_attn + "."):  # BERT layout: the module returns the context
+            box["c"] = sa(hidden, attention_mask=ctx["mask"])[0]
+        else:  # MPNet / DistilBERT apply the output projection inside: read its input
 
-        def grab(_mod, args):
-            box["c"] = args[0]
+            def grab(_mod, args):
+                box["c"] = args[0]
 
-        handle = self.linear(layer, "attn_out").register_forward_pre_hook(grab)
-        try:
-            sa = _get(layer, self.self_attn)
-            if self.name == "mpnet":
-                sa(hidden, ctx["mask"], ctx["position_bias"])
-            else:
-                sa(hidden, attention_mask=ctx["mask"])
-        finally:
-            handle.remove()
+            handle = self.linear(layer, "attn_out").register_forward_pre_hook(grab)
+            try:
+                if self.name == "mpnet":
+                    sa(hidden, ctx["mask"], ctx["position_bias"])
+                else:
+                    sa(hidden, attention_mask=ctx["mask"])
+            finally:
+                handle.remove()
         c, n = box["c"], self.n_heads_now(layer)
         return c.view(*c.shape[:2], n, c.shape[-1] // n)
 
@@ -364,3 +367,13 @@ def attention_shape(model: nn.Module, layer: nn.Module) -> tuple[int, int] | Non
     if sa is None:
         return None
     return int(getattr(sa, attr, 0)), int(getattr(sa, "attention_head_size", 0))
+
+
+def encoder_context(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """(embedding output, what each layer receives besides it) of one batch, as the model's forward builds them:
+    the mask the encoder gets, and MPNet's shared relative-position bias (computed by its encoder)."""
+    x, mask = encoder_inputs(model, inputs)
+    ctx: dict[str, Any] = {"mask": mask}
+    if of(model).name == "mpnet":
+        ctx["position_bias"] = of(model).encoder_module(model).compute_position_bias(x)
+    return x, ctx
