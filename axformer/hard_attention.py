@@ -184,7 +184,7 @@ def _mpnet_topk_forward(self, hidden_states, attention_mask=None, position_bias=
     if position_bias is not None:
         mask = position_bias if mask is None else position_bias + mask
     out, probs = topk_attention_forward(self, q, k, v, mask, scaling=self.attention_head_size ** -0.5,
-                                        dropout=self.dropout.p if self.training else 0.0)
+                                        dropout=self.dropout.p if self.training else 0.0, score_bias=position_bias)
     o = self.o(out.reshape(*hidden_states.shape[:-1], -1))
     return (o, probs) if output_attentions else (o,)
 
@@ -247,6 +247,7 @@ def _topk_core(
     scaling: float,
     dropout: float,
     training: bool,
+    score_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K attention of one (sub-)batch; every row keeps the keys whose value is >= its threshold.
 
@@ -258,6 +259,8 @@ def _topk_core(
     inplace = not (torch.is_grad_enabled() and (q.requires_grad or k_.requires_grad or v.requires_grad))
     scores = torch.matmul(q, k_.transpose(-1, -2))
     scores = scores.mul_(scaling) if inplace else scores * scaling
+    if score_bias is not None:  # MPNet's relative-position bias (of this layer's heads)
+        scores = scores.add_(score_bias) if inplace else scores + score_bias
     neg = torch.finfo(scores.dtype).min
     if allowed is not None:  # padded keys can never be among the top K
         scores = scores.masked_fill_(~allowed, neg) if inplace else scores.masked_fill(~allowed, neg)
@@ -289,9 +292,13 @@ def topk_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    score_bias: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention function registered as :data:`IMPL_NAME`.
+
+    ``score_bias`` (B|1, H, Tq, Tk): an additive term of the scores the top-K path adds (MPNet's relative bias);
+    ``attention_mask`` must then already include it, for the base implementation's fallback rows.
 
     query/key/value: (B, H, T, d) with H the layer's current (possibly pruned) head count. Returns the attention
     output as (B, Tq, H, d) and the attention probabilities (B, H, Tq, Tk) when the whole batch went through
@@ -317,12 +324,13 @@ def topk_attention_forward(
         # same keys (top-K is a no-op for a row whose real length is <= K).
         lengths = (allowed.sum(dim=-1, keepdim=True) if allowed is not None else
                    torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
-        return _topk_core(query, key, value, allowed, _k_eff_tensor(k, lengths), k, form, scaling, dropout, training)
+        return _topk_core(query, key, value, allowed, _k_eff_tensor(k, lengths), k, form, scaling, dropout, training,
+                          score_bias)
     if allowed is None:
         keff = _k_eff_tensor(k, torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
         if int(keff) >= kv_len:
             return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        return _topk_core(query, key, value, None, keff, k, form, scaling, dropout, training)
+        return _topk_core(query, key, value, None, keff, k, form, scaling, dropout, training, score_bias)
 
     lengths = allowed.sum(dim=-1, keepdim=True)  # real keys per query row
     keff = _k_eff_tensor(k, lengths)
@@ -339,7 +347,7 @@ def topk_attention_forward(
     a_l = _rows(allowed, long_idx)[..., :tk]
     out_l, probs = _topk_core(_rows(query, long_idx), _rows(key, long_idx)[..., :tk, :],
                               _rows(value, long_idx)[..., :tk, :], a_l, _rows(keff, long_idx), k, form, scaling,
-                              dropout, training)
+                              dropout, training, None if score_bias is None else _rows(score_bias, long_idx)[..., :tk])
     if long_idx is None:
         return out_l, (probs if tk == kv_len else None)
 
