@@ -113,8 +113,8 @@ def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ConfigError(f"model folder {spec} does not exist.")
     if not HUB_ID.match(spec):
-        raise ConfigError(f"model {spec!r} is neither 'minilm', 'tiny-random', an existing folder nor a valid "
-                          "Hugging Face id (org/name).")
+        raise ConfigError(f"model {spec!r} is neither 'minilm', 'mpnet-base', 'tiny-random', an existing folder nor a "
+                          "valid Hugging Face id (org/name).")
     if offline_check and _hub_offline() and not _in_hub_cache(spec):
         raise ConfigError(f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: use "
                           "'minilm' (embedded), 'tiny-random' or a local folder, or unset HF_HUB_OFFLINE.")
@@ -133,8 +133,8 @@ def check_model_spec(spec: str, allow_hub: bool = False) -> None:
     if path == TINY or Path(path).is_dir() or allow_hub or _in_hub_cache(spec):
         return
     raise ConfigError(f"model {spec!r} is not available offline (not embedded, not a local folder, not in the "
-                      "Hugging Face cache): use 'minilm', 'tiny-random' or a local folder, or set allow_hub: true "
-                      "to fetch it from the hub.")
+                      "Hugging Face cache): use 'minilm', 'mpnet-base', 'tiny-random' or a local folder, or set "
+                      "allow_hub: true to fetch it from the hub.")
 
 
 def check_vocab(tokenizer, model: torch.nn.Module, where: str) -> None:
