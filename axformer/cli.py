@@ -654,15 +654,20 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teacher.to(device)
     distill.check_unedited(teacher)
     task, splits, tok = load_task_data(split, tokenizer)
+    teacher_data = None
     if dcfg.init == "pretrained":
-        student = distill.pretrained_student(dcfg.pretrained, task, tokenizer, seed=split.seed)
+        student, own_tok = distill.pretrained_student(dcfg.pretrained, task, tokenizer, seed=split.seed)
+        if own_tok is not None:  # another vocabulary (e.g. MPNet -> MiniLM): each model reads its own tokens
+            teacher_data, tokenizer = (tok["train"], tokenizer), own_tok
+            task, splits, tok = load_task_data(split, tokenizer)
         if dcfg.n_layers is not None and dcfg.n_layers != student.config.num_hidden_layers:
             raise ConfigError(f"--layers {dcfg.n_layers} but the pretrained student {dcfg.pretrained!r} has "
                               f"{student.config.num_hidden_layers} layers; drop --layers with --init pretrained.")
     else:
         student = distill.make_student(teacher, dcfg.resolve_layers(teacher), dcfg.strategy)
     student.to(device)
-    log = distill.distill(teacher, student, tok["train"], tokenizer, task, cfg, dcfg.temperature, dcfg.alpha)
+    log = distill.distill(teacher, student, tok["train"], tokenizer, task, cfg, dcfg.temperature, dcfg.alpha,
+                          teacher_data=teacher_data)
     dev = train.evaluate(student, tok["dev"], tokenizer, task)
     search = train.evaluate(student, tok["search"], tokenizer, task)
     ck_info = step_info(task, split, split.model_spec, f"{split.variant}+distill")

@@ -62,6 +62,10 @@ def _count(module: nn.Module) -> int:
 
 
 def _encoder(model: nn.Module) -> nn.Module:
+    from axformer.families import encoder_or_none
+
+    if encoder_or_none(model) is not None:  # DistilBERT keeps its layers under base_model.transformer
+        return encoder_or_none(model)
     base = getattr(model, "base_model", model)
     enc = getattr(base, "encoder", None)
     if enc is None:
@@ -126,17 +130,17 @@ def forward_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
     if isinstance(qa, nn.Module):
         per_token |= {id(m) for m in qa.modules()}
 
+    from axformer.families import attention_shape
+
     flops = 0
     for layer in getattr(encoder, "layer", []):
         for m in layer.modules():
             shape = _linear_shape(m)
             if shape is not None:
                 flops += 2 * shape[0] * shape[1] * tokens
-        attn = getattr(layer, "attention", None)
-        sa = getattr(attn, "self", None) if attn is not None else None
-        if sa is not None:
-            heads = int(getattr(sa, "num_attention_heads", 0))
-            head_dim = int(getattr(sa, "attention_head_size", 0))
+        shape = attention_shape(model, layer)
+        if shape is not None:  # the family adapter knows where each layer's heads live (None: attention skipped)
+            heads, head_dim = shape
             # QK^T (B,H,T,d)x(B,H,d,T) and probs x V (B,H,T,T)x(B,H,T,d): 2*B*H*T*T*d each.
             flops += 2 * 2 * B * heads * T * T * head_dim
     for m in model.modules():

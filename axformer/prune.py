@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from axformer import elements, hard_attention
+from axformer import elements, families, hard_attention
 from axformer import metrics as M
 from axformer.tasks import Task
 from axformer.train import concat_logits, make_loader, output_logits, per_sample_loss
@@ -128,8 +128,8 @@ class CachedEvaluator:
             if not hasattr(model, "qa_outputs"):
                 raise ConfigError(f"task {task.name} needs a question-answering BERT (qa_outputs head); this "
                                   f"checkpoint is a {type(model).__name__}: fine-tune it with --task {task.name}.")
-        elif not hasattr(model, "classifier") or getattr(model.base_model, "pooler", None) is None:
-            raise ConfigError("the AxFormer search needs a sequence-classification BERT (pooler + classifier).")
+        elif not families.of(model).has_task_head(model):
+            raise ConfigError("the AxFormer search needs a sequence-classification model (its classifier head).")
         self.model, self.task = model, task
         # Sort by length so each batch carries little padding: every candidate pass is cheaper.
         order = np.argsort([len(x) for x in search_ds["input_ids"]], kind="stable")
@@ -154,15 +154,13 @@ class CachedEvaluator:
         return len(self.labels) if self.view is None else len(self.view.questions)
 
     def _layers(self) -> nn.ModuleList:
-        return self.model.base_model.encoder.layer
+        return families.of(self.model).layers(self.model)
 
     def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         # The mask format depends on the attention implementation (eager / sdpa / hard attention), which the
-        # search switches, so it is rebuilt per call exactly as BertModel.forward does.
-        mask, _ = self.model.base_model._create_attention_masks(
-            attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
-            encoder_hidden_states=None, cache=None)
-        return mask
+        # search switches, so it is rebuilt per call exactly as the model's forward does (the family adapter adds
+        # what else its layers take, e.g. MPNet's shared relative-position bias).
+        return families.of(self.model).layer_context(self.model, hidden, attention_mask)
 
     @torch.inference_mode()
     def prepare(self, layer: int, advance: bool = False) -> None:
@@ -176,15 +174,14 @@ class CachedEvaluator:
         if advance and self.cache_layer is not None and self.cache_layer <= layer:
             start, states = self.cache_layer, self.cache
         else:
-            bm = self.model.base_model
             start = 0
-            states = [bm.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+            states = [families.encoder_inputs(self.model, {k: v for k, v in b.items() if k != "labels"})[0]
                       for b in self.batches]
         self.cache = []
         for b, h in zip(self.batches, states):
             mask = self._mask(h, b["attention_mask"])
             for lay in self._layers()[start:layer]:
-                h = lay(h, mask)
+                h = families.of(self.model).run_layer(lay, h, mask)
             self.cache.append(h)
         self.cache_layer = layer
 
@@ -201,7 +198,7 @@ class CachedEvaluator:
         for b, h in zip(self.batches, self.cache):
             mask = self._mask(h, b["attention_mask"])
             for lay in self._layers()[layer:]:
-                h = lay(h, mask)
+                h = families.of(self.model).run_layer(lay, h, mask)
             out.append(self._head(h, b["attention_mask"]))
         return concat_logits(out)
 
@@ -210,8 +207,7 @@ class CachedEvaluator:
         if self.is_qa:
             lg = self.model.qa_outputs(h).float()
             return output_logits(_Span(lg[..., 0], lg[..., 1]), {"attention_mask": attention_mask})
-        pooled = self.model.base_model.pooler(h)
-        return self.model.classifier(self.model.dropout(pooled)).float()
+        return families.of(self.model).head(self.model, h).float()
 
     def score(self, layer: int | None = None) -> tuple[np.ndarray, float]:
         """Per-sample losses (in search-split order of the sorted batches; QA: per question) and the task metric."""
@@ -300,7 +296,7 @@ class _Search:
     def hard_attention(self) -> None:
         layers = self.ev._layers()
         for i in range(len(layers)):
-            if getattr(layers[i].attention, "self", None) is None:
+            if families.of(self.model).attn_skipped(layers[i]):
                 continue  # attention block already skipped
             chosen = self.res.hard_attention_layers
             self.ev.prepare(i, advance=True)  # layers < i are decided: move the cache forward cheaply
@@ -436,7 +432,7 @@ def decisions_record(res: SearchResult, model: nn.Module, cfg: PruneConfig, task
         "task": task.name,
         "config": asdict(cfg),
         "n_search": n_search,
-        "n_layers": len(model.base_model.encoder.layer),
+        "n_layers": len(families.of(model).layers(model)),
         "n_heads": model.config.num_attention_heads,
         "n_groups": cfg.n_groups,
         "original": res.original,

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from axformer import elements
+from axformer import elements, families
 from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
@@ -113,30 +113,32 @@ def mask_gradients(model: nn.Module, ds, tokenizer, task: Task, batch_size: int 
     ``dL(x_s)/dm`` for the ``s``-th row of ``ds``.
     """
     units = Units.of(model)
-    layers = model.base_model.encoder.layer
+    fam = families.of(model)
+    layers = fam.layers(model)
     device = next(model.parameters()).device
     masks: dict[tuple[str, int], torch.Tensor] = {}
 
+    # pre-hooks on the output projections: their inputs are the heads' context / the FFN activations (all families)
     def head_hook(i: int, n: int):
-        def hook(_mod, _args, output):
-            ctx = output[0] if isinstance(output, tuple) else output
+        def hook(_mod, args):
+            ctx = args[0]
             b, t, d = ctx.shape
             m = torch.ones(b, n, dtype=ctx.dtype, device=ctx.device, requires_grad=True)
             masks[("head", i)] = m
-            out = (ctx.view(b, t, n, d // n) * m[:, None, :, None]).view(b, t, d)
-            return (out, *output[1:]) if isinstance(output, tuple) else out
+            return ((ctx.view(b, t, n, d // n) * m[:, None, :, None]).view(b, t, d), *args[1:])
         return hook
 
     def neuron_hook(i: int):
-        def hook(_mod, _args, output):
-            m = torch.ones(output.shape[0], output.shape[-1], dtype=output.dtype, device=output.device,
-                           requires_grad=True)
+        def hook(_mod, args):
+            act = args[0]
+            m = torch.ones(act.shape[0], act.shape[-1], dtype=act.dtype, device=act.device, requires_grad=True)
             masks[("neuron", i)] = m
-            return output * m[:, None, :]
+            return (act * m[:, None, :], *args[1:])
         return hook
 
-    handles = [layers[i].attention.self.register_forward_hook(head_hook(i, len(h))) for i, h in units.heads.items()]
-    handles += [layers[i].intermediate.register_forward_hook(neuron_hook(i)) for i in units.neurons]
+    handles = [fam.linear(layers[i], "attn_out").register_forward_pre_hook(head_hook(i, len(h)))
+               for i, h in units.heads.items()]
+    handles += [fam.linear(layers[i], "ffn_out").register_forward_pre_hook(neuron_hook(i)) for i in units.neurons]
     parts: dict[tuple[str, int], list[torch.Tensor]] = {k: [] for k in
                                                         [("head", i) for i in units.heads] +
                                                         [("neuron", i) for i in units.neurons]}
@@ -270,63 +272,35 @@ def block_loss(grads: torch.Tensor, keep: list[int]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- 3. mask tuning
-class _Stop(Exception):
-    pass
-
-
-def _encoder_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-    """(embedding output, the attention mask as the encoder layers receive it) of one batch."""
-    box: dict[str, Any] = {}
-
-    def pre(_mod, args, kwargs):
-        box["x"] = args[0] if args else kwargs["hidden_states"]
-        box["am"] = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-        raise _Stop
-
-    h = model.base_model.encoder.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        model(**batch)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    return box["x"], box["am"]
-
-
-def _context(layer: nn.Module, x: torch.Tensor, am: Any) -> torch.Tensor:
-    """Self-attention context of each head, (B, T, H, hs), before the output projection."""
-    ctx = layer.attention.self(x, attention_mask=am)[0]
-    n = layer.attention.self.num_attention_heads
-    return ctx.view(*ctx.shape[:2], n, ctx.shape[-1] // n)
-
-
-def _attention(layer: nn.Module, x: torch.Tensor, am: Any, scale: torch.Tensor | None):
+def _attention(fam: families.Family, layer: nn.Module, x: torch.Tensor, ctx: dict, scale: torch.Tensor | None):
     """(context per head (B, T, H, hs) or None, attention-block output). ``scale`` multiplies each head's
     context; all-zero = the block removed (output = LayerNorm(x), the structural skip, no output bias)."""
-    ctx = None if isinstance(layer.attention, elements.SkippedAttention) else _context(layer, x, am)
-    return ctx, _attention_from(layer, x, ctx, scale)
+    c = None if fam.attn_skipped(layer) else fam.run_self_attention(layer, x, ctx)
+    return c, _attention_from(fam, layer, x, c, scale)
 
 
-def _attention_from(layer: nn.Module, x: torch.Tensor, ctx: torch.Tensor | None, scale: torch.Tensor | None):
+def _attention_from(fam: families.Family, layer: nn.Module, x: torch.Tensor, ctx: torch.Tensor | None,
+                    scale: torch.Tensor | None):
     """The attention-block output from an already computed context (see :func:`_attention`)."""
-    att = layer.attention
-    if isinstance(att, elements.SkippedAttention) or ctx is None:
-        return att.output.LayerNorm(x)
+    ln = fam.layer_norm(layer, "attn")
+    if fam.attn_skipped(layer) or ctx is None:
+        return ln(x)
     if scale is not None and not bool(scale.any()):
-        return att.output.LayerNorm(x)
+        return ln(x)
     c = ctx if scale is None else ctx * scale.to(device=ctx.device, dtype=ctx.dtype)[None, None, :, None]
-    return att.output.LayerNorm(att.output.dense(c.flatten(2)) + x)
+    return ln(fam.linear(layer, "attn_out")(c.flatten(2)) + x)
 
 
-def _ffn(layer: nn.Module, a: torch.Tensor, scale: torch.Tensor | None):
+def _ffn(fam: families.Family, layer: nn.Module, a: torch.Tensor, scale: torch.Tensor | None):
     """(intermediate activations or None, layer output); all-zero ``scale`` = FFN removed (LayerNorm(a))."""
-    if isinstance(layer.output, elements.SkippedFFNOutput):
-        return None, layer.output.LayerNorm(a)
-    h = layer.intermediate(a)
+    ln = fam.layer_norm(layer, "ffn")
+    if fam.ffn_skipped(layer):
+        return None, ln(a)
+    h = fam.ffn_act(layer, a)
     if scale is not None and not bool(scale.any()):
-        return h, layer.output.LayerNorm(a)
+        return h, ln(a)
     hh = h if scale is None else h * scale.to(device=h.device, dtype=h.dtype)
-    return h, layer.output.LayerNorm(layer.output.dense(hh) + a)
+    return h, ln(fam.linear(layer, "ffn_out")(hh) + a)
 
 
 def _solve(ata: torch.Tensor, atb: torch.Tensor, damp: float) -> torch.Tensor:
@@ -354,7 +328,8 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
     "rel_after"}], "stopped": None | reason, "final_rel_err": ...}``. ``tune=False`` only measures (binary masks).
     """
     units = Units.of(model)
-    layers = model.base_model.encoder.layer
+    fam = families.of(model)
+    layers = fam.layers(model)
     device = next(model.parameters()).device
     is_seq_cls = hasattr(model, "classifier") and cls_only_last
     head_scale = {i: torch.zeros(len(h), dtype=torch.float64) for i, h in units.heads.items()}
@@ -369,7 +344,7 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
         teach, stud, ams, toks = [], [], [], []
         for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
             inputs = _model_inputs(batch, device)
-            x, am = _encoder_inputs(model, inputs)
+            x, am = families.encoder_context(model, inputs)  # am: the layers' mask (+ MPNet's bias)
             teach.append(x)
             stud.append(x.clone())
             ams.append(am)
@@ -391,18 +366,18 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
                 ata = torch.zeros(len(kept), len(kept), dtype=torch.float64)
                 atb = torch.zeros(len(kept), dtype=torch.float64)
                 btb = 0.0
-                dense = layer.attention.output.dense
+                dense = fam.linear(layer, "attn_out")
                 hsz = dense.weight.shape[1] // len(hs_t)
                 w = dense.weight.view(dense.weight.shape[0], len(hs_t), hsz)[:, kept].float()  # (hid, K, hs)
             for b in range(len(teach)):
-                ctx_t, a_t = _attention(layer, teach[b], ams[b], None)
+                ctx_t, a_t = _attention(fam, layer, teach[b], ams[b], None)
                 t_attn.append(a_t)
-                ctx_s = None if hs_t is None else _context(layer, stud[b], ams[b])
+                ctx_s = None if hs_t is None else fam.run_self_attention(layer, stud[b], ams[b])
                 s_ctx.append(ctx_s)  # reused for the student's block output once the scales are known
                 if not kept:
                     continue
-                pre_t = layer.attention.output.dense(ctx_t.flatten(2)) + teach[b]
-                tgt = sel(pre_t - layer.attention.output.dense.bias - stud[b], b).float()  # (n, hid)
+                pre_t = dense(ctx_t.flatten(2)) + teach[b]
+                tgt = sel(pre_t - dense.bias - stud[b], b).float()  # (n, hid)
                 c = torch.einsum("nkd,okd->nok", sel(ctx_s, b)[:, kept].float(), w)  # (n, hid, K)
                 # per-batch products in float32, accumulated on the CPU in float64
                 ata += torch.einsum("nok,noj->kj", c, c).double().cpu()
@@ -417,27 +392,28 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
                 head_scale[li][kept] = s
                 errors.append({"layer": li, "block": "mha", "before": _err(ata, atb, btb, ones),
                                "after": _err(ata, atb, btb, s), "norm": btb})
-            s_attn = [_attention_from(layer, stud[b], s_ctx[b], head_scale.get(li)) for b in range(len(teach))]
+            s_attn = [_attention_from(fam, layer, stud[b], s_ctx[b], head_scale.get(li)) for b in range(len(teach))]
             del s_ctx
             # --- FFN block (the teacher's next-layer input is computed here too)
             ns_t = neuron_scale.get(li)
             kept_n = [] if ns_t is None else torch.nonzero(ns_t).flatten().tolist()
             if kept_n:
-                w2 = layer.output.dense.weight[:, kept_n].float()  # (hid, Kn)
+                w2 = fam.linear(layer, "ffn_out").weight[:, kept_n].float()  # (hid, Kn)
                 hh_acc = torch.zeros(len(kept_n), len(kept_n), dtype=torch.float64)
                 atb = torch.zeros(len(kept_n), dtype=torch.float64)
                 btb = 0.0
             for b in range(len(teach)):
                 a_t, a_s = t_attn[b], s_attn[b]
-                if isinstance(layer.output, elements.SkippedFFNOutput):
-                    teach[b] = layer.output.LayerNorm(a_t)
+                if fam.ffn_skipped(layer):
+                    teach[b] = fam.layer_norm(layer, "ffn")(a_t)
                     continue
-                pre_t = layer.output.dense(layer.intermediate(a_t)) + a_t
-                teach[b] = layer.output.LayerNorm(pre_t)
+                out = fam.linear(layer, "ffn_out")
+                pre_t = out(fam.ffn_act(layer, a_t)) + a_t
+                teach[b] = fam.layer_norm(layer, "ffn")(pre_t)
                 if not kept_n:
                     continue
-                tgt = sel(pre_t - layer.output.dense.bias - a_s, b).float()  # (n, hid)
-                h_s = sel(layer.intermediate(a_s), b)[:, kept_n].float()  # (n, Kn)
+                tgt = sel(pre_t - out.bias - a_s, b).float()  # (n, hid)
+                h_s = sel(fam.ffn_act(layer, a_s), b)[:, kept_n].float()  # (n, Kn)
                 hh_acc += (h_s.T @ h_s).double().cpu()  # the (Kn, Kn) Gram is the cost
                 atb += ((tgt @ w2) * h_s).sum(0).double().cpu()
                 btb += float((tgt.double() ** 2).sum())
@@ -453,7 +429,7 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
                                "after": _err(ata, atb, btb, s), "norm": btb})
             # --- the student's next-layer input, with this layer's scales
             for b in range(len(teach)):
-                stud[b] = _ffn(layer, s_attn[b], neuron_scale.get(li))[1]
+                stud[b] = _ffn(fam, layer, s_attn[b], neuron_scale.get(li))[1]
             del t_attn, s_attn
 
         def head_rows(t: torch.Tensor, b: int) -> torch.Tensor:  # what the task head reads of the last layer
@@ -472,15 +448,16 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
 def apply_plan(model: nn.Module, head_scale: dict[int, torch.Tensor], neuron_scale: dict[int, torch.Tensor]) -> None:
     """Fold the scales into the output projections, then remove the units whose scale is 0 structurally."""
     units = Units.of(model)
-    layers = model.base_model.encoder.layer
+    fam = families.of(model)
+    layers = fam.layers(model)
     with torch.no_grad():
         for i, s in head_scale.items():
-            dense = layers[i].attention.output.dense
+            dense = fam.linear(layers[i], "attn_out")
             hsz = dense.weight.shape[1] // len(s)
             col = s.to(dense.weight.dtype).repeat_interleave(hsz)
             dense.weight.mul_(col[None, :].to(dense.weight.device))
         for i, s in neuron_scale.items():
-            dense = layers[i].output.dense
+            dense = fam.linear(layers[i], "ffn_out")
             dense.weight.mul_(s.to(dense.weight.dtype)[None, :].to(dense.weight.device))
     for i, s in head_scale.items():
         gone = [units.heads[i][p] for p in range(len(s)) if float(s[p]) == 0.0]

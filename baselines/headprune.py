@@ -6,8 +6,8 @@ expectation; we sum, which ranks identically; for SQuAD x is a window and L its 
 al. do, and the globally least important heads are removed **structurally** (``elements.remove_heads``), with
 no re-training (their §4 setting). Weights stay frozen; gradients reach only the gates.
 
-transformers 5.x has no ``head_mask``: a forward hook on each layer's ``attention.self`` reshapes the context
-tensor (B, T, H*hs) to (B, T, H, hs) and multiplies it by a gate of shape (B, H) that requires grad. One gate
+transformers 5.x has no ``head_mask``: a forward pre-hook on each layer's attention output projection (where the
+family adapter, :mod:`axformer.families`, says it is) reshapes its input, the heads' context (B, T, H*hs), to (B, T, H, hs) and multiplies it by a gate of shape (B, H) that requires grad. One gate
 row per sample makes ``dL_total/dg[b, h] = dL(x_b)/dg_h`` exactly (samples do not interact in an encoder), so
 the absolute value is taken per sample, as in the paper, at the cost of one backward pass per batch.
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from axformer import elements
+from axformer import elements, families
 from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
@@ -52,23 +52,25 @@ def head_importance(model: nn.Module, ds, tokenizer, task: Task, batch_size: int
     present = _present_heads(model)
     if not present:
         return {"raw": {}, "normalized": {}, "n_rows": 0}
-    layers = model.base_model.encoder.layer
+    fam = families.of(model)
+    layers = fam.layers(model)
     device = next(model.parameters()).device
     gates: dict[int, torch.Tensor] = {}
 
     def make_hook(i: int, n_heads: int):
-        def hook(_mod, _args, output):
-            ctx = output[0] if isinstance(output, tuple) else output
+        # the heads' concatenated context is the input of the attention output projection (every family)
+        def hook(_mod, args):
+            ctx = args[0]
             b, t, d = ctx.shape
             g = torch.ones(b, n_heads, dtype=ctx.dtype, device=ctx.device, requires_grad=True)
             gates[i] = g
-            gated = (ctx.view(b, t, n_heads, d // n_heads) * g[:, None, :, None]).view(b, t, d)
-            return (gated, *output[1:]) if isinstance(output, tuple) else gated
+            return ((ctx.view(b, t, n_heads, d // n_heads) * g[:, None, :, None]).view(b, t, d), *args[1:])
         return hook
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
-    handles = [layers[i].attention.self.register_forward_hook(make_hook(i, len(h))) for i, h in present.items()]
+    handles = [fam.linear(layers[i], "attn_out").register_forward_pre_hook(make_hook(i, len(h)))
+               for i, h in present.items()]
     raw = {i: torch.zeros(len(h), dtype=torch.float64) for i, h in present.items()}
     n_rows = 0
     try:
@@ -158,10 +160,10 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
         raise ConfigError(f"headprune: asked to remove {target['n_heads']} heads but the model has {total_heads}.")
 
     if target["by"] == "params":
-        layers = model.base_model.encoder.layer
-        floor = params_before - sum(
-            elements.count_params(layers[i].attention) - elements.count_params(layers[i].attention.output.LayerNorm)
-            for i in _present_heads(model))
+        fam = families.of(model)
+        layers = fam.layers(model)
+        floor = params_before - sum(elements.count_params(fam.linear(layers[i], part))
+                                    for i in _present_heads(model) for part in ("q", "k", "v", "attn_out"))
         if floor > target["params_encoder"]:
             raise ConfigError(
                 f"headprune: even removing every attention head leaves {floor} encoder parameters, above the target "
@@ -226,12 +228,13 @@ def planted_zero_head(model: nn.Module, layer: int, head: int) -> None:
 
     Test helper, also handy to sanity-check the importance on a real model: the head must score exactly 0.
     """
-    sa = model.base_model.encoder.layer[layer].attention.self
-    hs = sa.attention_head_size
+    fam = families.of(model)
+    value = fam.linear(fam.layers(model)[layer], "v")
+    hs = fam.head_size(model.config)
     with torch.no_grad():
-        sa.value.weight[head * hs:(head + 1) * hs] = 0.0
-        if sa.value.bias is not None:
-            sa.value.bias[head * hs:(head + 1) * hs] = 0.0
+        value.weight[head * hs:(head + 1) * hs] = 0.0
+        if value.bias is not None:
+            value.bias[head * hs:(head + 1) * hs] = 0.0
 
 
 __all__ = ["headprune", "head_importance", "ranking", "planted_zero_head"]

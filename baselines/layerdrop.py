@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from axformer import elements, hard_attention, train
+from axformer import elements, families, hard_attention, train
 from axformer.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
@@ -32,12 +32,12 @@ from baselines._match import resolve_target
 
 KNOWN_KEYS = {"k", "match", "match_by", "match_params", "target_params", "epochs", "lr", "batch_size", "seed",
               "progress"}
-_LAYER_KEY = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+_LAYER_KEY = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")  # DistilBERT: transformer
 
 
 def drop_top_layers(model: nn.Module, k: int) -> nn.Module:
     """A new model equal to ``model`` without its top ``k`` encoder layers (weights copied, config trimmed)."""
-    layers = model.base_model.encoder.layer
+    layers = families.of(model).layers(model)
     n = len(layers)
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
         raise ConfigError(f"layerdrop: k must be an int in [0, {n - 1}] for a {n}-layer encoder (got {k!r}).")
@@ -83,7 +83,7 @@ def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
     unknown = sorted(set(cfg) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"layerdrop: unknown config keys {unknown}; known: {sorted(KNOWN_KEYS)}.")
-    layers = model.base_model.encoder.layer
+    layers = families.of(model).layers(model)
     n = len(layers)
     if cfg.get("match_by") == "heads":
         raise ConfigError("layerdrop removes whole layers: it matches AxFormer by parameters (match_by=params).")

@@ -68,12 +68,12 @@ def test_bad_input_is_config_error(tmp_path):
     hard_attention.enable(hard, [1], 3)
     with pytest.raises(ConfigError, match="unedited"):
         distill.make_student(hard, 1)
-    # a pretrained student must be BERT architecture: DistilBERT is not
-    from transformers import DistilBertConfig
+    # a pretrained student must be of a supported encoder family (surgery runs on it): GPT-2 is not
+    from transformers import GPT2Config
 
-    DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path / "db")
-    with pytest.raises(ConfigError, match="not BERT architecture"):
-        distill.pretrained_student(str(tmp_path / "db"), get_task("sst2"), tok)
+    GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2).save_pretrained(tmp_path / "g2")
+    with pytest.raises(ConfigError, match="encoder families"):
+        distill.pretrained_student(str(tmp_path / "g2"), get_task("sst2"), tok)
 
 
 def _softmax(x):
