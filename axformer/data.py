@@ -1,11 +1,13 @@
-"""Read task files into `datasets.Dataset`s, carve the AxFormer search split, tokenize.
+"""Text tasks (one label per row: GLUE and declared tasks): read their files, carve the search split, tokenize.
 
 Data flow (DESIGN §2): GLUE train -> train' (fine-tuning) + search (every AxFormer decision), GLUE dev ->
 reported metric only. The data folder comes from the `data_dir` config key or `$AXFORMER_DATA`. What a task's
 files are and how they are read is its declaration (axformer/tasks.py): TSV (the strict GLUE reader), CSV or
 JSON Lines, or a `datasets` hub source where the hub is reachable.
-SQuAD (task kind "qa") has its own reader, article-level splits and sliding-window tokenization in squad.py;
-the functions here dispatch to it so that every caller handles both kinds the same way.
+Also here, shared by both task kinds: the data folder (:func:`data_root`, :func:`task_file`), the split
+settings (:class:`SplitConfig`, the one place of their defaults) and :class:`Splits`. SQuAD (task kind "qa")
+has its own reader, article-level splits and sliding-window tokenization in squad.py; callers that take any
+task go through :mod:`axformer.taskkinds`, which picks the kind once.
 """
 
 from __future__ import annotations
@@ -291,14 +293,8 @@ def _missing_message(task: Task, split: str, path: Path | None, allow_hub: bool)
 
 
 def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None, allow_hub: bool = False):
-    """One split ("train" or "dev") of a task as a `datasets.Dataset` (text_a, text_b, label, idx; SQuAD:
-    one row per question, columns ``squad.EXAMPLE_COLUMNS``)."""
+    """One split ("train" or "dev") of a text task as a `datasets.Dataset` (text_a, text_b, label, idx)."""
     import datasets
-
-    if task.is_qa:
-        from axformer import squad
-
-        return squad.load_split(task, split, data_dir, allow_hub)
 
     if split not in ("train", "dev"):
         raise ConfigError(f"unknown split {split!r}: use 'train' or 'dev'.")
@@ -331,9 +327,8 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
 def check_task_files(task: Task, data_dir: str | os.PathLike | None, allow_hub: bool = False) -> dict[str, int]:
     """Read a text task's train and dev files as a run would, before any work: a missing file, an unknown column,
     a label outside the declared set or an empty split raises :class:`TaskError` naming the task, file and key.
-    Returns the data rows per split; a split read from the hub (allow_hub, no file) is not checked (-1)."""
-    if task.is_qa:
-        raise ValueError("check_task_files reads text tasks; SQuAD files are checked by squad.read_json")
+    Returns the data rows per split; a split read from the hub (allow_hub, no file) is not checked (-1).
+    SQuAD files are checked by squad.read_json."""
     rows: dict[str, int] = {}
     for split in ("train", "dev"):
         path = task_file(task, split, data_dir)
@@ -344,6 +339,18 @@ def check_task_files(task: Task, data_dir: str | os.PathLike | None, allow_hub: 
         else:
             raise TaskError(_missing_message(task, split, path, allow_hub), task=task.name, key=split)
     return rows
+
+
+@dataclass
+class SplitConfig:
+    """How a task's train file is carved (DESIGN §2): the one place of these defaults (the CLI's split flags are
+    generated from it; a profile's `split` key may set other values)."""
+
+    search_frac: float = 0.15  # fraction of train held out for the search (SQuAD standard: of its articles)
+    search_max: int | None = 2000  # cap on search rows: every search candidate is one pass over them
+    train_max: int | None = None  # subsample train' to this many rows (CPU budgets)
+    dev_max: int | None = None  # subsample dev (smoke runs only: the reported metric uses all of dev)
+    max_length: int | None = None  # tokenizer length; None: the task's (128 for text, 384 for SQuAD windows)
 
 
 @dataclass
@@ -383,28 +390,18 @@ def make_splits(
     task: Task,
     data_dir: str | os.PathLike | None,
     seed: int,
-    search_frac: float = 0.15,
-    search_max: int | None = 2000,
+    search_frac: float = SplitConfig.search_frac,
+    search_max: int | None = SplitConfig.search_max,
     train_max: int | None = None,
     dev_max: int | None = None,
     allow_hub: bool = False,
-    protocol: str = "standard",
-    local_fractions: Any = None,
 ) -> Splits:
     """Carve the seeded, stratified search split out of GLUE train; optionally subsample train' and dev.
 
     The search split is never trained on; ``search_max`` caps it because every candidate of the search
     is one pass over it. ``train_max`` subsamples train' for CPU budgets; ``dev_max`` exists only for
     smoke runs (the reported metric uses the full dev set by default). All sizes go into ``info``.
-
-    SQuAD: ``protocol`` ("standard" | "local") and ``local_fractions`` choose article-level splits
-    (squad.make_splits); the caps then count questions.
     """
-    if task.is_qa:
-        from axformer import squad
-
-        return squad.make_splits(task, data_dir, seed, protocol, local_fractions, search_frac, search_max,
-                                 train_max, dev_max, allow_hub)
     if not 0.0 < search_frac < 1.0:
         raise ConfigError(f"search_frac must be in (0, 1) (got {search_frac}).")
     for key, val in (("search_max", search_max), ("train_max", train_max), ("dev_max", dev_max)):
@@ -516,18 +513,15 @@ def _rows_containing(needles: list[str], rows: list[str]) -> set[int]:
     return hits
 
 
-def tokenize(ds, tokenizer, task: Task, max_length: int = 128):
-    """Tokenize (no padding: batches are padded dynamically) and keep only model inputs + labels.
-
-    SQuAD: question/context windows with [start, end] labels and the columns post-processing needs
-    (squad.tokenize).
-    """
+def check_max_length(max_length: int) -> None:
+    """Refuse a tokenizer length too short for any input (both task kinds)."""
     if max_length < 8:
         raise ConfigError(f"max_length must be >= 8 (got {max_length}).")
-    if task.is_qa:
-        from axformer import squad
 
-        return squad.tokenize(ds, tokenizer, task, max_length)
+
+def tokenize(ds, tokenizer, task: Task, max_length: int = 128):
+    """Tokenize (no padding: batches are padded dynamically) and keep only model inputs + labels."""
+    check_max_length(max_length)
 
     def enc(batch):
         b = batch["text_b"] if task.is_pair else None
@@ -541,31 +535,26 @@ def tokenize(ds, tokenizer, task: Task, max_length: int = 128):
 
 
 def subsample(task: Task, ds, tokenized, n: int, seed: int):
-    """A seeded subset of ``n`` rows of a split and the matching rows of its tokenized form: stratified on the
-    label for GLUE; for SQuAD ``n`` questions with all their windows."""
+    """A seeded subset of ``n`` rows of a split and the matching rows of its tokenized form, stratified on the
+    label."""
     rng = np.random.default_rng(seed)
-    if task.is_qa:
-        from axformer import squad
-
-        keep = squad.pick_questions(len(ds), n, rng)
-        return ds.select(keep), tokenized.select(squad.windows_of(tokenized, keep))
     keep = stratified_pick(task, np.asarray(ds["label"]), n, rng)
     return ds.select(keep), tokenized.select(keep)
 
 
-def timing_texts(task: Task, ds, n: int, seed: int) -> tuple[list[str], list[str] | None]:
-    """The texts a latency timing batch is built from: a seeded random sample of ``n`` rows of a split.
+def timing_rows(ds, n: int, seed: int):
+    """The rows a latency timing batch is built from: a seeded random sample of ``n`` rows of a split (any kind).
 
     Not the first rows: GLUE files are ordered by source (STS-B's first thousand rows are short video
     captions, CoLA's are short sentences), and a batch of short rows never exercises top-K attention nor
-    shows what a model does on the split's real length mix. SQuAD: (question, context) pairs, sampled alike.
+    shows what a model does on the split's real length mix.
     """
     if n < 1:
         raise ConfigError(f"the timing sample needs n >= 1 (got {n}).")
     pick = sorted(np.random.default_rng(seed).permutation(len(ds))[:n].tolist())
-    rows = ds.select(pick)
-    if task.is_qa:
-        from axformer import squad
+    return ds.select(pick)
 
-        return squad.measure_texts(rows)
-    return list(rows["text_a"]), (list(rows["text_b"]) if task.is_pair else None)
+
+def texts(task: Task, ds) -> tuple[list[str], list[str] | None]:
+    """(first texts, second texts or None) of a text task's rows: what a timing batch or export check tokenizes."""
+    return list(ds["text_a"]), (list(ds["text_b"]) if task.is_pair else None)

@@ -43,12 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from axformer.batches import model_inputs
+from axformer.losses import output_logits, per_sample_loss
 from axformer.tasks import Task
-from axformer.train import TrainConfig, _model_inputs, output_logits, train
+from axformer.train import TrainConfig, train
 from axformer.utils import ConfigError
 
 STRATEGIES = ("every_other", "evenly", "first")
 INITS = ("teacher", "pretrained")
+# The student's training settings where they differ from TrainConfig's (fine-tuning) defaults: a student
+# re-learns more than a fine-tuned model moves, so it takes a larger learning rate.
+TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-4}
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -292,15 +297,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
         L = sum over {start, end} of [ alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y) ]
 
-    Padding positions carry ``train.NEG`` in both models' logits, so they get probability 0 on both sides.
+    Padding positions carry ``losses.NEG`` in both models' logits, so they get probability 0 on both sides.
     The teacher logits are treated as constants (detached).
     """
     s = student_logits.float()
     t = teacher_logits.detach().float().to(s.device)
     y = labels.to(s.device)
     if s.dim() == 3:
-        from axformer.train import per_sample_loss
-
         b, n, _ = s.shape
         flat = lambda x: x.transpose(1, 2).reshape(b * 2, n)  # noqa: E731 — rows: start and end of each window
         soft = F.kl_div(F.log_softmax(flat(s) / temperature, -1), F.log_softmax(flat(t) / temperature, -1),
@@ -341,7 +344,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_ds, tokenizer, task: T
         if teacher.training:  # something switched it back: the teacher must stay deterministic
             teacher.eval()
         with torch.no_grad():
-            inputs = _model_inputs(batch, device)
+            inputs = model_inputs(batch, device)
             teacher_logits = output_logits(teacher(**inputs), inputs)
         return kd_loss(student_logits, teacher_logits, batch["labels"], task.is_regression, temperature, alpha)
 

@@ -34,11 +34,8 @@ call :func:`apply_architecture` and then load the weights strictly (``models.loa
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import torch
@@ -69,7 +66,6 @@ __all__ = [
     "list_elements",
     "count_encoder_params",
     "count_params",
-    "rebuild_from_dir",
 ]
 
 
@@ -509,54 +505,3 @@ def apply_architecture(model: nn.Module, record: dict[str, Any]) -> None:
             remove_neurons(model, i, sorted(set(cur["neurons"]) - set(tgt["neurons"])))
     if _record(model) != target:  # pragma: no cover - internal consistency guard
         raise RuntimeError("apply_architecture: resulting record differs from the target record.")
-
-
-def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    single = path / "model.safetensors"
-    if single.is_file():
-        return load_file(str(single))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
-    raise FileNotFoundError(f"{path} holds no model.safetensors (or sharded index); save with save_pretrained.")
-
-
-def rebuild_from_dir(path: str | os.PathLike, model_class: Any = None) -> nn.Module:
-    """Rebuild an edited model saved with ``save_pretrained``: config -> unedited model -> apply_architecture ->
-    hard_attention.apply_from_config -> strict safetensors load. Returns the model in eval mode.
-
-    ``model_class`` defaults to ``config.architectures[0]`` (a transformers class), else
-    AutoModelForSequenceClassification.
-    """
-    import transformers
-    from transformers import AutoConfig
-
-    from . import hard_attention
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path / 'config.json'} not found; is {path} a save_pretrained directory?")
-    config = AutoConfig.from_pretrained(str(path))
-    if model_class is None:
-        names = getattr(config, "architectures", None) or []
-        model_class = getattr(transformers, names[0], None) if names else None
-    if model_class is None:
-        model = transformers.AutoModelForSequenceClassification.from_config(config)
-    elif hasattr(model_class, "from_config") and model_class.__name__.startswith("Auto"):
-        model = model_class.from_config(config)
-    else:
-        model = model_class(config)
-    arch = (getattr(model.config, "axformer", None) or {}).get("arch")
-    if arch is not None:
-        apply_architecture(model, arch)
-    hard_attention.apply_from_config(model)
-    state = _load_safetensors_dir(path)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model

@@ -46,9 +46,10 @@ import torch
 from torch import nn
 
 from axformer import elements, families, hard_attention
-from axformer import metrics as M
+from axformer.batches import make_loader
+from axformer.losses import concat_logits, output_logits
+from axformer.taskkinds import kind_of
 from axformer.tasks import Task
-from axformer.train import concat_logits, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 
 
@@ -113,7 +114,7 @@ class PruneConfig:
 # ----------------------------------------------------------------------------------------- cached evaluation
 @dataclass
 class _Span:
-    """Start / end logits shaped like a question-answering model output (for ``train.output_logits``)."""
+    """Start / end logits shaped like a question-answering model output (for ``losses.output_logits``)."""
 
     start_logits: torch.Tensor
     end_logits: torch.Tensor
@@ -140,18 +141,16 @@ class CachedEvaluator:
         self.batches = [{k: v.to(self.device) for k, v in b.items()}
                         for b in make_loader(ds, tokenizer, batch_size, shuffle=False)]
         self.labels = torch.cat([b["labels"] for b in self.batches])
-        self.view = None
-        if self.is_qa:  # windows of one question may sit in different batches: regroup them per question
-            from axformer import squad
-
-            self.view = squad.QAView.of(ds)
+        kind = kind_of(task)
+        self._score = kind.scorer(task, ds)  # built once: the search scores this split per candidate
+        self._n = kind.n_scored(ds)
         self.cache_layer: int | None = None
         self.cache: list[torch.Tensor] = []
         self.passes = 0
 
     @property
     def n(self) -> int:
-        return len(self.labels) if self.view is None else len(self.view.questions)
+        return self._n
 
     def _layers(self) -> nn.ModuleList:
         return families.of(self.model).layers(self.model)
@@ -211,16 +210,8 @@ class CachedEvaluator:
 
     def score(self, layer: int | None = None) -> tuple[np.ndarray, float]:
         """Per-sample losses (in search-split order of the sorted batches; QA: per question) and the task metric."""
-        logits = self.logits(layer)
-        if self.is_qa:
-            from axformer import squad
-
-            losses, _answers, metrics = squad.score(logits.cpu(), self.labels.cpu(), self.view, self.task)
-            return losses, metrics[self.task.metric]
-        # losses and predictions on the device, one copy to the host per pass
-        losses = per_sample_loss(logits, self.labels, self.task.is_regression).cpu().numpy()
-        preds = (logits[:, 0] if self.task.is_regression else logits.argmax(-1)).cpu().numpy()
-        return losses, M.compute(self.task, preds, self.labels.cpu().numpy())[self.task.metric]
+        losses, metrics = self._score(self.logits(layer), self.labels)
+        return losses, metrics[self.task.metric]
 
 
 # ----------------------------------------------------------------------------------------- the search

@@ -11,7 +11,6 @@ has no NaN, and a NaN metric is a bug upstream, not a result.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from axformer.tasks import NAME_RE
 
 # a built-in task or one declared in a profile (task_defs): any valid task name
 TASK_NAME = NAME_RE.pattern
-from axformer.utils import ConfigError
+from axformer.utils import ConfigError, nonfinite_key
+from axformer.utils import key_path as _key_path
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -153,31 +153,6 @@ CKPT_STEP_SCHEMA: dict[str, Any] = {
 }
 
 SCHEMAS = {"metrics": METRICS_SCHEMA, "step": STEP_RECORD_SCHEMA, "ckpt_step": CKPT_STEP_SCHEMA}
-
-
-def _key_path(path: Any) -> str:
-    """deque(['metric', 'dev']) / ['latency', 0, 'p50_ms'] -> 'metric.dev' / 'latency[0].p50_ms'."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top level>"
-
-
-def nonfinite_key(obj: Any, _path: tuple = ()) -> str | None:
-    """The key path of the first NaN / inf float in ``obj`` (nested dicts and lists), or None."""
-    if isinstance(obj, float):
-        return None if math.isfinite(obj) else _key_path(_path)
-    if isinstance(obj, dict):
-        items = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return None
-    for k, v in items:
-        found = nonfinite_key(v, (*_path, k))
-        if found:
-            return found
-    return None
 
 
 def check(record: Any, kind: str, source: str | Path) -> None:

@@ -10,12 +10,15 @@
   keeps the character offsets of its context tokens, so token spans map back to answer text. Its label is the
   token span of the first gold answer when the whole answer lies inside the window, else (0, 0), the [CLS]
   position ("not in this window").
-* **Loss**: per window, start cross-entropy + end cross-entropy (``train.per_sample_loss`` on logits of shape
+* **Loss**: per window, start cross-entropy + end cross-entropy (``losses.per_sample_loss`` on logits of shape
   (B, T, 2)); per question (what the AxFormer search compares), the smallest loss among the windows that hold
   the answer — the window the model is meant to answer from — and the smallest of all windows if none does.
 * **Answers**: per window the ``n_best`` best start and end tokens inside the context are paired (end >= start,
   at most ``max_answer_len`` tokens); the best start + end logit over all windows of a question gives its
   answer text. EM / F1: ``metrics.squad_scores``.
+
+This module is the QA task kind; :mod:`axformer.taskkinds` dispatches to it. It sits below the training loop
+(it imports the data folder, the losses and the metrics, never a step).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from axformer import metrics as M
+from axformer.data import SplitConfig, Splits, check_max_length, data_root, task_file
+from axformer.losses import per_sample_loss
 from axformer.tasks import Task
 from axformer.utils import ConfigError
 
@@ -46,8 +52,6 @@ WINDOW_COLUMNS = ("example_idx", "offset_mapping", "context", "answers")
 # ----------------------------------------------------------------------------------------------- reading
 def squad_file(split: str, data_dir: str | os.PathLike | None = None) -> Path:
     """<data>/squad/{train,dev}-v1.1.json (may not exist)."""
-    from axformer.data import data_root
-
     if split not in FILES:
         raise ConfigError(f"unknown SQuAD split {split!r}: use 'train' or 'dev'.")
     return data_root(data_dir) / "squad" / FILES[split]
@@ -135,8 +139,6 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
     """One SQuAD file as a `datasets.Dataset`, one row per question (columns: ``EXAMPLE_COLUMNS``)."""
     import datasets
 
-    from axformer.data import task_file
-
     # the declared file (built-in squad: <data>/squad/<split>-v1.1.json); a hub-only declaration has none
     path = task_file(task, split, data_dir) if split in task.files else squad_file(split, data_dir)
     if path.is_file():
@@ -199,8 +201,8 @@ def _cap(rows: np.ndarray, n_max: int | None, rng: np.random.Generator) -> np.nd
 
 
 def make_splits(task: Task, data_dir: str | os.PathLike | None, seed: int, protocol: str = "standard",
-                fractions: Sequence[float] | str | None = None, search_frac: float = 0.15,
-                search_max: int | None = 2000, train_max: int | None = None, dev_max: int | None = None,
+                fractions: Sequence[float] | str | None = None, search_frac: float = SplitConfig.search_frac,
+                search_max: int | None = SplitConfig.search_max, train_max: int | None = None, dev_max: int | None = None,
                 allow_hub: bool = False):
     """train' / search / report splits of SQuAD under ``protocol``; no article is in two splits.
 
@@ -208,8 +210,6 @@ def make_splits(task: Task, data_dir: str | os.PathLike | None, seed: int, proto
     reported. ``local``: dev-v1.1's articles split by ``fractions``. Then ``search_max`` / ``train_max`` /
     ``dev_max`` subsample questions (seeded) within their split. Sizes, protocol and settings go into ``info``.
     """
-    from axformer.data import Splits
-
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--squad-protocol (split key squad_protocol) must be one of {', '.join(PROTOCOLS)} "
                           f"(got {protocol!r}).")
@@ -318,6 +318,7 @@ def tokenize(ds, tokenizer, task: Task, max_length: int):
     """
     import datasets
 
+    check_max_length(max_length)
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("SQuAD windows need a fast (Rust) tokenizer for offset mappings; this model's tokenizer "
                           "is a slow Python one.")
@@ -421,24 +422,11 @@ def best_answers(logits: np.ndarray, view: QAView, n_best: int = 20, max_answer_
 
 def score(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, view: QAView, task: Task):
     """(per-question losses, answers, metrics) of window logits (windows, T, 2) against their labels."""
-    from axformer import metrics as M
-    from axformer.train import per_sample_loss
-
     lt = torch.as_tensor(logits)
     window = per_sample_loss(lt, torch.as_tensor(labels), False).numpy()
     losses = question_losses(window, view)
     answers = best_answers(lt.numpy(), view, task.n_best, task.max_answer_len)
     return losses, answers, M.compute(task, answers, view.golds)
-
-
-def evaluate_logits(ds, logits: np.ndarray, labels: np.ndarray, task: Task):
-    """`train.EvalResult` of a QA split: window logits / labels, per-question losses, answers, EM / F1."""
-    from axformer.train import EvalResult
-
-    view = QAView.of(ds)
-    losses, answers, metrics = score(logits, labels, view, task)
-    return EvalResult(logits=logits, labels=labels, losses=losses, metrics=metrics, answers=answers,
-                      question_ids=view.questions)
 
 
 def measure_texts(ds) -> tuple[list[str], list[str]]:

@@ -1,7 +1,7 @@
 """Step arguments checked before any work: `steps.<name>.args` of the workflow config, and the CLI's own flags.
 
 One source of truth: the allowed argument names, their types and choices come from the `axformer` argument
-parser (:func:`axformer.cli.build_parser`), and the ranges from the config dataclasses' ``validate()`` the
+parser (:func:`axformer.cliargs.build_parser`, the flags of the step config dataclasses), and the ranges from the config dataclasses' ``validate()`` the
 steps themselves use (TrainConfig, PruneConfig, DistillConfig, QuantizeConfig) and the baselines registry.
 A new CLI flag is therefore a valid step argument without any change here.
 """
@@ -59,8 +59,8 @@ def _raise_parse_error(msg: str):
 
 
 def subparser(cli_step: str) -> argparse.ArgumentParser:
-    """The argument parser of ``axformer <cli_step>`` (from cli.build_parser), raising instead of exiting."""
-    from axformer.cli import build_parser
+    """The argument parser of ``axformer <cli_step>`` (from cliargs.build_parser), raising instead of exiting."""
+    from axformer.cliargs import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -85,10 +85,10 @@ def allowed_args(command: str) -> list[str]:
 def _reserved(cli_step: str) -> dict[str, str]:
     out = dict(RULE_FLAGS.get(cli_step, {}))
     if cli_step == "finetune":
-        from axformer.cli import _split_args
+        from axformer.cliargs import split_args
 
         split = argparse.ArgumentParser(add_help=False)
-        _split_args(split)
+        split_args(split)
         out.update({d: "config `split` / `split_per_task`" for d in _actions(split)})
     return out
 
@@ -178,11 +178,11 @@ def _finetune(ns: argparse.Namespace, allow_hub: bool | None) -> None:
 
 
 def _approximate(ns: argparse.Namespace, allow_hub: bool | None) -> None:
-    from axformer.cli import _parse_k
+    from axformer.cliargs import parse_k
     from axformer.prune import PruneConfig
 
     # flags left out are None and take PruneConfig's defaults, as in cmd_approximate
-    topk = {} if ns.topk is None else {"topk": _parse_k(str(ns.topk))}
+    topk = {} if ns.topk is None else {"topk": parse_k(str(ns.topk))}
     _from_ns(PruneConfig, ns, {"groups": "n_groups"}, **topk).validate()
     if ns.search_max is not None and ns.search_max < 1:
         raise ConfigError(f"--search-max must be >= 1 (got {ns.search_max}).")
@@ -205,10 +205,10 @@ def _distill(ns: argparse.Namespace, allow_hub: bool | None) -> None:
 
 def _baseline(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     import baselines
-    from axformer.cli import _parse_kv
+    from axformer.cliargs import parse_kv
 
     baselines.get(ns.method)  # unknown name: ConfigError listing the registered ones
-    _parse_kv(ns.arg)
+    parse_kv(ns.arg)
     for key in ("n_heads", "k", "target_params", "batch_size"):
         v = getattr(ns, key, None)
         if v is not None and v < (0 if key in ("n_heads", "k") else 1):

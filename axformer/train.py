@@ -3,25 +3,31 @@
 `evaluate` returns per-sample losses because the AxFormer search (prune.py) accepts a candidate on the
 fraction of search samples it leaves no worse, not only on the mean loss.
 
-Span QA (SQuAD) goes through the same loop: its model returns start / end logits, which
-:func:`output_logits` stacks into logits of shape (B, T, 2); its labels are [start, end] token positions, and
-:func:`per_sample_loss` gives start CE + end CE per window. Per-question reduction and answer texts: squad.py.
+Span QA (SQuAD) goes through the same loop: logits and losses of both task kinds are defined once in
+losses.py, batching in batches.py, and the scoring of a split by its task kind (taskkinds.py; per-question
+reduction and answer texts: squad.py). The names those modules define are re-exported here for callers
+that import them from the training module (baselines/).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from axformer import metrics as M
+from axformer.batches import BATCH_COLUMNS, make_loader, model_inputs, predict_logits
+from axformer.losses import NEG, concat_logits, output_logits, per_sample_loss
+from axformer.taskkinds import EvalResult, evaluate_logits
 from axformer.tasks import Task
 from axformer.utils import ConfigError, set_seed
+
+__all__ = ["TrainConfig", "train", "evaluate", "EvalResult", "NEG", "BATCH_COLUMNS", "make_loader", "model_inputs",
+           "predict_logits", "output_logits", "per_sample_loss", "concat_logits"]
+_model_inputs = model_inputs  # the name baselines/ import
 
 
 @dataclass
@@ -42,84 +48,6 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)}).")
-
-
-@dataclass
-class EvalResult:
-    """Everything a scoring step needs from one pass over a dataset."""
-
-    logits: np.ndarray  # QA: (windows, T, 2) start / end logits, padded with NEG past each window
-    labels: np.ndarray  # QA: (windows, 2) gold start / end token
-    losses: np.ndarray  # per sample: cross-entropy, squared error for regression, span loss per QA question
-    metrics: dict[str, float] = field(default_factory=dict)
-    answers: list[str] | None = None  # QA: predicted answer text per question
-    question_ids: np.ndarray | None = None  # QA: which question each entry of `losses` / `answers` is
-
-    @property
-    def predictions(self) -> np.ndarray:
-        if self.answers is not None:
-            return np.asarray(self.answers, dtype=object)
-        return self.logits[:, 0] if self.logits.shape[1] == 1 else self.logits.argmax(-1)
-
-    @property
-    def mean_loss(self) -> float:
-        return float(self.losses.mean())
-
-
-# Logit given to positions a span can never use (padding): far below any real logit, yet finite, so that
-# softmax gives them 0 and no 0 * inf NaN appears in a KL divergence; representable in fp16 too.
-NEG = -1e4
-
-
-def output_logits(out: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The logits of a model output: ``out.logits``, or for span QA start / end stacked to (B, T, 2) with the
-    padding positions set to ``NEG``, so that a window's loss does not depend on how much its batch is padded."""
-    logits = getattr(out, "logits", None)
-    if logits is not None:
-        return logits
-    start, end = getattr(out, "start_logits", None), getattr(out, "end_logits", None)
-    if start is None or end is None:
-        raise TypeError(f"model output {type(out).__name__} has neither logits nor start/end logits.")
-    logits = torch.stack([start, end], dim=-1)
-    mask = inputs.get("attention_mask")
-    if mask is not None:
-        logits = logits.masked_fill(~mask.to(logits.device).bool()[..., None], NEG)
-    return logits
-
-
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> torch.Tensor:
-    """Loss of each sample, shape (B,): CE for classification, squared error for regression (STS-B), and for
-    span QA (logits (B, T, 2), labels (B, 2)) start-position CE + end-position CE of each window."""
-    if logits.dim() == 3:
-        lg, y = logits.float(), labels.view(-1, 2).long()
-        ce = torch.nn.functional.cross_entropy
-        return ce(lg[..., 0], y[:, 0], reduction="none") + ce(lg[..., 1], y[:, 1], reduction="none")
-    if is_regression:
-        return (logits.view(-1).float() - labels.view(-1).float()) ** 2
-    return torch.nn.functional.cross_entropy(logits.float(), labels.view(-1).long(), reduction="none")
-
-
-BATCH_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "labels")
-
-
-def make_loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Dynamic padding: each batch is padded to its own longest row, not to max_length.
-
-    Only model inputs and labels are batched; other columns (a QA window's offsets, context, answers) stay in
-    the dataset for post-processing.
-    """
-    from transformers import DataCollatorWithPadding
-
-    cols = getattr(ds, "column_names", None)
-    if cols is not None and set(cols) - set(BATCH_COLUMNS):
-        ds = ds.select_columns([c for c in BATCH_COLUMNS if c in cols])
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen, num_workers=0)
-
-
-def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
 
 # Training steps between reads of the loss back to the host (each read waits for the GPU to finish).
@@ -198,7 +126,7 @@ def train(
         if select is not None and step > 0:
             checkpoint_score()  # end of a full epoch
         for batch in loader:
-            inputs = _model_inputs(batch, device)
+            inputs = model_inputs(batch, device)
             logits = output_logits(model(**inputs), inputs)
             loss = loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
@@ -228,39 +156,10 @@ def train(
             "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, **log}
 
 
-@torch.inference_mode()
-def predict_logits(model: torch.nn.Module, ds, tokenizer, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over ``ds`` in order (eval mode, no grad)."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs, labs = [], []
-    for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
-        inputs = _model_inputs(batch, device)
-        outs.append(output_logits(model(**inputs), inputs).float().cpu())
-        labs.append(batch["labels"])
-    return concat_logits(outs).numpy(), torch.cat(labs).numpy()
-
-
-def concat_logits(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-batch logits; span logits (B, T, 2) of dynamically padded batches are padded to the
-    longest T with ``NEG`` first."""
-    if parts and parts[0].dim() == 3:
-        t = max(p.shape[1] for p in parts)
-        parts = [torch.nn.functional.pad(p, (0, 0, 0, t - p.shape[1]), value=NEG) for p in parts]
-    return torch.cat(parts)
-
-
 def evaluate(model: torch.nn.Module, ds, tokenizer, task: Task, batch_size: int = 128) -> EvalResult:
     """Predictions, per-sample losses and the task metrics of ``model`` on ``ds``.
 
     QA: ``losses`` has one span loss per question (see squad.py), ``answers`` the predicted texts.
     """
     logits, labels = predict_logits(model, ds, tokenizer, batch_size)
-    if task.is_qa:
-        from axformer import squad
-
-        return squad.evaluate_logits(ds, logits, labels, task)
-    losses = per_sample_loss(torch.from_numpy(logits), torch.from_numpy(labels), task.is_regression).numpy()
-    res = EvalResult(logits=logits, labels=labels, losses=losses)
-    res.metrics = M.compute(task, res.predictions, labels)
-    return res
+    return evaluate_logits(ds, logits, labels, task)

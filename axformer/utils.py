@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -49,11 +50,34 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     try:
         text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
     except ValueError as exc:
-        from axformer.record_schema import nonfinite_key
-
         raise ConfigError(f"{path}: key '{nonfinite_key(obj)}' is not a finite number ({exc}); "
                           "JSON has no NaN / Infinity: fix the value before writing.") from exc
     atomic_write_text(path, text + "\n")
+
+
+def key_path(path: Any) -> str:
+    """deque(['metric', 'dev']) / ['latency', 0, 'p50_ms'] -> 'metric.dev' / 'latency[0].p50_ms'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def nonfinite_key(obj: Any, _path: tuple = ()) -> str | None:
+    """The key path of the first NaN / inf float in ``obj`` (nested dicts and lists), or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else key_path(_path)
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = nonfinite_key(v, (*_path, k))
+        if found:
+            return found
+    return None
 
 
 def _json_default(o: Any) -> Any:

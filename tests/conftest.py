@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder, tiny random BERTs, a scratch results tree."""
+"""Shared fixtures: the real data folder, the embedded MiniLM tokenizer, a tiny word tokenizer, and a
+save-and-reload through the one checkpoint loader (models.load_checkpoint)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,45 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+
+
+TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "a", "film"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 12-word BERT tokenizer for tiny random models (timing and memory tests: the text hardly matters)."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab={w: i for i, w in enumerate(TINY_WORDS)})
+
+
+def _word_tokenizer(vocab_size: int):
+    """A fast BERT tokenizer with exactly ``vocab_size`` tokens (special tokens, then w5, w6, ...)."""
+    import tempfile
+
+    from transformers import BertTokenizerFast
+
+    words = TINY_WORDS[:5] + [f"w{i}" for i in range(5, vocab_size)]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(words) + "\n")
+        return BertTokenizerFast(vocab_file=str(vocab))
+
+
+@pytest.fixture
+def reload_checkpoint():
+    """``reload(model, folder)``: save an (edited) model with a tokenizer matching its vocabulary and load it back
+    with ``models.load_checkpoint``, the loader every step uses."""
+    from axformer import models
+
+    def reload(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
+        model.save_pretrained(folder)
+        _word_tokenizer(model.get_input_embeddings().num_embeddings).save_pretrained(folder)
+        back, _tok = models.load_checkpoint(folder)
+        return back
+
+    return reload
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from axformer import data
+from axformer import data, taskkinds
 from axformer.tasks import get_task
 from axformer.utils import ConfigError
 
@@ -168,15 +168,15 @@ def test_exact_duplicates_of_search_rows_leave_train(data_dir):
 def test_timing_texts_are_a_seeded_sample_not_the_first_rows(data_dir):
     task = get_task("stsb")
     dev = data.load_split(task, "dev", data_dir)
-    a1, b1 = data.timing_texts(task, dev, 32, seed=0)
-    a2, b2 = data.timing_texts(task, dev, 32, seed=0)
+    a1, b1 = taskkinds.timing_texts(task, dev, 32, seed=0)
+    a2, b2 = taskkinds.timing_texts(task, dev, 32, seed=0)
     assert (a1, b1) == (a2, b2) and len(a1) == len(b1) == 32
     assert a1 != list(dev["text_a"][:32])  # STS-B dev opens with short captions: the first rows are not a sample
-    assert data.timing_texts(task, dev, 32, seed=1)[0] != a1
+    assert taskkinds.timing_texts(task, dev, 32, seed=1)[0] != a1
     # sampled rows keep their pairing
     pairs = set(zip(dev["text_a"], dev["text_b"]))
     assert all((a, b) in pairs for a, b in zip(a1, b1))
-    single, none = data.timing_texts(get_task("sst2"), data.load_split(get_task("sst2"), "dev", data_dir), 5, 0)
+    single, none = taskkinds.timing_texts(get_task("sst2"), data.load_split(get_task("sst2"), "dev", data_dir), 5, 0)
     assert len(single) == 5 and none is None
     with pytest.raises(ConfigError, match="n >= 1"):
-        data.timing_texts(task, dev, 0, 0)
+        taskkinds.timing_texts(task, dev, 0, 0)

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -271,33 +270,29 @@ def apply_edits(m, kind):
 
 
 @pytest.mark.parametrize("kind", ["head", "ffn_group", "attn", "ffn", "mixed"])
-def test_save_load_identical_logits(tmp_path, kind):
+def test_save_load_identical_logits(tmp_path, reload_checkpoint, kind):
     m = tiny_model()
     apply_edits(m, kind)
     want = logits(m)
-    m.save_pretrained(tmp_path)
-    back = el.rebuild_from_dir(tmp_path)
+    back = reload_checkpoint(m, tmp_path)
     torch.testing.assert_close(logits(back), want, atol=1e-6, rtol=0)
     assert el.architecture(back) == el.architecture(m)
     assert el.count_params(back) == el.count_params(m)
     assert back.config.axformer == m.config.axformer
 
 
-def test_manual_rebuild_path(tmp_path):
-    """The sequence models.load_checkpoint uses, spelled out."""
+def test_edited_config_needs_apply_architecture(tmp_path, reload_checkpoint):
+    """A model freshly built from an edited config is refused by the removers until it is shrunk; the one loader
+    (models.load_checkpoint) shrinks it, restores hard attention and reproduces the logits."""
     m = tiny_model()
     apply_edits(m, "mixed")
     want = logits(m)
-    m.save_pretrained(tmp_path)
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tmp_path))
-    # a model freshly built from the edited config is rejected by the removers until it is shrunk
+    back = reload_checkpoint(m, tmp_path)
+    torch.testing.assert_close(logits(back), want, atol=1e-6, rtol=0)
+    assert ha.enabled_layers(back) == ha.enabled_layers(m) == [0, 2]
+    fresh = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tmp_path))
     with pytest.raises(ValueError, match="apply_architecture"):
-        el.remove_heads(model, 2, [0])
-    el.apply_architecture(model, model.config.axformer["arch"])
-    ha.apply_from_config(model)
-    model.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
-    model.eval()
-    torch.testing.assert_close(logits(model), want, atol=1e-6, rtol=0)
+        el.remove_heads(fresh, 2, [0])
 
 
 def test_apply_architecture_on_unedited_reproduces_edit():
@@ -342,13 +337,12 @@ def test_list_elements_tracks_edits():
     assert "L1.ffn_group2" not in names and "L1.head3" not in names and "L1.head2" in names
 
 
-def test_question_answering_model(tmp_path):
+def test_question_answering_model(tmp_path, reload_checkpoint):
     m = tiny_model(cls=BertForQuestionAnswering, num_labels=2)
     el.remove_heads(m, 1, [0])
     el.skip_ffn(m, 2)
     out = m(**batch())
-    m.save_pretrained(tmp_path)
-    back = el.rebuild_from_dir(tmp_path)
+    back = reload_checkpoint(m, tmp_path)
     assert isinstance(back, BertForQuestionAnswering)
     torch.testing.assert_close(back(**batch()).start_logits, out.start_logits, atol=1e-6, rtol=0)
 

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import BertConfig, BertForSequenceClassification
 
 from axformer import device as D
 from axformer import measure as M
@@ -30,12 +30,6 @@ def tiny_model(seed: int = 0, inter: int = 32, hidden: int = 16, layers: int = 2
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                      intermediate_size=inter, max_position_embeddings=64, num_labels=2)
     return BertForSequenceClassification(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "a", "film"]
-    return BertTokenizer(vocab={w: i for i, w in enumerate(words)})
 
 
 def tiny_cfg(**kw) -> M.MeasureConfig:
@@ -223,9 +217,9 @@ def test_quiet_logger_keeps_the_first_line_and_drops_the_rest(caplog):
         assert caplog.records[-1].getMessage() == "MatMul8bitLt: after"
 
 
-def test_dtype_recorded_and_applied(tokenizer):
+def test_dtype_recorded_and_applied(tiny_tokenizer):
     base, var = tiny_model(0), tiny_model(1)
-    res = M.measure_pair(base, var, tokenizer, TEXTS_A, None, tiny_cfg(dtype="bf16"))
+    res = M.measure_pair(base, var, tiny_tokenizer, TEXTS_A, None, tiny_cfg(dtype="bf16"))
     lat = res["latency"][0]
     assert lat["dtypes"] == {"measure_dtype": "bf16", "baseline": ["bfloat16"], "variant": ["bfloat16"]}
     assert lat["tf32"]["float32_matmul_precision"] in ("highest", "high", "medium")
@@ -253,12 +247,12 @@ def _bnb_cpu_reason():
 
 
 @pytest.mark.skipif(_bnb_cpu_reason() is not None, reason=f"bitsandbytes on CPU: {_bnb_cpu_reason()}")
-def test_bitsandbytes_cast_warning_recorded_once_in_latency_block(tokenizer):
+def test_bitsandbytes_cast_warning_recorded_once_in_latency_block(tiny_tokenizer):
     from axformer.quantize import QuantizeConfig, quantize
 
     base = tiny_model(0, inter=64, hidden=64)
     q, _ = quantize(copy.deepcopy(base), QuantizeConfig(backend="bitsandbytes", device="cpu"))  # fp32 inputs
-    inputs = M.make_inputs(tokenizer, TEXTS_A, None, 2, 16)
+    inputs = M.make_inputs(tiny_tokenizer, TEXTS_A, None, 2, 16)
     block = M.compare(base, q, inputs, tiny_cfg())
     log = block["library_log"]
     assert log is not None and "cast from torch.float32 to float16" in log["first"]
@@ -346,9 +340,9 @@ def test_cli_device_refused_without_cuda_and_recorded(tmp_path, data_dir, capsys
 
 # ------------------------------------------------------------------------------------------ real GPU
 @pytest.mark.cuda
-def test_cuda_measure_pair_memory_nvml_and_timing(tokenizer):
+def test_cuda_measure_pair_memory_nvml_and_timing(tiny_tokenizer):
     base, var = tiny_model(0), tiny_model(1, inter=8)
-    res = M.measure_pair(base, var, tokenizer, TEXTS_A, None, tiny_cfg(device="cuda:0", dtype="fp16"))
+    res = M.measure_pair(base, var, tiny_tokenizer, TEXTS_A, None, tiny_cfg(device="cuda:0", dtype="fp16"))
     mem = res["memory"]
     assert mem["source"] == "torch.cuda" and mem["weights_bytes"] >= memory.tensor_bytes(var)
     assert mem["weights_bytes"] < memory.tensor_bytes(var) + memory.tensor_bytes(base)  # baseline was off the GPU
@@ -360,7 +354,7 @@ def test_cuda_measure_pair_memory_nvml_and_timing(tokenizer):
 
 
 @pytest.mark.cuda
-def test_cuda_search_runs_on_the_gpu(data_dir, tokenizer):
+def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
     """The AxFormer search's cached evaluation on CUDA (real SST-2 rows, a tiny model: no embedded MiniLM
     needed on the GPU host)."""
     from axformer import data, prune
@@ -369,11 +363,11 @@ def test_cuda_search_runs_on_the_gpu(data_dir, tokenizer):
     task = get_task("sst2")
     model = tiny_model(0).to("cuda")
     splits = data.make_splits(task, data_dir, 0, 0.15, 32, 16, 8)
-    ds = data.tokenize(splits.search, tokenizer, task, 32)
-    ev = prune.CachedEvaluator(model, ds, tokenizer, task, batch_size=16)
+    ds = data.tokenize(splits.search, tiny_tokenizer, task, 32)
+    ev = prune.CachedEvaluator(model, ds, tiny_tokenizer, task, batch_size=16)
     assert all(v.device.type == "cuda" for b in ev.batches for v in b.values())
     losses, metric = ev.score(None)
     assert losses.shape == (len(splits.search),) and 0.0 <= metric <= 1.0
-    res = prune.search(model, ds, tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
+    res = prune.search(model, ds, tiny_tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
                                                                      progress=False))
     assert res.passes > 1 and next(model.parameters()).device.type == "cuda"

@@ -247,25 +247,23 @@ def test_short_sequences_take_the_ordinary_path(form):
     assert (got[0] - want[0]).abs().max() > 1e-3
 
 
-def test_record_without_form_loads_as_renorm(tmp_path):
+def test_record_without_form_loads_as_renorm(tmp_path, reload_checkpoint):
     """Checkpoints written before topk_form existed were made with the renorm form."""
     m = tiny_model()
     ha.enable(m, [0, 1], 3, "renorm")
     want = logits(m)
     del m.config.axformer["hard_attention"]["topk_form"]
-    m.save_pretrained(tmp_path)
-    back = el.rebuild_from_dir(tmp_path)
+    back = reload_checkpoint(m, tmp_path)
     assert back.config.axformer["hard_attention"]["topk_form"] == "renorm"
     torch.testing.assert_close(logits(back), want, atol=1e-6, rtol=0)
     ha.enable(m, [0, 1], 3, "official")  # the form is recorded and reproduced on reload
-    m.save_pretrained(tmp_path / "b")
-    back = el.rebuild_from_dir(tmp_path / "b")
+    back = reload_checkpoint(m, tmp_path / "b")
     assert back.config.axformer["hard_attention"]["topk_form"] == "official"
     torch.testing.assert_close(logits(back), logits(m), atol=1e-6, rtol=0)
     assert not torch.allclose(logits(back), want, atol=1e-6, rtol=0)
 
 
-def test_save_reload_and_pruned_heads(tmp_path):
+def test_save_reload_and_pruned_heads(tmp_path, reload_checkpoint):
     m = tiny_model()
     el.remove_heads(m, 1, [0, 2])
     el.skip_attention(m, 0)
@@ -274,8 +272,7 @@ def test_save_reload_and_pruned_heads(tmp_path):
     ha.enable(m, [1, 2], 2)
     assert ha.enabled_layers(m) == [1, 2]
     want = logits(m)
-    m.save_pretrained(tmp_path)
-    back = el.rebuild_from_dir(tmp_path)
+    back = reload_checkpoint(m, tmp_path)
     assert back.config._attn_implementation == ha.IMPL_NAME
     assert ha.enabled_layers(back) == [1, 2]
     torch.testing.assert_close(logits(back), want, atol=1e-6, rtol=0)
@@ -285,8 +282,7 @@ def test_save_reload_and_pruned_heads(tmp_path):
     torch.testing.assert_close(want[1:2], logits(back, ids[1:2, :n], mask[1:2, :n]), atol=1e-5, rtol=0)
     # a layer whose attention is skipped after enabling is ignored on reload
     el.skip_attention(m, 2)
-    m.save_pretrained(tmp_path / "b")
-    assert ha.enabled_layers(el.rebuild_from_dir(tmp_path / "b")) == [1]
+    assert ha.enabled_layers(reload_checkpoint(m, tmp_path / "b")) == [1]
 
 
 def test_disable_restores_ordinary_attention():

@@ -158,15 +158,15 @@ def test_bad_step_value_stops_before_any_job(tmp_path, data_dir, cfg, key):
 
 def test_step_arg_names_come_from_the_cli_parser(monkeypatch):
     """A flag added to a CLI step is a valid config step argument without touching stepargs."""
-    from axformer import cli, stepargs
+    from axformer import cliargs, stepargs
 
-    add, fn, help_ = cli.STEPS["approximate"]
+    add, help_ = cliargs.STEP_ARGS["approximate"]
 
     def add_more(p):
         add(p)
         p.add_argument("--probe-margin", type=float, default=0.0)
 
-    monkeypatch.setitem(cli.STEPS, "approximate", (add_more, fn, help_))
+    monkeypatch.setitem(cliargs.STEP_ARGS, "approximate", (add_more, help_))
     stepargs.check_step_args("approximate", {"probe_margin": 0.1, "topk": 8})
     with pytest.raises(stepargs.StepArgError) as exc:
         stepargs.check_step_args("approximate", {"probe_margin": "wide"})

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from axformer import data, metrics, models, squad, stats, train
+from axformer import batches, losses, metrics, models, squad, stats, taskkinds, train
 from axformer.cli import main
 from axformer.tasks import get_task, with_qa_settings
 from axformer.utils import ConfigError
@@ -55,7 +55,7 @@ def test_em_f1_hand_computed():
 
 # ------------------------------------------------------------------------------------------ splits
 def test_local_protocol_article_split_no_overlap(data_dir):
-    sp = data.make_splits(SQUAD, data_dir, seed=0, protocol="local", local_fractions=[0.6, 0.1, 0.3],
+    sp = taskkinds.make_splits(SQUAD, data_dir, seed=0, protocol="local", local_fractions=[0.6, 0.1, 0.3],
                           search_max=None)
     arts = {k: set(v) for k, v in sp.info["articles"].items()}
     assert arts["train"].isdisjoint(arts["search"]) and arts["train"].isdisjoint(arts["dev"])
@@ -68,23 +68,23 @@ def test_local_protocol_article_split_no_overlap(data_dir):
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     assert sum(map(len, ids)) == 10570
     assert sp.info["protocol"] == "local" and sp.info["local_fractions"] == [0.6, 0.1, 0.3]
-    again = data.make_splits(SQUAD, data_dir, seed=0, protocol="local", search_max=None)  # default fractions
+    again = taskkinds.make_splits(SQUAD, data_dir, seed=0, protocol="local", search_max=None)  # default fractions
     assert again.info["articles"] == sp.info["articles"]  # seeded
-    other = data.make_splits(SQUAD, data_dir, seed=1, protocol="local", search_max=None)
+    other = taskkinds.make_splits(SQUAD, data_dir, seed=1, protocol="local", search_max=None)
     assert other.info["articles"] != sp.info["articles"]
-    capped = data.make_splits(SQUAD, data_dir, seed=0, protocol="local", search_max=50, train_max=70, dev_max=30)
+    capped = taskkinds.make_splits(SQUAD, data_dir, seed=0, protocol="local", search_max=50, train_max=70, dev_max=30)
     assert (len(capped.train), len(capped.search), len(capped.dev)) == (70, 50, 30)
     assert set(capped.dev["article"]) <= arts["dev"]  # caps subsample questions inside their split
     for bad in ("0.5,0.5", "0.7,0.2,0.2", "0.6,0,0.4", "a,b,c"):
         with pytest.raises(ConfigError, match="squad-fractions"):
-            data.make_splits(SQUAD, data_dir, seed=0, protocol="local", local_fractions=bad)
+            taskkinds.make_splits(SQUAD, data_dir, seed=0, protocol="local", local_fractions=bad)
     with pytest.raises(ConfigError, match="squad-protocol"):
-        data.make_splits(SQUAD, data_dir, seed=0, protocol="nope")
+        taskkinds.make_splits(SQUAD, data_dir, seed=0, protocol="nope")
 
 
 def test_standard_protocol_needs_train_file(data_dir, tmp_path):
     with pytest.raises(ConfigError) as err:
-        data.make_splits(SQUAD, data_dir, seed=0, protocol="standard")
+        taskkinds.make_splits(SQUAD, data_dir, seed=0, protocol="standard")
     msg = str(err.value)
     assert str(data_dir / "squad" / "train-v1.1.json") in msg and "--squad-protocol local" in msg
     # with a train file (here: 6 dev articles standing in for it) the search split is whole held-out articles
@@ -92,7 +92,7 @@ def test_standard_protocol_needs_train_file(data_dir, tmp_path):
     (tmp_path / "squad").mkdir()
     (tmp_path / "squad" / "train-v1.1.json").write_text(json.dumps({"data": raw["data"][:6], "version": "1.1"}))
     (tmp_path / "squad" / "dev-v1.1.json").write_text(json.dumps({"data": raw["data"][40:42], "version": "1.1"}))
-    sp = data.make_splits(SQUAD, tmp_path, seed=0, protocol="standard", search_frac=0.34, search_max=None)
+    sp = taskkinds.make_splits(SQUAD, tmp_path, seed=0, protocol="standard", search_frac=0.34, search_max=None)
     assert sp.info["articles"] == {"train": 4, "search": 2, "dev": 2}
     assert set(sp.train["article"]).isdisjoint(set(sp.search["article"]))
     assert len(sp.dev) == sum(len(q["qas"]) for a in raw["data"][40:42] for q in a["paragraphs"])
@@ -100,21 +100,21 @@ def test_standard_protocol_needs_train_file(data_dir, tmp_path):
     raw["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 1
     (tmp_path / "squad" / "dev-v1.1.json").write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match=raw["data"][0]["paragraphs"][0]["qas"][0]["id"]):
-        data.load_split(SQUAD, "dev", tmp_path)
+        taskkinds.load_split(SQUAD, "dev", tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ windows
 @pytest.fixture(scope="module")
 def dev_sample(data_dir):
     """Every question of 4 seeded dev articles."""
-    dev = data.load_split(SQUAD, "dev", data_dir)
+    dev = taskkinds.load_split(SQUAD, "dev", data_dir)
     arts = np.random.default_rng(0).choice(48, size=4, replace=False)
     return dev.select(np.flatnonzero(np.isin(np.asarray(dev["article"]), arts)))
 
 
 def test_windows_recover_gold_answer_text(dev_sample, tokenizer):
     task = with_qa_settings(SQUAD, doc_stride=32)
-    tok = data.tokenize(dev_sample, tokenizer, task, max_length=128)  # short windows: most contexts need several
+    tok = taskkinds.tokenize(dev_sample, tokenizer, task, max_length=128)  # short windows: most contexts need several
     view = squad.QAView.of(tok)
     labels = np.asarray(tok["labels"])
     ctx_of = list(dev_sample["context"])
@@ -187,13 +187,13 @@ def test_span_loss_is_start_plus_end_ce_and_padding_free():
     labels = torch.tensor([[0, 2]])
     ce = lambda v, i: -torch.log_softmax(v, 0)[i]  # noqa: E731
     want = ce(logits[0, :, 0], 0) + ce(logits[0, :, 1], 2)
-    assert train.per_sample_loss(logits, labels, False).item() == pytest.approx(want.item())
+    assert losses.per_sample_loss(logits, labels, False).item() == pytest.approx(want.item())
     # a padded copy of the same window (NEG logits past its end) has the same loss
     out = type("Out", (), {"start_logits": torch.cat([logits[..., 0], torch.zeros(1, 2)], 1),
                            "end_logits": torch.cat([logits[..., 1], torch.zeros(1, 2)], 1)})()
-    padded = train.output_logits(out, {"attention_mask": torch.tensor([[1, 1, 1, 0, 0]])})
-    assert padded[0, 3:].eq(train.NEG).all()
-    assert train.per_sample_loss(padded, labels, False).item() == pytest.approx(want.item(), abs=1e-5)
+    padded = losses.output_logits(out, {"attention_mask": torch.tensor([[1, 1, 1, 0, 0]])})
+    assert padded[0, 3:].eq(losses.NEG).all()
+    assert losses.per_sample_loss(padded, labels, False).item() == pytest.approx(want.item(), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -201,9 +201,9 @@ def test_span_loss_is_start_plus_end_ce_and_padding_free():
 def tiny_qa(data_dir):
     """A tiny random QA BERT briefly trained on 64 local-protocol questions, and tokenized splits."""
     task = with_qa_settings(SQUAD, doc_stride=32)
-    sp = data.make_splits(task, data_dir, 0, protocol="local", search_max=24, train_max=64, dev_max=24)
+    sp = taskkinds.make_splits(task, data_dir, 0, protocol="local", search_max=24, train_max=64, dev_max=24)
     model, tok = models.load_pretrained(models.TINY, task, seed=0)
-    tk = {n: data.tokenize(getattr(sp, n), tok, task, 96) for n in ("train", "search", "dev")}
+    tk = {n: taskkinds.tokenize(getattr(sp, n), tok, task, 96) for n in ("train", "search", "dev")}
     train.train(model, tk["train"], tok, task, train.TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False))
     return task, model, tok, tk
 
@@ -253,12 +253,12 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
     from baselines.headprune import head_importance
 
     task, model, tok, tk = tiny_qa
-    batch = next(iter(train.make_loader(tk["dev"], tok, 8, shuffle=False)))
-    inputs = train._model_inputs(batch, torch.device("cpu"))
+    batch = next(iter(batches.make_loader(tk["dev"], tok, 8, shuffle=False)))
+    inputs = batches.model_inputs(batch, torch.device("cpu"))
     with torch.no_grad():
-        t = train.output_logits(model(**inputs), inputs)
+        t = losses.output_logits(model(**inputs), inputs)
     # KD on start and end distributions: alpha 0 = the span loss; a student equal to its teacher has no soft loss
-    hard = train.per_sample_loss(t, batch["labels"], False).mean()
+    hard = losses.per_sample_loss(t, batch["labels"], False).mean()
     assert distill.kd_loss(t, t, batch["labels"], False, 2.0, 0.0).item() == pytest.approx(hard.item(), rel=1e-5)
     assert distill.kd_loss(t, t, batch["labels"], False, 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
     student = distill.make_student(model, 1)
@@ -274,7 +274,7 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
     assert any("qa_outputs" in m for m in info["skipped_modules"])
     assert isinstance(q.qa_outputs, torch.nn.Linear)
     with torch.no_grad():
-        tq = train.output_logits(q(**inputs), inputs)
+        tq = losses.output_logits(q(**inputs), inputs)
     real = inputs["attention_mask"].bool()
     assert (tq - t).abs()[real].max().item() < 0.1
 
