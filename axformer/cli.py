@@ -136,7 +136,7 @@ def _ort_variant(args: argparse.Namespace, variant, tokenizer, task, splits, max
 def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from axformer import measure, models, results, stats, taskkinds
+    from axformer import measure, models, record, results, stats, taskkinds
     from axformer.tasks import canonical_name
 
     runs.nonneg("seed", args.seed)
@@ -205,7 +205,10 @@ def cmd_measure(args: argparse.Namespace) -> None:
                           args.profile)
     for _path, srec in step_records:  # later records (nearer the variant) win
         rec.update({k: v for k, v in srec.items() if k not in results.SCHEMA_KEYS})
-    rec["steps"] = [str(p) for p, _ in step_records]
+    # the lineage with each step's command (read off the block it wrote) and its name in the variant's chain
+    names = args.variant_name.split("+")
+    names = names if len(names) >= len(step_records) else [None] * len(step_records)
+    rec["steps"] = [record.step_entry(p, srec, n) for (p, srec), n in zip(step_records, names)]
     rec["metric"] = runs.metric(task, dev, search, splits, dev_loss=True)
     rec.update({k: m[k] for k in ("size", "latency", "memory", "flops", "env")})
     rec["data"] = splits.info

@@ -274,6 +274,15 @@ class Run:
                 self.steps[1].command = cmds[1]
 
 
+def step_entry(path: str | Path, step_record: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """A lineage entry ``{name, command, record}`` for metrics.json ``steps``: the command is the one whose
+    block the step record holds (a later step's own block wins over the ``train`` block a finetune record
+    carries; a finetune record holds no other step block)."""
+    own = [cmd for blk, cmd in STEP_BLOCKS.items() if blk not in ("train", "quantize") and blk in step_record]
+    command = own[0] if len(own) == 1 else ("finetune" if not own and "train" in step_record else None)
+    return {k: v for k, v in (("name", name), ("command", command), ("record", str(path))) if v is not None}
+
+
 def load(path: str | Path) -> Run:
     """Read and check one metrics.json (ConfigError naming the file on any problem)."""
     return Run.from_json(record_schema.load(path, "metrics"), path)

@@ -70,3 +70,15 @@ def test_bad_record_names_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="key 'steps"):
         record.Run.from_json(bad, "m.json")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_step_entry_names_the_command_from_the_block_the_step_wrote():
+    assert record.step_entry("a/step.json", {"train": {}, "metric": {}}, "finetune") == {
+        "name": "finetune", "command": "finetune", "record": "a/step.json"}
+    assert record.step_entry("b", {"search": {}, "size": {}}, "axformer_lat")["command"] == "approximate"
+    assert record.step_entry("c", {"distill": {}, "train": {}})["command"] == "distill"
+    assert record.step_entry("d", {"baseline": {"method": "fisher"}})["command"] == "baseline"
+    assert "command" not in record.step_entry("e", {"size": {}})  # nothing says which step: no guess
+    run = record.Run.from_json({**_minimal(), "steps": [record.step_entry("x", {"train": {}}, "finetune"),
+                                                      record.step_entry("y", {"search": {}}, "axformer")]})
+    assert [s.command for s in run.steps] == ["finetune", "approximate"]
