@@ -244,7 +244,7 @@ def teacher_table(teacher: nn.Module, teacher_ds, teacher_tokenizer, student_ds,
     student's token ids of the same row (``student_ds``, same rows in the same order). Rows whose student tokens
     coincide get the mean of their teachers' logits (such rows are the same text up to the student's tokenizer).
     """
-    from axformer.train import make_loader
+    from axformer.batches import make_loader
 
     if len(teacher_ds) != len(student_ds):
         raise ValueError(f"teacher and student train rows differ ({len(teacher_ds)} vs {len(student_ds)}).")
@@ -252,7 +252,7 @@ def teacher_table(teacher: nn.Module, teacher_ds, teacher_tokenizer, student_ds,
     teacher.eval()
     out = []
     for batch in make_loader(teacher_ds, teacher_tokenizer, batch_size, shuffle=False):
-        inputs = _model_inputs(batch, device)
+        inputs = model_inputs(batch, device)
         out.append(output_logits(teacher(**inputs), inputs).float().cpu())
     logits = torch.cat(out)
     sums: dict[bytes, torch.Tensor] = {}
