@@ -284,10 +284,13 @@ def _lat(rec: dict[str, Any], bs: int) -> dict[str, Any] | None:
     return next((b for b in rec.get("latency") or [] if b.get("batch_size") == bs), None)
 
 
-def summary_rows(out: Path) -> list[dict[str, Any]]:
-    """One row per metrics.json under OUT/<round>/: the figures the summary names."""
+def summary_rows(out: Path, since: float | None = None) -> list[dict[str, Any]]:
+    """One row per metrics.json under OUT/<round>/: the figures the summary names. ``since`` (a time.time()):
+    files older than it are left out (an earlier run into the same OUT, maybe on another card)."""
     rows = []
     for path in sorted(out.glob(f"*/{TASK}/*/*/seed*/metrics.json")):
+        if since is not None and path.stat().st_mtime < since:
+            continue
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -328,9 +331,11 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
-def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], args: dict[str, Any]) -> dict:
-    """OUT/summary.json and OUT/summary.md from the stage records and every metrics.json written."""
-    rows = summary_rows(out)
+def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], args: dict[str, Any],
+                  since: float | None = None) -> dict:
+    """OUT/summary.json and OUT/summary.md from the stage records and every metrics.json written (since
+    ``since``, when given)."""
+    rows = summary_rows(out, since)
     card = env.get("gpu_name") or env.get("nvml_gpu_name") or f"no GPU ({env.get('device')})"
     summary = {"card": card, "driver": env.get("driver"), "env": env, "args": args, "stages": stages,
                "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -379,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     run = Runner(out, args.budget_s, args.stage_timeout_s, args.deadline_s)
+    started = time.time() - 1.0  # metrics.json older than this run are not its rows (file times are coarse)
 
     t = time.perf_counter()
     facts = env_facts(args.device)
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             run.run("pytest_bnb", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                    "tests/test_quantize.py", "-k", "bnb or bitsandbytes"], env=penv)
 
-    summary = write_summary(out, facts, run.stages, {k: v for k, v in vars(args).items()})
+    summary = write_summary(out, facts, run.stages, {k: v for k, v in vars(args).items()}, since=started)
     failed = [s["stage"] for s in run.stages if s["status"] == "failed"]
     print(f"gpu_check: {summary['card']}: {len(run.stages) - len(failed)} of {len(run.stages)} stages not failed, "
           f"{run.elapsed():.0f} s; summary in {out / 'summary.md'}")

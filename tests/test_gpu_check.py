@@ -67,6 +67,9 @@ def test_summary_names_the_card_and_every_row(tmp_path):
     assert f"| fp32 | {gc.MPNET_LABEL} | finetune+axformer | 0.8750 | 1000 | 4.00 | 2.00 | 0.50 |" in md
     assert "- model minilm: /root/pay/minilm" in md and f"- model {gc.MPNET_LABEL}: not run: no MPNet-base folder" in md
     assert "60.0" in md and "300.0" in md and "error:" in md
+    # a later run into the same folder lists only its own files, not the earlier run's (maybe another card)
+    later = gc.write_summary(tmp_path, env, stages, {"device": "cuda"}, since=time.time() + 60)
+    assert later["rows"] == [] and "| fp32 | minilm |" not in (tmp_path / "summary.md").read_text()
 
 
 def _model_folder(path: Path) -> Path:
@@ -203,7 +206,7 @@ def test_whole_check_on_cpu_with_tiny_models(tmp_path, data_dir):
                 "--dev-max", "16", "--max-length", "32", "--batch-size", "8", "--batch-sizes", "1", "2",
                 "--min-seconds", "0", "--warmup", "1", "--min-iters", "3", "--dtypes", "fp32", "bf16",
                 "--mpnet", str(mpnet), "--mpnet-search-max", "12", "--mpnet-dtypes", "fp32",
-                "--memory-isolation", "off", timeout=1500)
+                "--memory-isolation", "off", "--budget-s", "1400", "--deadline-s", "1450", timeout=1500)
     out = tmp_path / "out"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
