@@ -1,20 +1,34 @@
-"""One-GPU check of the CUDA paths (issues 15 item 5 and 21), in about six minutes on an H100 / H200.
+"""One-GPU check of the CUDA paths (issues 15 item 5 and 21), in under eight minutes on an H100 / H200.
 
-Stages, each a ``python -m axformer.cli`` subprocess (no console script, no Snakemake needed):
+Stages, each a ``python -m axformer.cli`` subprocess (no console script, no Snakemake needed), for the 6-layer
+MiniLM and, where its folder is found, the 12-layer MPNet-base (stages prefixed ``mpnet_``):
 
   env            torch / CUDA / card / driver / NVML facts, which optional packages import
-  finetune       MiniLM on an SST-2 subset (train' 4,000 rows, 1 epoch, length 128) on --device
-  approximate    the AxFormer search on the search split, on --device
-  measure_*      finetune and finetune+axformer with CUDA events, per-model memory and NVML, in fp32, then
-                 int8 (bitsandbytes LLM.int8, fp16 compute) timed against an fp16 baseline, then fp16, bf16
+  finetune       an SST-2 subset (train' 4,000 rows, 1 epoch, length 128) on --device
+  approximate    the AxFormer search on the search split (MPNet: --mpnet-search-max rows), on --device
+  measure_*      finetune and finetune+axformer with CUDA events, per-model memory and NVML, one round per dtype:
+                 fp32 / fp16 / bf16, and int8 = bitsandbytes LLM.int8 (fp16 compute) timed against an fp16
+                 baseline
   pytest_*       the tests marked `cuda` and the bitsandbytes tests (where pytest is installed)
 
-A failed stage is logged (OUT/logs/<stage>.log) and the others still run where their inputs exist; the
-summary (OUT/summary.json, OUT/summary.md) is always written and names the card. Stages past --budget-s
-are skipped, so the whole check stays inside a device lease.
+Order (:func:`stage_plan`): MiniLM's fine-tune, search and first round; then every MPNet stage; then MiniLM's
+other rounds (committed before from an H200, results/gpu) and the tests. No stage starts after --budget-s and a
+running stage is stopped at --deadline-s, so the whole check ends inside a device lease; what did not run is
+recorded as skipped with the reason.
 
-Usage: python scripts/gpu_check.py [--out results/gpu] [--model FOLDER|minilm] [--data-dir DIR] [--device cuda]
-Environment: GPU_CHECK_OUT, GPU_CHECK_MODEL, AXFORMER_DATA, GPU_CHECK_DEVICE, GPU_CHECK_BUDGET_S.
+MPNet-base (``--mpnet``, default ``$GPU_CHECK_MPNET``, else ``auto``): a local copy of the extracted
+all-mpnet-base-v2 folder (config.json + model.safetensors; a GPU machine without network gets it shipped), or
+``mpnet-base`` (the five PyPI parts installed), or ``auto`` (the verified folder under ``$AXFORMER_CACHE``, else
+the installed parts), or ``none``. When none is found its stages are skipped with the reason; a given path that
+is not a model folder fails them.
+
+A failed stage is logged (OUT/logs/<stage>.log) and the others still run where their inputs exist; the
+summary (OUT/summary.json, OUT/summary.md) is always written and names the card.
+
+Usage: python scripts/gpu_check.py [--out results/gpu] [--model FOLDER|minilm] [--mpnet FOLDER|mpnet-base|auto|none]
+       [--data-dir DIR] [--device cuda]
+Environment: GPU_CHECK_OUT, GPU_CHECK_MODEL, GPU_CHECK_MPNET, AXFORMER_DATA, GPU_CHECK_DEVICE, GPU_CHECK_BUDGET_S,
+GPU_CHECK_DEADLINE_S.
 """
 
 from __future__ import annotations
@@ -26,11 +40,19 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python scripts/gpu_check.py` without PYTHONPATH: axformer from this checkout
+    sys.path.insert(0, str(REPO))
 TASK = "sst2"
+MPNET_LABEL = "mpnet-base"  # the model name MPNet's metrics are filed under
+MPNET_PREFIX = "mpnet_"  # stage-name prefix of the MPNet stages
+
+
+DTYPE_ROUNDS = ("fp32", "int8", "fp16", "bf16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=env("GPU_CHECK_MODEL", "minilm"),
                    help="model spec: 'minilm' (embedded package) or a local model folder (a copy of it)")
     p.add_argument("--model-label", default="minilm", help="model name the metrics are filed under")
+    p.add_argument("--mpnet", default=env("GPU_CHECK_MPNET") or "auto",
+                   help="MPNet-base: an extracted all-mpnet-base-v2 folder, 'mpnet-base' (installed PyPI parts), "
+                        "'auto' (the cache folder, else the parts) or 'none' (default $GPU_CHECK_MPNET, else auto)")
+    p.add_argument("--mpnet-search-max", type=int, default=300,
+                   help="search rows of the MPNet search (12 layers: twice MiniLM's candidates)")
+    p.add_argument("--mpnet-dtypes", nargs="+", default=["fp32", "int8", "fp16"], choices=DTYPE_ROUNDS,
+                   help="MPNet's measure rounds, in this order")
     p.add_argument("--data-dir", default=env("AXFORMER_DATA"), help="folder holding glue/ (default $AXFORMER_DATA)")
     p.add_argument("--device", default=env("GPU_CHECK_DEVICE", "cuda"), help="cuda | cuda:N | cpu (tests)")
     p.add_argument("--train-max", type=int, default=4000)
@@ -52,10 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=1.0)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-iters", type=int, default=30)
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "int8", "fp16", "bf16"],
-                   help="measure rounds in this order; int8 = bitsandbytes LLM.int8 against an fp16 baseline")
-    p.add_argument("--budget-s", type=float, default=float(env("GPU_CHECK_BUDGET_S", "330")),
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "int8", "fp16", "bf16"], choices=DTYPE_ROUNDS,
+                   help="MiniLM's measure rounds in this order; int8 = bitsandbytes LLM.int8 against an fp16 baseline")
+    p.add_argument("--budget-s", type=float, default=float(env("GPU_CHECK_BUDGET_S", "420")),
                    help="skip stages that would start after this many seconds")
+    p.add_argument("--deadline-s", type=float, default=float(env("GPU_CHECK_DEADLINE_S", "465")),
+                   help="stop a stage still running at this many seconds (the check then writes its summary)")
     p.add_argument("--stage-timeout-s", type=float, default=240)
     p.add_argument("--no-pytest", action="store_true", help="skip the pytest -m cuda stage")
     p.add_argument("--threads", type=int, default=4)
@@ -66,10 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------- stages
 class Runner:
-    """Runs stages in order; records status, wall time and the log path of each."""
+    """Runs stages in order; records status, wall time and the log path of each. No stage starts after
+    ``budget_s``; a stage still running at ``deadline_s`` (or after ``timeout_s`` of its own) is killed."""
 
-    def __init__(self, out: Path, budget_s: float, timeout_s: float):
-        self.out, self.budget_s, self.timeout_s = out, budget_s, timeout_s
+    # a stage that could run less than this before the deadline is not started (it could not finish)
+    MIN_STAGE_S = 10.0
+
+    def __init__(self, out: Path, budget_s: float, timeout_s: float, deadline_s: float = float("inf")):
+        self.out, self.budget_s, self.timeout_s, self.deadline_s = out, budget_s, timeout_s, deadline_s
         self.t0 = time.perf_counter()
         self.stages: list[dict[str, Any]] = []
         (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -95,6 +130,13 @@ class Runner:
         if self.elapsed() > self.budget_s:
             self.record(name, "skipped", reason=f"time budget {self.budget_s:.0f} s spent")
             return False
+        left = self.deadline_s - self.elapsed()
+        if left < self.MIN_STAGE_S:
+            self.record(name, "skipped", reason=f"deadline {self.deadline_s:.0f} s too close")
+            return False
+        timeout = min(self.timeout_s, left)
+        why = f"timeout {self.timeout_s:.0f} s" if timeout == self.timeout_s else \
+            f"stopped at the deadline {self.deadline_s:.0f} s"
         log = self.out / "logs" / f"{name}.log"
         t = time.perf_counter()
         try:
@@ -102,11 +144,10 @@ class Runner:
                 fh.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
                 fh.flush()
                 proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                      timeout=self.timeout_s)
+                                      timeout=timeout)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
-            self.record(name, "failed", time.perf_counter() - t, reason=f"timeout {self.timeout_s:.0f} s",
-                        log=str(log))
+            self.record(name, "failed", time.perf_counter() - t, reason=why, log=str(log))
             return False
         except OSError as exc:
             self.record(name, "failed", time.perf_counter() - t, reason=str(exc), log=str(log))
@@ -126,6 +167,85 @@ def cli(*args: str) -> list[str]:
 
 def metrics_path(out: Path, round_: str, variant: str, label: str) -> Path:
     return out / round_ / TASK / label / variant / "seed0" / "metrics.json"
+
+
+# ------------------------------------------------------------------------------------------- models
+@dataclass
+class ModelRun:
+    """One model's stages: its spec (None = not available, ``reason`` says why), the name its metrics are filed
+    under, the stage-name prefix, its search rows and measure rounds. ``error``: the reason is a user error (a
+    given path that is no model folder), so its stages fail instead of being skipped."""
+
+    label: str
+    spec: str | None
+    prefix: str = ""
+    search_max: int = 500
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    reason: str | None = None
+    error: bool = False
+
+    def stage(self, name: str) -> str:
+        return self.prefix + name
+
+    def ckpt(self, out: Path, variant: str) -> Path:
+        # the first model keeps the layout of the committed run (checkpoints/<variant>, steps/<variant>.json)
+        return out / "checkpoints" / (self.label if self.prefix else "") / variant
+
+    def step_json(self, out: Path, variant: str) -> Path:
+        return out / "steps" / (self.label if self.prefix else "") / f"{variant}.json"
+
+    def decisions(self, out: Path) -> Path:
+        return out / (f"decisions_{self.label}.json" if self.prefix else "decisions.json")
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def find_mpnet(arg: str | None) -> tuple[str | None, str | None, bool]:
+    """(model spec, reason when none, whether that reason is a user error) for ``--mpnet``.
+
+    ``none`` turns MPNet off; ``auto`` takes the verified extraction under ``$AXFORMER_CACHE`` (what
+    ``mpnet_parts.model_dir`` wrote), else the installed PyPI parts; ``mpnet-base`` needs one of the two; any
+    other value is a folder that must hold config.json and model.safetensors (e.g. the extracted folder shipped
+    to a GPU machine without network)."""
+    from axformer import mpnet_parts
+
+    arg = (arg or "auto").strip()
+    if arg.lower() in ("none", "off", "no"):
+        return None, f"MPNet stages turned off (--mpnet {arg})", False
+    cached = mpnet_parts.cache_root() / mpnet_parts.FOLDER
+    if arg in ("auto", MPNET_LABEL):
+        if _is_model_folder(cached) and (cached / mpnet_parts._DONE).is_file():
+            return str(cached), None, False
+        if mpnet_parts.available():
+            return MPNET_LABEL, None, False
+        return None, (f"no MPNet-base folder: pass --mpnet PATH or set GPU_CHECK_MPNET to the extracted "
+                      f"all-mpnet-base-v2 folder (found none at {cached}), or install the parts: "
+                      f"{mpnet_parts.INSTALL}"), arg == MPNET_LABEL
+    path = Path(arg).expanduser()
+    if _is_model_folder(path):
+        return str(path.resolve()), None, False
+    return None, f"--mpnet {arg}: not a model folder (needs config.json and model.safetensors)", True
+
+
+def stage_plan(models: list[ModelRun]) -> list[tuple[ModelRun, str, str | None, str | None]]:
+    """The stage order, as (model, kind, round, variant) with kind finetune | approximate | measure: the first
+    model's fine-tune, search and first round (the reference), then every stage of each further model, then
+    the first model's other rounds. What comes first is what a budget cut leaves."""
+    variants = ("finetune", "finetune+axformer")
+
+    def build(m: ModelRun) -> list:
+        return [(m, "finetune", None, None), (m, "approximate", None, None)]
+
+    def rounds(m: ModelRun, dtypes: list[str]) -> list:
+        return [(m, "measure", r, v) for r in dtypes for v in variants]
+
+    first, *others = models
+    plan = build(first) + rounds(first, first.dtypes[:1])
+    for m in others:
+        plan += build(m) + rounds(m, m.dtypes)
+    return plan + rounds(first, first.dtypes[1:])
 
 
 # ------------------------------------------------------------------------------------------- env
@@ -164,18 +284,22 @@ def _lat(rec: dict[str, Any], bs: int) -> dict[str, Any] | None:
     return next((b for b in rec.get("latency") or [] if b.get("batch_size") == bs), None)
 
 
-def summary_rows(out: Path) -> list[dict[str, Any]]:
-    """One row per metrics.json under OUT/<round>/: the figures the summary names."""
+def summary_rows(out: Path, since: float | None = None) -> list[dict[str, Any]]:
+    """One row per metrics.json under OUT/<round>/: the figures the summary names. ``since`` (a time.time()):
+    files older than it are left out (an earlier run into the same OUT, maybe on another card)."""
     rows = []
     for path in sorted(out.glob(f"*/{TASK}/*/*/seed*/metrics.json")):
+        if since is not None and path.stat().st_mtime < since:
+            continue
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             rows.append({"file": str(path.relative_to(out)), "error": f"{type(exc).__name__}: {exc}"})
             continue
         mem = rec.get("memory") or {}
+        parts = path.relative_to(out).parts
         row: dict[str, Any] = {
-            "round": path.relative_to(out).parts[0], "variant": rec.get("variant"),
+            "round": parts[0], "model": parts[2], "variant": rec.get("variant"),
             "file": str(path.relative_to(out)),
             "dev_accuracy": (rec.get("metric") or {}).get("dev"),
             "params_encoder": (rec.get("size") or {}).get("params_encoder"),
@@ -207,9 +331,11 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
-def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], args: dict[str, Any]) -> dict:
-    """OUT/summary.json and OUT/summary.md from the stage records and every metrics.json written."""
-    rows = summary_rows(out)
+def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], args: dict[str, Any],
+                  since: float | None = None) -> dict:
+    """OUT/summary.json and OUT/summary.md from the stage records and every metrics.json written (since
+    ``since``, when given)."""
+    rows = summary_rows(out, since)
     card = env.get("gpu_name") or env.get("nvml_gpu_name") or f"no GPU ({env.get('device')})"
     summary = {"card": card, "driver": env.get("driver"), "env": env, "args": args, "stages": stages,
                "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -219,9 +345,11 @@ def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], 
     lines = [f"# GPU check: {card}", "",
              f"driver {env.get('driver')}, torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), "
              f"device {env.get('device')}, created {summary['created']}", "",
+             *[f"- model {label}: {m.get('spec') or 'not run: ' + str(m.get('reason'))}"
+               for label, m in (env.get("models") or {}).items()], "",
              "| stage | status | wall s | note |", "|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['wall_s']:.1f} | {s.get('reason') or ''} |" for s in stages]
-    head = ["round", "variant", "dev acc", "enc params"]
+    head = ["round", "model", "variant", "dev acc", "enc params"]
     for bs in bss:
         head += [f"p50 ms b{bs}", f"baseline b{bs}", f"speedup b{bs}"]
     head += ["weights MiB", "activ. MiB", "NVML MiB", "memory"]
@@ -230,7 +358,7 @@ def write_summary(out: Path, env: dict[str, Any], stages: list[dict[str, Any]], 
         if "error" in r:
             lines.append(f"| {r['file']} | error: {r['error']} |")
             continue
-        cells = [r["round"], r["variant"], _fmt(r["dev_accuracy"], "acc"), _fmt(r["params_encoder"])]
+        cells = [r["round"], r["model"], r["variant"], _fmt(r["dev_accuracy"], "acc"), _fmt(r["params_encoder"])]
         for bs in bss:
             cells += [_fmt(r.get(f"{k}_b{bs}")) for k in ("p50_ms", "baseline_p50_ms", "speedup")]
         cells += [_fmt(r["weights_bytes"], "mib"), _fmt(r["activation_peak_bytes"], "mib"),
@@ -255,53 +383,64 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = str(Path(args.data_dir).resolve())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    run = Runner(out, args.budget_s, args.stage_timeout_s)
+    run = Runner(out, args.budget_s, args.stage_timeout_s, args.deadline_s)
+    started = time.time() - 1.0  # metrics.json older than this run are not its rows (file times are coarse)
 
     t = time.perf_counter()
     facts = env_facts(args.device)
-    (out / "env.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
     run.record("env", "ok" if "env_error" not in facts else "failed", time.perf_counter() - t,
                reason=facts.get("env_error"))
 
-    ck = out / "checkpoints"
-    steps = out / "steps"
-    label = args.model_label
-    run.run("finetune", cli(
-        "finetune", "--task", TASK, "--model", args.model, "--seed", "0", "--profile", "gpu-check",
-        "--data-dir", data_dir, "--train-max", str(args.train_max), "--search-max", str(args.search_max),
-        *(["--dev-max", str(args.dev_max)] if args.dev_max else []), "--max-length", str(args.max_length),
-        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-        "--device", args.device, "--ckpt", str(ck / "finetune"), "--metrics", str(steps / "finetune.json"),
-        "--no-progress"), env=env)
-    run.run("approximate", cli(
-        "approximate", "--parent", str(ck / "finetune"), "--ckpt", str(ck / "finetune+axformer"),
-        "--metrics", str(steps / "finetune+axformer.json"), "--decisions", str(out / "decisions.json"),
-        "--data-dir", data_dir, "--threads", str(args.threads),
-        "--device", args.device, "--no-progress"), needs=("finetune",), env=env)
-
+    try:
+        spec, reason, error = find_mpnet(args.mpnet)
+    except Exception as exc:  # noqa: BLE001 - the MiniLM stages and the summary must not depend on it
+        spec, reason, error = None, f"looking for MPNet-base failed: {type(exc).__name__}: {exc}", True
+    models = [ModelRun(args.model_label, args.model, search_max=args.search_max, dtypes=list(args.dtypes)),
+              ModelRun(MPNET_LABEL, spec, MPNET_PREFIX, args.mpnet_search_max, list(args.mpnet_dtypes), reason, error)]
+    facts["models"] = {m.label: {"spec": m.spec, "reason": m.reason} for m in models}
+    (out / "env.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
     timing = ["--batch-sizes", *map(str, args.batch_sizes), "--seq-len", str(args.max_length),
               "--warmup", str(args.warmup), "--min-iters", str(args.min_iters),
               "--min-seconds", str(args.min_seconds), "--threads", str(args.threads),
               "--memory-isolation", args.memory_isolation]
-    for round_ in args.dtypes:
-        for variant in ("finetune", "finetune+axformer"):
-            needs = ("finetune",) if variant == "finetune" else ("finetune", "approximate")
-            name = f"measure_{round_}_{variant}"
-            records = [str(steps / f"{v}.json") for v in dict.fromkeys(("finetune", variant))]
-            extra = ["--dtype", round_]
-            vname = variant
-            if round_ == "int8":
-                if not facts.get("packages", {}).get("bitsandbytes"):
-                    run.record(name, "skipped", reason="bitsandbytes is not importable")
-                    continue
-                extra = ["--dtype", "fp16", "--quantize", "int8", "--quantize-backend", "bitsandbytes",
-                         "--quantize-compute-dtype", "float16"]
-                vname = f"{variant}+int8"
+    for m, kind, round_, variant in stage_plan(models):
+        name = m.stage(kind if kind != "measure" else f"measure_{round_}_{variant}")
+        if m.spec is None:
+            run.record(name, "failed" if m.error else "skipped", reason=m.reason)
+            continue
+        if kind == "finetune":
             run.run(name, cli(
-                "measure", "--task", TASK, "--seed", "0", "--profile", "gpu-check", "--model", label,
-                "--variant-name", vname, "--baseline", str(ck / "finetune"), "--variant", str(ck / variant),
-                "--step-json", *records, "--device", args.device, *extra, *timing, "--data-dir", data_dir,
-                "--metrics", str(metrics_path(out, round_, vname, label))), needs=needs, env=env)
+                "finetune", "--task", TASK, "--model", m.spec, "--seed", "0", "--profile", "gpu-check",
+                "--data-dir", data_dir, "--train-max", str(args.train_max), "--search-max", str(m.search_max),
+                *(["--dev-max", str(args.dev_max)] if args.dev_max else []), "--max-length", str(args.max_length),
+                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                "--device", args.device, "--ckpt", str(m.ckpt(out, "finetune")),
+                "--metrics", str(m.step_json(out, "finetune")), "--no-progress"), env=env)
+            continue
+        if kind == "approximate":
+            run.run(name, cli(
+                "approximate", "--parent", str(m.ckpt(out, "finetune")),
+                "--ckpt", str(m.ckpt(out, "finetune+axformer")),
+                "--metrics", str(m.step_json(out, "finetune+axformer")), "--decisions", str(m.decisions(out)),
+                "--data-dir", data_dir, "--threads", str(args.threads),
+                "--device", args.device, "--no-progress"), needs=(m.stage("finetune"),), env=env)
+            continue
+        needs = tuple(m.stage(s) for s in (("finetune",) if variant == "finetune" else ("finetune", "approximate")))
+        records = [str(m.step_json(out, v)) for v in dict.fromkeys(("finetune", variant))]
+        extra = ["--dtype", round_]
+        vname = variant
+        if round_ == "int8":
+            if not facts.get("packages", {}).get("bitsandbytes"):
+                run.record(name, "skipped", reason="bitsandbytes is not importable")
+                continue
+            extra = ["--dtype", "fp16", "--quantize", "int8", "--quantize-backend", "bitsandbytes",
+                     "--quantize-compute-dtype", "float16"]
+            vname = f"{variant}+int8"
+        run.run(name, cli(
+            "measure", "--task", TASK, "--seed", "0", "--profile", "gpu-check", "--model", m.label,
+            "--variant-name", vname, "--baseline", str(m.ckpt(out, "finetune")), "--variant", str(m.ckpt(out, variant)),
+            "--step-json", *records, "--device", args.device, *extra, *timing, "--data-dir", data_dir,
+            "--metrics", str(metrics_path(out, round_, vname, m.label))), needs=needs, env=env)
 
     if not args.no_pytest:
         if not facts.get("packages", {}).get("pytest"):
@@ -313,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             run.run("pytest_bnb", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                    "tests/test_quantize.py", "-k", "bnb or bitsandbytes"], env=penv)
 
-    summary = write_summary(out, facts, run.stages, {k: v for k, v in vars(args).items()})
+    summary = write_summary(out, facts, run.stages, {k: v for k, v in vars(args).items()}, since=started)
     failed = [s["stage"] for s in run.stages if s["status"] == "failed"]
     print(f"gpu_check: {summary['card']}: {len(run.stages) - len(failed)} of {len(run.stages)} stages not failed, "
           f"{run.elapsed():.0f} s; summary in {out / 'summary.md'}")

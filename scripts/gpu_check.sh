@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# GPU check (issues 15 and 21): fine-tune MiniLM on an SST-2 subset, run the AxFormer search and measure
-# finetune / finetune+axformer with CUDA events, per-model memory, NVML, fp32 / fp16 / bf16 and LLM.int8,
-# on one GPU in about six minutes. Every stage calls `python -m axformer.cli`; no Snakemake, no console script.
+# GPU check (issues 15 and 21): fine-tune MiniLM and the 12-layer MPNet-base on an SST-2 subset, run the AxFormer
+# search and measure finetune / finetune+axformer with CUDA events, per-model memory, NVML, fp32 / fp16 (MiniLM
+# also bf16) and LLM.int8, on one GPU in under eight minutes (no stage starts after GPU_CHECK_BUDGET_S, a running
+# one is stopped at GPU_CHECK_DEADLINE_S). Every stage calls `python -m axformer.cli`; no Snakemake, no console
+# script.
 #
 # Usage: scripts/gpu_check.sh [OUT] [-- extra scripts/gpu_check.py flags]
-#   OUT                 output folder (default results/gpu; also GPU_CHECK_OUT)
-#   GPU_CHECK_MODEL     'minilm' (embedded package) or a local copy of its folder, e.g. the output of
-#                       python -c "from axformer.models import embedded_model_dir; print(embedded_model_dir())"
-#   AXFORMER_DATA       the data folder holding glue/SST-2
-#   GPU_CHECK_BUDGET_S  stages that would start later than this are skipped (default 330)
-#   PYTHON              interpreter (default python3)
+#   OUT                   output folder (default results/gpu; also GPU_CHECK_OUT)
+#   GPU_CHECK_MODEL       'minilm' (embedded package) or a local copy of its folder, e.g. the output of
+#                         python -c "from axformer.models import embedded_model_dir; print(embedded_model_dir())"
+#   GPU_CHECK_MPNET       the extracted all-mpnet-base-v2 folder (config.json + model.safetensors), e.g. a copy of
+#                         python -c "from axformer.mpnet_parts import model_dir; print(model_dir())";
+#                         'mpnet-base' (the PyPI parts installed), 'auto' (default: that cache folder, else the
+#                         parts) or 'none'. Not found: the mpnet_* stages are skipped, the reason in the summary
+#   AXFORMER_DATA         the data folder holding glue/SST-2
+#   GPU_CHECK_BUDGET_S    stages that would start later than this are skipped (default 420)
+#   GPU_CHECK_DEADLINE_S  a stage still running then is stopped (default 465)
+#   PYTHON                interpreter (default python3)
 # A failed stage is logged in OUT/logs and the rest still run; OUT/summary.md names the card either way.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -28,13 +28,26 @@ SNAKEFILE = REPO / "Snakefile"
 CONFIG_DIR = REPO / "workflow" / "config"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
-PROFILES = ("default", "paper", "smoke")
+PROFILES = ("default", "paper", "smoke", "base")
+# the paper's own model, where the hub is reachable: one override of paper.yaml (its comment says so)
+PAPER_ON_HUB = ("--config", 'models=["bert-base-uncased"]', "allow_hub=true")
 
 pytestmark = pytest.mark.skipif(shutil.which("axformer") is None, reason="the axformer console script is not installed")
 
 
 def load_profile(name: str) -> dict:
     return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+
+
+def skip_without_mpnet(cfg: dict) -> None:
+    """A profile naming mpnet-base plans only where its five PyPI parts are installed (the plan-time model check
+    reads their metadata); CI does not install them (404 MB)."""
+    from axformer import mpnet_parts
+    from axformer.models import MPNET
+
+    if MPNET in cfg["models"] and not mpnet_parts.available():
+        pytest.skip(f"profile {cfg['profile']!r} uses {MPNET}, whose PyPI parts are not installed: "
+                    f"{mpnet_parts.INSTALL}")
 
 
 def snakemake(workdir: Path, *args: str, data_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -208,8 +221,9 @@ def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
 
 # ------------------------------------------------------------------------------------------------ (3)
 def test_slurm_profile_dry_run(tmp_path, data_dir):
+    # with the hub alternative (bert-base-uncased), so that CI, which lacks the MPNet parts, plans it too
     res = snakemake(tmp_path, "--workflow-profile", str(SLURM_PROFILE), "--configfile", str(CONFIG_DIR / "paper.yaml"),
-                    "-n", data_dir=data_dir)
+                    *PAPER_ON_HUB, "-n", data_dir=data_dir)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "workflow specific profile" in out and str(SLURM_PROFILE) in out
@@ -306,12 +320,15 @@ def test_schema_documents_every_key():
         assert {"type", "description", "default"} <= set(sub), f"measure.{key}"
 
 
-@pytest.mark.parametrize("profile", ["default", "paper"])
-def test_default_and_paper_dry_run(tmp_path, data_dir, profile):
-    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / f"{profile}.yaml"), "--cores", "2", "-n",
+@pytest.mark.parametrize("profile", ["default", "paper", "paper-on-hub", "base"])
+def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
+    name, extra = ("paper", PAPER_ON_HUB) if profile == "paper-on-hub" else (profile, ())
+    cfg = load_profile(name)
+    if not extra:
+        skip_without_mpnet(cfg)
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / f"{name}.yaml"), *extra, "--cores", "2", "-n",
                     data_dir=data_dir)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    cfg = load_profile(profile)
     stats = job_stats(res.stdout)
     runs = len(cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
     assert stats["finetune"] == runs
@@ -320,3 +337,32 @@ def test_default_and_paper_dry_run(tmp_path, data_dir, profile):
 
     glue_runs = sum(not TASKS[t].is_qa for t in cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
     assert stats["majority"] == glue_runs and stats["report"] == 1  # span QA (squad) has no majority row
+
+
+def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
+    """The base profile (MPNet-base on CPU): results and figures under results/base and figures/base, the
+    cross-family chain distils into the pretrained MiniLM, every timed shape is one the report can headline.
+    Without the MPNet parts (CI) the same DAG is planned on tiny-random, so the profile's steps, args and
+    routing are still checked."""
+    from axformer import mpnet_parts
+
+    cfg = load_profile("base")
+    extra = () if mpnet_parts.available() else ("--config", 'models=["tiny-random"]')
+    model = model_name(cfg["models"][0]) if not extra else "tiny-random"
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "base.yaml"), *extra, "--cores", "2", "-n", "-p",
+                    data_dir=data_dir)
+    out = res.stdout
+    assert res.returncode == 0, (out + res.stderr)[-3000:]
+    assert cfg["results_dir"] == "results/base" and cfg["figures_dir"] == "figures/base"
+    for task in cfg["tasks"]:
+        for variant in cfg["variants"]:
+            assert f"results/base/{task}/{model}/{variant}/seed0/metrics.json" in out, (task, variant)
+    assert "figures/base/README.md" in out and "results/base/verdicts.csv" in out
+    assert re.search(r"axformer distill [^\n]*finetune\+distill_minilm/seed0/ckpt [^\n]*--init pretrained "
+                     r"--pretrained minilm", out)
+    assert re.search(r"axformer distill [^\n]*finetune\+distill/seed0/ckpt [^\n]*--layers 6", out)
+    assert f"--model {cfg['models'][0] if not extra else 'tiny-random'} " in out
+    # the latency-aware search times the shape the measure step reports
+    lat = cfg["steps"]["axformer_lat"]["args"]
+    assert lat["lat_batch_size"] in cfg["measure"]["batch_sizes"] and lat["lat_seq_len"] == cfg["measure"]["seq_len"]
+    assert cfg["report_batch_size"] in cfg["measure"]["batch_sizes"]
