@@ -32,24 +32,24 @@ def _is_quantized_module(m: nn.Module) -> bool:
 
 def _packed_numel(m: nn.Module) -> int:
     """Elements of weights that ``parameters()`` does not see (int8 dynamic-quantized Linear etc.)."""
-    n = 0
-    weight = getattr(m, "weight", None)
-    if callable(weight) and not isinstance(weight, torch.Tensor):
-        try:
-            w = weight()
-            if torch.is_tensor(w):
-                n += w.numel()
-        except Exception:  # noqa: BLE001 - be defensive about exotic packed modules
-            pass
-        bias = getattr(m, "bias", None)
-        if callable(bias) and not isinstance(bias, torch.Tensor):
-            try:
-                b = bias()
-                if torch.is_tensor(b):
-                    n += b.numel()
-            except Exception:  # noqa: BLE001
-                pass
-    return n
+    if not _is_packed(getattr(m, "weight", None)):
+        return 0
+    return sum(_packed_tensor_numel(getattr(m, name, None)) for name in ("weight", "bias"))
+
+
+def _is_packed(attr: Any) -> bool:
+    """A packed module exposes weight() / bias() as methods, not tensors."""
+    return callable(attr) and not isinstance(attr, torch.Tensor)
+
+
+def _packed_tensor_numel(accessor: Any) -> int:
+    if not _is_packed(accessor):
+        return 0
+    try:
+        t = accessor()
+    except Exception:  # noqa: BLE001 - be defensive about exotic packed modules
+        return 0
+    return t.numel() if torch.is_tensor(t) else 0
 
 
 def _count(module: nn.Module) -> int:
