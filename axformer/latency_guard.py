@@ -8,7 +8,8 @@ current model with :func:`axformer.measure.time_interleaved`, and rejected when 
 than the A/A noise of that timing: the relative difference of the medians of the current model and an
 identical copy of it, timed once the same way. Structural removals only shrink matrices and are not timed.
 After pruning, every kept hard-attention layer is timed again (the model with vs without it) and dropped
-where it no longer pays.
+where it no longer pays; then all kept layers together are timed against none of them, since rises that each
+stay inside the noise add up (``_Search.recheck_joint`` in :mod:`axformer.prune`).
 
 Deterministic where it can be: if no row of the timing batch is longer than K, a hard-attention layer runs
 the ordinary attention on every row of that batch (per-sequence fallback), so nothing is timed and the

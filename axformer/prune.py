@@ -236,6 +236,7 @@ class _Search:
         self.best_loss = float(self.base_losses.mean())
         self.best_metric = self.base_metric
         self.res.original = {"loss": self.best_loss, "metric": self.base_metric}
+        self.layer_rise: dict[int, float] = {}  # latest timed latency rise of each hard-attention layer
         self.bar = None
 
     def margin(self, losses: np.ndarray) -> tuple[float, float, float]:
@@ -295,6 +296,8 @@ class _Search:
             hard_attention.enable(self.model, chosen + [i], self.cfg.topk, self.cfg.topk_form)
             latency = self.lat.compare(current, self.model) if self.lat is not None else None
             del current
+            if latency is not None and latency.get("timed"):
+                self.layer_rise[i] = latency["rise"]
             accepted, _ = self.judge(f"L{i}.hardattn", i, "hardattn", None, "hard_attention", latency)
             if accepted:
                 chosen.append(i)
@@ -312,12 +315,35 @@ class _Search:
             entry = {"layer": i, **self.lat.compare(without, self.model)}  # rise of "with" over "without"
             del without
             entry["dropped"] = not entry["ok"]
+            if entry.get("timed"):
+                self.layer_rise[i] = entry["rise"]
             if entry["dropped"]:
                 self.res.hard_attention_layers.remove(i)
                 hard_attention.disable(self.model, [i])
                 losses, metric = self.ev.score(None)
                 entry.update({"loss_after": float(losses.mean()), "metric_after": metric})
             checks.append(entry)
+
+    # -- latency-aware: the kept hard-attention layers together, against none of them
+    def recheck_joint(self) -> None:
+        """Each kept layer passed on its own (rise within the A/A noise), but rises within the noise add up:
+        time the model with every kept layer against the model with none, and while that rise exceeds the
+        noise drop the layer whose own timing rose most (ties: the deepest), re-scoring the search split."""
+        checks = self.res.latency.setdefault("joint", [])
+        kept = self.res.hard_attention_layers
+        while len(kept) >= 2:
+            without = copy.deepcopy(self.model)
+            hard_attention.disable(without)
+            entry = {"layers": list(kept), **self.lat.compare(without, self.model)}  # rise of all over none
+            del without
+            checks.append(entry)
+            if entry["ok"]:
+                return
+            drop = max(kept, key=lambda i: (self.layer_rise.get(i, 0.0), i))
+            kept.remove(drop)
+            hard_attention.disable(self.model, [drop])
+            losses, metric = self.ev.score(None)
+            entry.update({"dropped": drop, "loss_after": float(losses.mean()), "metric_after": metric})
 
     # -- phase 2: pruning, last -> first layer
     def _try_remove(self, el: elements.Element, phase: str) -> tuple[bool, str]:
@@ -403,6 +429,7 @@ def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
     if lat is not None:
         if cfg.mode == "full":
             s.recheck_latency()
+        s.recheck_joint()
         s.res.latency.update(lat.describe())
     s.bar.close()
     losses, metric = ev.score(None)

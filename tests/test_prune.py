@@ -312,3 +312,46 @@ def test_latency_guard_skips_timing_when_no_row_is_longer_than_k(tokenizer):
     assert g.n_rows_topk == 0
     assert g.compare(None, None) == {"timed": False, "ok": True, "reason": g.compare(None, None)["reason"]}
     assert g.aa is None  # nothing was timed
+
+
+def test_latency_aware_joint_recheck_drops_layers_whose_small_rises_add_up(fitted, data_dir, monkeypatch):
+    """Each hard-attention layer rises 0.6 % against a 1 % A/A noise (each passes alone); both together rise
+    1.2 % (> noise), so the joint check drops the one whose own rise was larger (layer 0: 10.06 / 10 against
+    layer 1's 10.12 / 10.06) and the pair is not kept."""
+    from axformer import measure
+
+    task, model, tok, ds = fitted
+    kw = dict(accept_rule="metric", less_important=10.0, mode="hardattn", topk=2)
+    plain = prune.search(copy.deepcopy(model), ds, tok, task, _cfg(**kw))
+    assert plain.hard_attention_layers == [0, 1]  # precondition: the accuracy rule alone keeps both
+    calls = []
+
+    def fake(models, inputs, cfg):
+        calls.append(tuple(models))
+        aa = 0.01 if len(calls) == 1 else 0.0  # the first timing is the A/A one: 1 % noise
+        return {n: measure.LatencyStats.from_values(
+            [10.0 * (1 + 0.006 * len(hard_attention.enabled_layers(m))) * (1 + aa * (n == "b"))])
+            for n, m in models.items()}
+
+    monkeypatch.setattr(measure, "time_interleaved", fake)
+    m = copy.deepcopy(model)
+    res = prune.search(m, ds, tok, task, _cfg(latency_aware=True, lat_batch_size=4, lat_seq_len=16, **kw),
+                       _texts(data_dir))
+    hard = [c for c in res.candidates if c["kind"] == "hardattn"]
+    assert [c["accepted"] for c in hard] == [True, True]  # alone, each passes
+    joint = res.latency["joint"]
+    assert joint[0]["layers"] == [0, 1] and joint[0]["rise"] == pytest.approx(0.012 / 1.0) and not joint[0]["ok"]
+    assert joint[0]["dropped"] == 0 and "loss_after" in joint[0]
+    assert res.hard_attention_layers == [1] == hard_attention.enabled_layers(m)
+    assert len(joint) == 1  # one layer left: nothing to check jointly
+
+
+def test_latency_aware_joint_recheck_keeps_layers_that_pay_together(fitted, data_dir, monkeypatch):
+    task, model, tok, ds = fitted
+    _fake_timing(monkeypatch, 0.9)  # each layer makes the model faster
+    res = prune.search(copy.deepcopy(model), ds, tok, task,
+                       _cfg(latency_aware=True, lat_batch_size=4, lat_seq_len=16, accept_rule="metric",
+                            less_important=10.0, mode="hardattn", topk=2), _texts(data_dir))
+    assert res.hard_attention_layers == [0, 1]
+    [entry] = res.latency["joint"]
+    assert entry["ok"] and entry["rise"] < 0 and "dropped" not in entry
