@@ -12,7 +12,14 @@
 set -euo pipefail
 : "${AXFORMER_DATA:?set AXFORMER_DATA to the data folder (e.g. ../shared/data)}"
 read -r -a TASKS <<< "${TASKS:-cola mrpc stsb sst2 rte}"
-run() { echo "results/bench/$1/minilm/$2/seed${3:-0}/metrics.json"; }
+# a run's metrics.json, and its decisions.json where the variant's last step (before int8) is a search
+DECISION_STEPS=" axformer axformer_lat axformer_paper axformer_meanloss prune hardattn hardattn_renorm hardattn_half blocks "
+run() {
+  local d="results/bench/$1/minilm/$2/seed${3:-0}" last="${2%%+int8*}"
+  echo "$d/metrics.json"
+  [[ "$DECISION_STEPS" == *" ${last##*+} "* ]] && echo "$d/decisions.json"
+  return 0
+}
 tier() {  # tier task -> targets
   local t=$2
   case $1 in
