@@ -13,7 +13,10 @@ set -euo pipefail
 : "${AXFORMER_DATA:?set AXFORMER_DATA to the data folder (e.g. ../shared/data)}"
 read -r -a TASKS <<< "${TASKS:-cola mrpc stsb sst2 rte}"
 # a run's metrics.json, and its decisions.json where the variant's last step (before int8) is a search
-DECISION_STEPS=" axformer axformer_lat axformer_paper axformer_meanloss prune hardattn hardattn_renorm hardattn_half blocks "
+# (the search steps are the bench profile's `approximate` steps, read from its config, not listed twice)
+DECISION_STEPS=" $(python3 -c 'import sys, yaml
+steps = yaml.safe_load(open(sys.argv[1]))["steps"]
+print(" ".join(n for n, s in steps.items() if s.get("command") == "approximate"))' workflow/config/bench.yaml) "
 run() {
   local d="results/bench/$1/minilm/$2/seed${3:-0}" last="${2%%+int8*}"
   echo "$d/metrics.json"

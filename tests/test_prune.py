@@ -340,7 +340,7 @@ def test_latency_aware_joint_recheck_drops_layers_whose_small_rises_add_up(fitte
     hard = [c for c in res.candidates if c["kind"] == "hardattn"]
     assert [c["accepted"] for c in hard] == [True, True]  # alone, each passes
     joint = res.latency["joint"]
-    assert joint[0]["layers"] == [0, 1] and joint[0]["rise"] == pytest.approx(0.012 / 1.0) and not joint[0]["ok"]
+    assert joint[0]["layers"] == [0, 1] and joint[0]["rise"] == pytest.approx(0.012) and not joint[0]["ok"]
     assert joint[0]["dropped"] == 0 and "loss_after" in joint[0]
     assert res.hard_attention_layers == [1] == hard_attention.enabled_layers(m)
     assert len(joint) == 1  # one layer left: nothing to check jointly
