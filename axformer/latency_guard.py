@@ -5,8 +5,12 @@ more than the ordinary attention it replaces (DESIGN §7). With ``PruneConfig.la
 hard-attention candidate is also timed on the measurement shape (batch ``lat_batch_size`` x length
 ``lat_seq_len``, search-split sentences padded like ``measure``, the job's CPU threads), interleaved against the
 current model with :func:`axformer.measure.time_interleaved`, and rejected when its median latency rises by more
-than the A/A noise of that timing: the relative difference of the medians of the current model and an
-identical copy of it, timed once the same way. Structural removals only shrink matrices and are not timed.
+than the A/A noise of that timing (the relative difference of the medians of the current model and an
+identical copy of it, timed once the same way) *or* the rise is significant within its own timing: the lower
+end of a 95 % bootstrap interval of the median ratio over the interleaved rounds
+(:func:`axformer.stats.speedup_interval`) is above 0. One A/A pair is a single draw (2.8 % on one SST-2 search,
+0.15 % on another), so on its own it lets consistent 1 % rises through; the paired interval catches those.
+Structural removals only shrink matrices and are not timed.
 After pruning, every kept hard-attention layer is timed again (the model with vs without it) and dropped
 where it no longer pays; then all kept layers together are timed against none of them, since rises that each
 stay inside the noise add up (``_Search.recheck_joint`` in :mod:`axformer.prune`).
@@ -19,12 +23,16 @@ candidate passes.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from axformer import hard_attention, measure
+from axformer import hard_attention, measure, stats
+
+
+RESAMPLES = 1000  # bootstrap resamples of one timing's rise (a few ms: timings are >= 8 rounds)
 
 
 class LatencyGuard:
@@ -50,24 +58,41 @@ class LatencyGuard:
                 "threads": int(self.cfg.threads), "warmup": self.cfg.warmup, "min_iters": self.cfg.min_iters,
                 "min_seconds": self.cfg.min_seconds, "rows_longer_than_k": self.n_rows_topk, "aa": self.aa}
 
-    def _p50(self, a: nn.Module, b: nn.Module) -> tuple[float, float]:
-        stats = measure.time_interleaved({"a": a, "b": b}, self.inputs, self.cfg)
-        return stats["a"].p50_ms, stats["b"].p50_ms
+    def _time(self, a: nn.Module, b: nn.Module) -> dict[str, Any]:
+        """Interleaved timing of ``a`` and ``b``: their medians and the rise of ``b`` over ``a`` with its
+        bootstrap interval over the rounds (round i of both models resampled together)."""
+        t = measure.time_interleaved({"a": a, "b": b}, self.inputs, self.cfg)
+        sa, sb = t["a"].samples_ms, t["b"].samples_ms
+        out = {"a_p50_ms": t["a"].p50_ms, "b_p50_ms": t["b"].p50_ms, "rounds": min(len(sa), len(sb))}
+        out["rise"] = out["b_p50_ms"] / out["a_p50_ms"] - 1.0
+        if out["rounds"] >= 2:
+            n = out["rounds"]
+            iv = stats.speedup_interval(sa[:n], sb[:n], resamples=RESAMPLES)  # speedup = a / b
+            out["rise_low"], out["rise_high"] = 1.0 / iv.high - 1.0, 1.0 / iv.low - 1.0
+        else:  # one round has no interval: only the A/A rule applies
+            out["rise_low"] = out["rise_high"] = math.nan
+        return out
 
     def noise(self, model: nn.Module) -> float:
         """A/A noise: |median(model) - median(copy)| / the smaller median, timed once and kept."""
         if self.aa is None:
-            a, b = self._p50(model, copy.deepcopy(model))
-            self.aa = {"a_p50_ms": a, "b_p50_ms": b, "noise": abs(a - b) / min(a, b)}
+            t = self._time(model, copy.deepcopy(model))
+            a, b = t["a_p50_ms"], t["b_p50_ms"]
+            self.aa = {"a_p50_ms": a, "b_p50_ms": b, "noise": abs(a - b) / min(a, b),
+                       "rise_low": t["rise_low"], "rise_high": t["rise_high"]}
         return self.aa["noise"]
 
     def compare(self, current: nn.Module, candidate: nn.Module) -> dict[str, Any]:
-        """Time ``candidate`` against ``current``; ``ok`` iff its median rises by no more than the A/A noise."""
+        """Time ``candidate`` against ``current``; ``ok`` iff its median rises by no more than the A/A noise
+        and the rise is not significant in its own timing (the interval's lower end is <= 0)."""
         if self.n_rows_topk == 0:
             return {"timed": False, "ok": True,
                     "reason": "no row of the timing batch is longer than K: hard attention takes the ordinary path"}
         noise = self.noise(current)
-        cur, cand = self._p50(current, candidate)
-        rise = cand / cur - 1.0
-        return {"timed": True, "current_p50_ms": cur, "candidate_p50_ms": cand, "rise": rise, "noise": noise,
-                "ok": rise <= noise}
+        t = self._time(current, candidate)
+        rise, low = t["rise"], t["rise_low"]
+        significant = not math.isnan(low) and low > 0.0
+        return {"timed": True, "current_p50_ms": t["a_p50_ms"], "candidate_p50_ms": t["b_p50_ms"], "rise": rise,
+                "rise_low": low, "rise_high": t["rise_high"], "rounds": t["rounds"], "noise": noise,
+                "beyond_noise": rise > noise, "significant": significant,
+                "ok": rise <= noise and not significant}

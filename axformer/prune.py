@@ -76,7 +76,7 @@ class PruneConfig:
     lat_batch_size: int = 32  # the measurement's throughput batch
     lat_seq_len: int = 128  # the measurement's padded length
     lat_warmup: int = 2  # untimed forwards per model before each timing
-    lat_min_iters: int = 8  # timed forwards per model (at least)
+    lat_min_iters: int = 16  # timed forwards per model (at least): rounds of the rise's bootstrap interval
     lat_seconds: float = 1.5  # ... and at least this many seconds per timing
 
     def validate(self) -> None:

@@ -302,7 +302,8 @@ def test_latency_aware_full_search_times_only_hard_attention_and_rechecks(fitted
     assert checked == sorted(set(checked))  # every layer kept by the search, once
     assert [r["layer"] for r in lat["recheck"] if not r["dropped"]] == res.hard_attention_layers
     for r in lat["recheck"]:
-        assert r["timed"] and r["dropped"] == (r["rise"] > r["noise"]) and ("loss_after" in r) == r["dropped"]
+        assert r["timed"] and r["beyond_noise"] == (r["rise"] > r["noise"])
+        assert r["dropped"] == (r["beyond_noise"] or r["significant"]) and ("loss_after" in r) == r["dropped"]
 
 
 def test_latency_guard_skips_timing_when_no_row_is_longer_than_k(tokenizer):
@@ -312,6 +313,51 @@ def test_latency_guard_skips_timing_when_no_row_is_longer_than_k(tokenizer):
     assert g.n_rows_topk == 0
     assert g.compare(None, None) == {"timed": False, "ok": True, "reason": g.compare(None, None)["reason"]}
     assert g.aa is None  # nothing was timed
+
+
+def _guard_with_rounds(tokenizer, monkeypatch, aa_rise, cand_rise, jitter=0.02, rounds=16):
+    """A LatencyGuard whose timings are fake rounds: the host's jitter (shared by both models of a round, as
+    in an interleaved job) times 10 ms, the copy in the A/A timing ``aa_rise`` slower, the candidate
+    ``cand_rise`` slower than the current model."""
+    from axformer import latency_guard, measure
+
+    g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30)
+    g.n_rows_topk = 1  # pretend a row takes the top-K path: the guard times
+    host = 10.0 * (1 + jitter * np.sin(np.arange(rounds)))  # slow and fast phases of the host
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def fake(models, inputs, cfg):
+        calls.append(tuple(models))
+        rise = aa_rise if len(calls) == 1 else cand_rise
+        own = 1 + 0.003 * rng.standard_normal((2, rounds))  # each forward's own noise
+        return {"a": measure.LatencyStats.from_values(host * own[0]),
+                "b": measure.LatencyStats.from_values(host * own[1] * (1 + rise))}
+
+    monkeypatch.setattr(measure, "time_interleaved", fake)
+    return g
+
+
+def test_latency_guard_rejects_a_consistent_rise_inside_a_wide_aa_noise(tokenizer, monkeypatch):
+    """One A/A pair read 3 % (a noisy draw); the candidate is 1 % slower in every round: inside the A/A
+    noise, but its own interval excludes 0, so it is rejected."""
+    g = _guard_with_rounds(tokenizer, monkeypatch, aa_rise=0.03, cand_rise=0.01)
+    r = g.compare(object(), object())
+    assert r["noise"] == pytest.approx(0.03, abs=0.005) and r["rise"] == pytest.approx(0.01, abs=0.003)
+    assert not r["beyond_noise"] and r["significant"] and r["rise_low"] > 0 and not r["ok"]
+    assert r["rounds"] == 16 and g.describe()["aa"]["rise_low"] > 0
+
+
+def test_latency_guard_passes_a_candidate_that_changes_nothing(tokenizer, monkeypatch):
+    g = _guard_with_rounds(tokenizer, monkeypatch, aa_rise=0.0, cand_rise=0.0)
+    r = g.compare(object(), object())
+    assert abs(r["rise"]) < 0.003 and r["rise_low"] <= 0 <= r["rise_high"] and not r["significant"] and r["ok"]
+
+
+def test_latency_guard_rejects_a_rise_beyond_the_aa_noise(tokenizer, monkeypatch):
+    g = _guard_with_rounds(tokenizer, monkeypatch, aa_rise=0.005, cand_rise=0.02)
+    r = g.compare(object(), object())
+    assert r["beyond_noise"] and not r["ok"]
 
 
 def test_latency_aware_joint_recheck_drops_layers_whose_small_rises_add_up(fitted, data_dir, monkeypatch):
