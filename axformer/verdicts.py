@@ -251,7 +251,9 @@ def display_table(vt: pd.DataFrame) -> pd.DataFrame:
     out["Variant value"] = [R._fmt_mean_std(m, s) for m, s in zip(vt["value"], vt["value_std"])]
     out["Δ [95% CI]"] = [f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]" if not S._nan(lo) else _signed(d)
                          for d, lo, hi in zip(vt["delta"], vt["ci_low"], vt["ci_high"])]
-    for b in (1, 32):
+    # b1 and b32 always; the speed verdict's own batch too where a profile reports another (base: b8)
+    extra = sorted({int(b) for b in vt.get("speed_batch", pd.Series(dtype=float)).dropna()} - {1, 32})
+    for b in [1, 32] + [b for b in extra if f"speedup_b{b}" in vt.columns]:
         out[f"Speedup b{b} [95%]"] = [
             R.DASH if S._nan(v) else (f"{v:.2f}× [{lo:.2f}, {hi:.2f}]" if not S._nan(lo) else f"{v:.2f}×")
             for v, lo, hi in zip(vt[f"speedup_b{b}"], vt[f"speedup_b{b}_low"], vt[f"speedup_b{b}_high"])]

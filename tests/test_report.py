@@ -254,6 +254,19 @@ def test_render_writes_verdicts_csv(tree: Path, tmp_path: Path) -> None:
     assert ax["verdict_speed"] == "n/a" and "verdicts" in (figs / "README.md").read_text()
 
 
+def test_verdict_table_shows_the_speed_verdicts_batch(tree: Path, tmp_path: Path) -> None:
+    """A profile that reports batch 8 (base) gets a b8 column beside the fixed b1 / b32 ones."""
+    from axformer import verdicts
+
+    vt = verdicts.verdict_table(report.collect(tree), tree, batch_size=32)
+    assert "Speedup b8 [95%]" not in verdicts.display_table(vt).columns
+    vt["speed_batch"] = 8
+    vt["speedup_b8"], vt["speedup_b8_low"], vt["speedup_b8_high"] = 1.04, 1.03, 1.06
+    shown = verdicts.display_table(vt)
+    assert list(shown.columns).index("Speedup b8 [95%]") == list(shown.columns).index("Speedup b32 [95%]") + 1
+    assert set(shown["Speedup b8 [95%]"]) == {"1.04× [1.03, 1.06]"}
+
+
 def test_malformed_metrics_names_file(tree: Path) -> None:
     bad = tree / "rte" / "minilm" / "finetune" / "seed1" / "metrics.json"
     bad.write_text('{"task": "rte", "metric": ')
