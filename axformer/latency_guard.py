@@ -32,7 +32,7 @@ from torch import nn
 from axformer import hard_attention, measure, stats
 
 
-RESAMPLES = 1000  # bootstrap resamples of one timing's rise (a few ms: timings are >= 8 rounds)
+RESAMPLES = 1000  # bootstrap resamples of one timing's rise (a few ms over its >= lat_min_iters rounds)
 
 
 class LatencyGuard:

@@ -254,7 +254,7 @@ def test_render_writes_verdicts_csv(tree: Path, tmp_path: Path) -> None:
     assert ax["verdict_speed"] == "n/a" and "verdicts" in (figs / "README.md").read_text()
 
 
-def test_verdict_table_shows_the_speed_verdicts_batch(tree: Path, tmp_path: Path) -> None:
+def test_verdict_table_shows_the_speed_verdicts_batch(tree: Path) -> None:
     """A profile that reports batch 8 (base) gets a b8 column beside the fixed b1 / b32 ones."""
     from axformer import verdicts
 
