@@ -180,20 +180,10 @@ def _is_unedited(model: nn.Module) -> bool:
     return all(_module_sizes(model, layer) == full for layer in _layers(model))
 
 
-def _axformer_dict(model: nn.Module) -> dict[str, Any]:
-    ax = getattr(model.config, "axformer", None)
-    if ax is None:
-        ax = {}
-        model.config.axformer = ax
-    elif not isinstance(ax, dict):
-        raise ValueError(f"model.config.axformer must be a dict (got {type(ax).__name__}).")
-    return ax
-
-
 def _record(model: nn.Module) -> dict[str, Any]:
     """The live ``config.axformer["arch"]`` record, created for an unedited model, checked against the modules."""
     layers = _layers(model)
-    ax = _axformer_dict(model)
+    ax = families.axformer_state(model)
     arch = ax.get("arch")
     if arch is None:
         if not _is_unedited(model):
@@ -478,7 +468,7 @@ def apply_architecture(model: nn.Module, record: dict[str, Any]) -> None:
         record = record["arch"]  # accept config.axformer itself too
     target = copy.deepcopy(record)  # `record` may be the live dict inside model.config
     _validate_record(model, target)
-    ax = _axformer_dict(model)
+    ax = families.axformer_state(model)
     if _is_unedited(model):
         # Freshly built model: whatever the config says, the modules are full size -> start from a full record.
         ax["arch"] = {"layers": [_full_layer_record(model) for _ in _layers(model)]}

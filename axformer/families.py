@@ -310,6 +310,17 @@ _TABLE: dict[str, Family] = {
 }
 
 
+def axformer_state(model: nn.Module) -> dict[str, Any]:
+    """The model's ``config.axformer`` dict (created empty where absent): what surgery and hard attention record."""
+    ax = getattr(model.config, "axformer", None)
+    if ax is None:
+        ax = {}
+        model.config.axformer = ax
+    elif not isinstance(ax, dict):
+        raise ValueError(f"model.config.axformer must be a dict (got {type(ax).__name__}).")
+    return ax
+
+
 def of(model_or_config: Any) -> Family:
     """The :class:`Family` of a model (or its config), by ``config.model_type``; ValueError if unsupported."""
     config = getattr(model_or_config, "config", model_or_config)

@@ -57,6 +57,8 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from axformer.families import axformer_state as _axformer_state
+
 IMPL_NAME = "axformer_topk"
 SUPPORTED_BASES = ("eager", "sdpa")
 _ATTR = "axformer_topk"
@@ -401,16 +403,6 @@ def _patch(model: nn.Module, sa: nn.Module, on: bool) -> None:
         sa.__dict__.pop("forward", None)
 
 
-def _ax(model: nn.Module) -> dict[str, Any]:
-    ax = getattr(model.config, "axformer", None)
-    if ax is None:
-        ax = {}
-        model.config.axformer = ax
-    elif not isinstance(ax, dict):
-        raise ValueError(f"model.config.axformer must be a dict (got {type(ax).__name__}).")
-    return ax
-
-
 def _check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:
     mods = _layer_list(model)
     if isinstance(layers, (int, str)) or layers is None:
@@ -488,14 +480,14 @@ def enable(model: nn.Module, layers: Iterable[int], k: int | float, topk_form: s
     if skipped:
         raise ValueError(f"layers {skipped} have no attention block (skipped by axformer.elements); drop them.")
     base = _current_base(model)
-    ax = _ax(model)
+    ax = _axformer_state(model)
     ax["hard_attention"] = {"layers": layers, "k": k, "base": base, "topk_form": topk_form}
     _install(model, layers, k, base, topk_form)
 
 
 def disable(model: nn.Module, layers: Iterable[int] | None = None) -> None:
     """Turn hard attention off in ``layers`` (default: all) and restore ordinary attention when none remain."""
-    ax = _ax(model)
+    ax = _axformer_state(model)
     rec = ax.get("hard_attention")
     if not rec:
         if layers is not None:
