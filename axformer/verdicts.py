@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -38,6 +39,8 @@ COLUMNS: tuple[str, ...] = (
     "speed_batch", "encoder_ratio", "total_ratio", "bytes_ratio", "verdict_accuracy", "verdict_speed", "verdict_size",
 )
 KINDS = ("AxFormer", "peer", "compression", "reference")
+# the headline figure puts a panel's speedup axis on a log scale where its points span more than this ratio
+LOG_SPAN = 4.0
 # verdicts.csv's kind -> the figure family (axformer.figures: one colour family per kind, a marker per variant)
 _FAMILY = {"AxFormer": "axformer", "peer": "peer", "compression": "compression", "reference": "reference"}
 
@@ -293,6 +296,7 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
         fig = F._new_figure(width, 2.3 * nrow + 0.5 + 0.16 * F.legend_rows(list(styles), width))
         for i, ((task, model), g) in enumerate(panels):
             ax = fig.add_subplot(nrow, ncol, i + 1)
+            xs: list[float] = []
             for _, r in g.iterrows():
                 b = int(r["speed_batch"])
                 x, xl, xh = r[f"speedup_b{b}"], r[f"speedup_b{b}_low"], r[f"speedup_b{b}_high"]
@@ -301,11 +305,18 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
                     continue
                 xerr = None if S._nan(xl) else [[max(x - xl, 0)], [max(xh - x, 0)]]
                 yerr = None if S._nan(yl) else [[max(y - yl, 0)], [max(yh - y, 0)]]
+                xs.append(float(x))
                 colour, marker = styles[r["variant"]]
                 ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, color=colour, ms=6, elinewidth=0.9,
                             mec="white" if marker in ("o", "s", "^", "D", "v", "h", "<", ">", "p", "d") else colour, mew=0.5, zorder=3)
             ax.axhline(0.0, color="0.3", lw=0.8, ls=":", zorder=1)
             ax.axvline(1.0, color="0.3", lw=0.8, ls=":", zorder=1)
+            if xs and min(xs) > 0 and max(xs) / min(xs) > LOG_SPAN:
+                # distillation / int8 chains (7-25x) beside pruning (~1.05x): on a linear axis the pruned models
+                # and their intervals collapse onto x = 1
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             metric = g["metric"].iloc[0]
             ax.set_title(f"{task}" + (f" · {model}" if multi_model else ""))
             ax.set_xlabel(f"speedup (×, batch {int(g['speed_batch'].iloc[0])})")

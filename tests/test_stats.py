@@ -311,3 +311,19 @@ def test_majority_cli_writes_predictions(tmp_path, data_dir):
     pred = S.read_predictions(out.with_name("predictions.npz"))
     assert len(pred.ids) == rec["metric"]["n_dev"] and len(set(pred.ids.tolist())) == len(pred.ids)
     assert M.f1(pred.preds, pred.labels) == pytest.approx(rec["metric"]["dev"])
+
+
+@pytest.mark.parametrize("chain_speed, scale", [(20.0, "log"), (1.5, "linear")])
+def test_verdicts_figure_log_axis_only_for_a_wide_span(tmp_path, monkeypatch, chain_speed, scale):
+    from axformer import figures as F
+
+    root = tmp_path / "results"
+    labels = np.array([1, 0] * 20)
+    _run(root, "finetune", 0, 1.0, 100, 1.0, labels, labels)
+    _run(root, "finetune+axformer", 0, 1.0, 95, 1.05, labels, labels)
+    _run(root, "finetune+distill", 0, 1.0, 20, chain_speed, labels, labels)
+    vt = V.verdict_table(report.collect(root), root, resamples=1000)
+    seen = []
+    monkeypatch.setattr(F, "save", lambda fig, d, name: seen.append(fig) or [])
+    V.plot_verdicts(vt, tmp_path / "figs")
+    assert [ax.get_xscale() for ax in seen[0].axes if ax.get_title()] == [scale]
