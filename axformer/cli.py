@@ -313,13 +313,17 @@ def cmd_distill(args: argparse.Namespace) -> None:
     ckpt = runs.save(student, tokenizer, args.ckpt, lineage.child(task, split, f"{lineage.variant}+distill"))
     block = {"n_layers": student.config.num_hidden_layers,
              "teacher_layers": student.config.axformer_distill.get("teacher_layers"),
-             "teacher_num_layers": teacher.config.num_hidden_layers, "strategy": dcfg.strategy, "init": dcfg.init,
+             "teacher_num_layers": teacher.config.num_hidden_layers,
+             # layer selection applies only to a student copied from the teacher
+             "strategy": dcfg.strategy if dcfg.init != "pretrained" else None, "init": dcfg.init,
              "pretrained": dcfg.pretrained, "temperature": dcfg.temperature, "alpha": dcfg.alpha,
              "wall_s": log["wall_s"], "steps": log["steps"], **runs.curve_summary(log["loss_curve"]),
              "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "device": args.device}
     record = runs.step_record(args.metrics, student, ckpt, splits, distill=block,
                               metric=runs.metric(task, dev, search, splits))
-    print(f"{task.name} distill: {block['teacher_num_layers']} -> {block['n_layers']} layers, "
+    student_desc = f"{dcfg.pretrained} ({block['n_layers']} layers)" if dcfg.init == "pretrained" else \
+        f"{block['n_layers']} layers"
+    print(f"{task.name} distill: {block['teacher_num_layers']} -> {student_desc}, "
           f"dev {task.metric} = {record['metric']['dev']:.4f} (train {log['wall_s']:.0f} s) -> {args.metrics}")
 
 

@@ -148,6 +148,14 @@ def test_cli_distill_then_approximate(tmp_path, data_dir):
     assert set(rec) >= {"distill", "size", "data", "metric"}
     assert rec["distill"]["n_layers"] == 1 and rec["distill"]["teacher_layers"] == [0]
     assert rec["distill"]["steps"] == 2 and rec["metric"]["n_dev"] == 8 and rec["metric"]["n_search"] == 16
+    assert rec["distill"]["strategy"] == "every_other" and rec["distill"]["init"] == "teacher"
+    # a pretrained student chooses no teacher layers: the record says so instead of naming a strategy
+    pre = ["distill", "--parent", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "pre"), "--metrics",
+           str(tmp_path / "pre.json"), "--init", "pretrained", "--pretrained", models.TINY, "--epochs", "1",
+           "--batch-size", "8", "--no-progress"]
+    assert main(pre) == 0
+    block = json.loads((tmp_path / "pre.json").read_text())["distill"]
+    assert block["init"] == "pretrained" and block["strategy"] is None and block["teacher_layers"] is None
     ft_rec = json.loads((tmp_path / "ft.json").read_text())
     assert rec["size"]["params_encoder"] < ft_rec["size"]["params_encoder"]
     step = json.loads((tmp_path / "st" / "axformer_step.json").read_text())
