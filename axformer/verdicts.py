@@ -40,7 +40,7 @@ COLUMNS: tuple[str, ...] = (
 )
 KINDS = ("AxFormer", "peer", "compression", "reference")
 # the headline figure puts a panel's speedup axis on a log scale where its points span more than this ratio
-LOG_SPAN = 4.0
+LOG_SPAN = 8.0
 # verdicts.csv's kind -> the figure family (axformer.figures: one colour family per kind, a marker per variant)
 _FAMILY = {"AxFormer": "axformer", "peer": "peer", "compression": "compression", "reference": "reference"}
 
@@ -317,6 +317,7 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
                 ax.set_xscale("log")
                 ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             metric = g["metric"].iloc[0]
             ax.set_title(f"{task}" + (f" · {model}" if multi_model else ""))
             ax.set_xlabel(f"speedup (×, batch {int(g['speed_batch'].iloc[0])})")
