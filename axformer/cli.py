@@ -139,6 +139,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     from axformer import measure, models, record, results, stats, taskkinds
     from axformer.tasks import canonical_name
 
+    t0 = time.perf_counter()  # the job's own time, for the report's compute table (measure.wall_s)
     runs.nonneg("seed", args.seed)
     predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
     runs.setup(args, args.metrics, str(predictions))
@@ -212,7 +213,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     rec["metric"] = runs.metric(task, dev, search, splits, dev_loss=True)
     rec.update({k: m[k] for k in ("size", "latency", "memory", "flops", "env")})
     rec["data"] = splits.info
-    rec["measure"] = asdict(cfg)
+    rec["measure"] = {**asdict(cfg), "wall_s": time.perf_counter() - t0}
     rec["checkpoints"] = {"baseline": str(args.baseline), "variant": str(args.variant)}
     if quant_info is not None:
         rec["quantize"] = quant_info

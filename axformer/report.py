@@ -32,7 +32,7 @@ from axformer.figures import (HARD, IMPLIED, KEPT, REMOVED, TRIED, figure_style,
                               pareto_front, plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars,
                               removal_grid, slug)
 from axformer.record import Run
-from axformer.tables import (DASH, _task_order, all_tasks_table,  # noqa: F401
+from axformer.tables import (DASH, _task_order, all_tasks_table, compute_table,  # noqa: F401
                              families, format_table, pick_batch, search_cost_table, to_latex, to_markdown,
                              variant_sort_key, variant_table)
 from axformer.utils import ConfigError, atomic_write_text
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # the report's public names, wherever they live (tests and notebooks import them from here)
 __all__ = ["collect", "runs", "frame", "load_run", "render", "write_summary", "variant_table", "format_table",
-           "to_markdown", "to_latex", "all_tasks_table", "search_cost_table", "pick_batch", "variant_sort_key",
+           "to_markdown", "to_latex", "all_tasks_table", "search_cost_table", "compute_table", "pick_batch",
+           "variant_sort_key",
            "pareto_front", "removal_grid", "plot_accuracy_vs_latency", "plot_speedup_size_bars", "plot_removal_map",
            "figure_style", "KEPT", "REMOVED", "IMPLIED", "TRIED", "HARD", "DASH", "ID_COLUMNS"]
 
@@ -301,6 +302,14 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
             sct = tables_dir / "search_cost.tex"
             to_latex(cost, sct, caption="AxFormer searches: elements removed, passes, search-split loss before and after, wall time vs fine-tuning.")
             produced.setdefault("tables", []).extend([sc, sct])
+        compute = compute_table(df)
+        cm = tables_dir / "compute.md"
+        atomic_write_text(cm, "# Compute: minutes each step recorded, per task (every step counted once; model "
+                              "loading and start-up not included)\n\n" + to_markdown(compute))
+        cmt = tables_dir / "compute.tex"
+        to_latex(compute, cmt, caption="Compute per task: minutes of fine-tuning, searches, distillation, peer "
+                                       "methods and measurement jobs, each step counted once.")
+        produced.setdefault("tables", []).extend([cm, cmt])
     from axformer import stats, verdicts
 
     vfiles = verdicts.render(df, results_dir, figures_dir,

@@ -1,5 +1,5 @@
-"""Display tables of the report (DESIGN §4): per-task variant tables, the all-task headline table and the
-search-cost table, as DataFrames and as Markdown / LaTeX (booktabs).
+"""Display tables of the report (DESIGN §4): per-task variant tables, the all-task headline table, the
+search-cost table and the compute table, as DataFrames and as Markdown / LaTeX (booktabs).
 
 They read the run frame :func:`axformer.report.collect` builds (one row per run, nested record keys joined
 with ``_``, plus ``family`` and ``commands`` from the typed record); variant order and grouping come from the
@@ -341,3 +341,61 @@ def _peer_search_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
         })
     return rows
 
+
+
+# The step blocks whose wall time the compute table adds up (axformer.record.STEP_BLOCKS), and its columns.
+_COMPUTE_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("train", "finetune", "Fine-tuning"), ("search", "approximate", "Searches"),
+    ("distill", "distill", "Distillation"), ("baseline", "baseline", "Peers"),
+)
+
+
+def _step_records(cell: Any) -> dict[str, str]:
+    """command -> step record path of a run's lineage (the ``steps`` cell, JSON); the last step of a command
+    wins, as its block is the one metrics.json holds."""
+    try:
+        steps = json.loads(cell) if isinstance(cell, str) else None
+    except ValueError:
+        steps = None
+    out: dict[str, str] = {}
+    for s in steps if isinstance(steps, list) else []:
+        if isinstance(s, dict) and s.get("command") and s.get("record"):
+            out[str(s["command"])] = str(s["record"])
+    return out
+
+
+def compute_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Compute per task and model, in minutes: the wall time each step recorded (fine-tuning loop, search,
+    distillation, peer method), every step counted once although its block is copied into each descendant's
+    record (a step is its record path in the lineage, else the run), plus the measurement jobs where the
+    record has ``measure.wall_s``. Model loading and process start-up are outside these clocks, so the sum is
+    a lower bound of the job time."""
+    if df.empty or "task" not in df.columns:
+        return pd.DataFrame(columns=["Task", "Model"])
+    rows = []
+    for (task, model), g in df.groupby(["task", "model"], sort=False):
+        seen: set[str] = set()
+        total = {col: 0.0 for _, _, col in _COMPUTE_STEPS}
+        for _, r in g.iterrows():
+            lineage = _step_records(r.get("steps"))
+            for block, command, col in _COMPUTE_STEPS:
+                wall = pd.to_numeric(r.get(f"{block}_wall_s"), errors="coerce")
+                if pd.isna(wall):
+                    continue
+                step = lineage.get(command, f"{r['run_dir']}#{block}")
+                if step not in seen:
+                    seen.add(step)
+                    total[col] += float(wall)
+        measured = _num(g, "measure_wall_s")
+        row = {"Task": str(task), "Model": str(model), "Runs": str(len(g)),
+               "Seeds": str(g["seed"].nunique()) if "seed" in g.columns else DASH}
+        row.update({col: _fmt(v / 60, 1) for col, v in total.items()})
+        row["Measurement"] = (f"{_fmt(measured.sum() / 60, 1)} ({int(measured.notna().sum())} of {len(g)} runs)"
+                              if measured.notna().any() else DASH)
+        row["Total"] = _fmt((sum(total.values()) + measured.sum()) / 60, 1)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = _task_order(out["Task"].unique())
+    out["_t"] = out["Task"].map(order.index)
+    out = out.sort_values(["_t", "Model"], kind="stable").drop(columns="_t").reset_index(drop=True)
+    return out if df["model"].nunique() > 1 else out.drop(columns="Model")

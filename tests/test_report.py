@@ -376,3 +376,40 @@ def test_search_cost_table_lists_the_fisher_peer(tree: Path) -> None:
     row = t.iloc[1]
     assert row["Removed"] == "12 heads, 1216 neurons" and row["Search (s)"] == "7" and row["Passes"] == report.DASH
     assert row["Search loss"] == "0.250 → 0.350" and row["Search / fine-tune"] == "0.70"
+
+
+def test_compute_table_counts_each_step_once(tree: Path) -> None:
+    """A search block copied into its int8 descendant, and the finetune block copied into every variant,
+    are counted once (by the step record in the lineage); measurement jobs add where they recorded a time."""
+    def lineage(task: str, seed: int, *names: str) -> list[dict]:
+        chain = ["finetune", *names]
+        return [{"name": n, "command": "finetune" if n == "finetune" else "approximate",
+                 "record": f"ckpt/{task}/{'+'.join(chain[:i + 1])}/seed{seed}/step.json"} for i, n in enumerate(chain)]
+
+    for task in ("sst2", "rte"):
+        for seed in (0, 1):
+            for variant in ("finetune", "finetune+axformer", "majority"):
+                p = tree / task / "minilm" / variant / f"seed{seed}" / "metrics.json"
+                m = json.loads(p.read_text())
+                if variant == "majority":
+                    m.pop("train")  # the constant predictor ran no step
+                else:
+                    m["steps"] = lineage(task, seed, *variant.split("+")[1:])
+                    m["measure"] = {"threads": 2, "wall_s": 30.0}
+                if variant == "finetune+axformer":
+                    m["search"] = {"wall_s": 120.0 + 60 * seed}
+                    q = tree / task / "minilm" / "finetune+axformer+int8" / f"seed{seed}"
+                    q.mkdir(parents=True)
+                    # an older measurement record without measure.wall_s
+                    (q / "metrics.json").write_text(json.dumps({**m, "variant": "finetune+axformer+int8",
+                                                                "quantize": {"dtype": "int8"}, "measure": {}}))
+                p.write_text(json.dumps(m))
+    t = report.compute_table(report.collect(tree))
+    assert list(t["Task"]) == ["sst2", "rte"] and "Model" not in t.columns
+    row = t.iloc[0]
+    # fine-tuning: two seeds x 10 s (not once per run); searches 120 + 180 s; four timed measurements of 30 s
+    assert row["Runs"] == "8" and row["Seeds"] == "2"
+    assert row["Fine-tuning"] == f"{20 / 60:.1f}" and row["Searches"] == "5.0" and row["Peers"] == "0.0"
+    assert row["Measurement"] == "2.0 (4 of 8 runs)" and row["Total"] == f"{(20 + 300 + 120) / 60:.1f}"
+    md = report.to_markdown(t)
+    assert md.splitlines()[0].startswith("| Task | Runs | Seeds | Fine-tuning | Searches |")
