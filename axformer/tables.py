@@ -367,8 +367,8 @@ def _step_records(cell: Any) -> dict[str, str]:
 def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     """Compute per task and model, in minutes: the wall time each step recorded (fine-tuning loop, search,
     distillation, peer method), every step counted once although its block is copied into each descendant's
-    record (a step is its record path in the lineage, else the run), plus the measurement jobs where the
-    record has ``measure.wall_s``. Model loading and process start-up are outside these clocks, so the sum is
+    record (a step is its record path in the lineage or, in older records without the step's command, its
+    block value within the seed), plus the measurement jobs where the record has ``measure.wall_s``. Model loading and process start-up are outside these clocks, so the sum is
     a lower bound of the job time."""
     if df.empty or "task" not in df.columns:
         return pd.DataFrame(columns=["Task", "Model"])
@@ -382,10 +382,12 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
                 wall = pd.to_numeric(r.get(f"{block}_wall_s"), errors="coerce")
                 if pd.isna(wall):
                     continue
-                step = lineage.get(command, f"{r['run_dir']}#{block}")
-                if step not in seen:
-                    seen.add(step)
+                # a step is known by its record path; older records name their steps by bare path (no command),
+                # and there the same block value in the same seed is the same step, copied into each descendant
+                keys = {f"{r.get('seed')}#{block}#{float(wall)!r}", *filter(None, [lineage.get(command)])}
+                if not keys & seen:
                     total[col] += float(wall)
+                seen |= keys
         measured = _num(g, "measure_wall_s")
         row = {"Task": str(task), "Model": str(model), "Runs": str(len(g)),
                "Seeds": str(g["seed"].nunique()) if "seed" in g.columns else DASH}

@@ -404,8 +404,14 @@ def test_compute_table_counts_each_step_once(tree: Path) -> None:
                     (q / "metrics.json").write_text(json.dumps({**m, "variant": "finetune+axformer+int8",
                                                                 "quantize": {"dtype": "int8"}, "measure": {}}))
                 p.write_text(json.dumps(m))
+    # an older record: bare step.json paths, no commands; its copied train block is still the seed's finetune
+    p = tree / "rte" / "minilm" / "finetune+axformer" / "seed1" / "metrics.json"
+    m = json.loads(p.read_text())
+    m["steps"] = [s["record"] for s in m["steps"]]
+    p.write_text(json.dumps(m))
     t = report.compute_table(report.collect(tree))
     assert list(t["Task"]) == ["sst2", "rte"] and "Model" not in t.columns
+    assert t.iloc[1]["Fine-tuning"] == t.iloc[0]["Fine-tuning"] and t.iloc[1]["Searches"] == "5.0"
     row = t.iloc[0]
     # fine-tuning: two seeds x 10 s (not once per run); searches 120 + 180 s; four timed measurements of 30 s
     assert row["Runs"] == "8" and row["Seeds"] == "2"
