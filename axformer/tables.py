@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from axformer.record import STEP_BLOCKS
 from axformer.tasks import TASKS
 from axformer.utils import ConfigError, atomic_write_text
 
@@ -342,12 +343,11 @@ def _peer_search_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-
-# The step blocks whose wall time the compute table adds up (axformer.record.STEP_BLOCKS), and its columns.
-_COMPUTE_STEPS: tuple[tuple[str, str, str], ...] = (
-    ("train", "finetune", "Fine-tuning"), ("search", "approximate", "Searches"),
-    ("distill", "distill", "Distillation"), ("baseline", "baseline", "Peers"),
-)
+# The step blocks whose wall time the compute table adds up, with the command that writes each
+# (axformer.record.STEP_BLOCKS, the record's contract) and the table's column.
+_COMPUTE_COLUMNS: dict[str, str] = {"train": "Fine-tuning", "search": "Searches", "distill": "Distillation",
+                                    "baseline": "Peers"}
+_COMPUTE_STEPS: tuple[tuple[str, str, str], ...] = tuple((b, STEP_BLOCKS[b], c) for b, c in _COMPUTE_COLUMNS.items())
 
 
 def _step_records(cell: Any) -> dict[str, str]:
@@ -368,8 +368,8 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     """Compute per task and model, in minutes: the wall time each step recorded (fine-tuning loop, search,
     distillation, peer method), every step counted once although its block is copied into each descendant's
     record (a step is its record path in the lineage or, in older records without the step's command, its
-    block value within the seed), plus the measurement jobs where the record has ``measure.wall_s``. Model loading and process start-up are outside these clocks, so the sum is
-    a lower bound of the job time."""
+    block value within the seed), plus the measurement jobs where the record has ``measure.wall_s``. Model
+    loading and process start-up are outside these clocks, so the sum is a lower bound of the job time."""
     if df.empty or "task" not in df.columns:
         return pd.DataFrame(columns=["Task", "Model"])
     rows = []
