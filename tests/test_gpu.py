@@ -159,8 +159,9 @@ def test_nvml_init_failure_and_missing_binding_never_raise(use_fake, monkeypatch
     assert info["gpu_name"] is None and "not importable" in info["reason"] and "12.535.108" in info["reason"]
 
 
-def test_nvml_name_and_driver_through_env_block(use_fake):
+def test_nvml_name_and_driver_through_env_block(use_fake, monkeypatch):
     use_fake(fake_pynvml())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU run, also on a GPU host
     env = M.env_block()
     assert env["driver"] == "580.65.06" and env["gpu_uuid"] == "GPU-bbbb" and env["nvml_reason"] is None
     assert env["gpu_name"] is None  # torch sees no GPU here: NVML's name is not claimed for a CPU run

@@ -151,6 +151,11 @@ def reference_topk(q, k, v, allowed, keep, form):
     return out.transpose(1, 2)
 
 
+# the loop reference sums in another order than the batched kernel: on the H200 host's CPU (torch 2.11) they
+# differ by up to 1.3e-6 on outputs of ~0.02; one wrong key moves an output by ~1e-1
+REF_TOL = dict(atol=1e-5, rtol=1e-5)
+
+
 def _module(keep, form):
     module = torch.nn.Module()
     module.axformer_topk, module.axformer_topk_form = keep, form
@@ -179,7 +184,7 @@ def test_function_matches_reference(mask_kind, keep, form):
         for b, n in enumerate([6, 2, 9, 3]):  # right padding; the longest top-K row is shorter than T in some cases
             allowed[b, n:] = False
     out, probs = ha.topk_attention_forward(_module(keep, form), q, k, v, _mask(allowed, mask_kind, T), scaling=d**-0.5)
-    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), **REF_TOL)
     if probs is not None:  # the whole batch went through top-K over all keys
         n_real = allowed.sum(-1)
         want = torch.tensor(ha.effective_k(keep, n_real.tolist()))[:, None, None].expand(B, H, T)
@@ -199,7 +204,7 @@ def test_static_graph_path_matches_reference(monkeypatch, keep, form):
     for b, n in enumerate([6, 2, 9, 3]):
         allowed[b, n:] = False
     out, _ = ha.topk_attention_forward(_module(keep, form), q, k, v, _mask(allowed, "bool", T), scaling=d**-0.5)
-    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), **REF_TOL)
 
 
 @pytest.mark.parametrize("form", ha.FORMS)
@@ -212,7 +217,7 @@ def test_left_padding_and_ties_at_threshold(form):
     allowed = torch.ones(B, T, dtype=torch.bool)
     allowed[1, :3] = False  # left padding: trimming must keep the last real key
     out, _ = ha.topk_attention_forward(_module(2, form), q, k, v, _mask(allowed, "bool", T), scaling=0.5)
-    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, 2, form), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, reference_topk(q, k, v, allowed, 2, form), **REF_TOL)
     # somewhere the tied pair sits at the threshold, so that row keeps 3 keys (ties are kept)
     s = (q @ k.transpose(-1, -2)).masked_fill(~allowed[:, None, None, :], -1e9)
     top = s.sort(dim=-1, descending=True).values
