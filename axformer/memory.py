@@ -8,8 +8,8 @@ libraries, the evaluation data. So each model gets a phase of its own:
   for LLM.int8, its quantisation state) and ``activation_peak_bytes`` = ``max_memory_allocated`` over a few
   forwards minus that. NVML's per-process figure is kept as a secondary number (it includes the CUDA context
   and the caching allocator's reserve, see nvml.NOTE).
-- CPU: the model is pickled into a fresh subprocess (``python -m axformer.memory``) that has imported torch
-  and transformers first;
+- CPU: the model is pickled into a fresh subprocess (``python -m axformer.memory``) that has imported torch,
+  transformers and the modules of the model's classes first (unpickling would import them: library memory);
   ``weights_bytes`` is that process's RSS growth from loading the model, ``activation_peak_bytes`` the peak RSS
   (``VmHWM``, reset after loading through ``/proc/self/clear_refs``) of the forwards above the loaded RSS. The
   measuring process's own peak RSS stays in the block as ``process_peak_rss_bytes`` (secondary).
@@ -21,6 +21,7 @@ devices and serves as a cross-check of ``weights_bytes``.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import resource
@@ -37,7 +38,8 @@ CUDA_METHOD = ("torch.cuda allocations in a phase of its own: the other model mo
                "peak counters reset; weights = bytes of the model's tensors on the device, activation peak = "
                "max_memory_allocated over the forwards minus memory_allocated before them (which also holds "
                "e.g. the cuBLAS workspace: allocated_before_bytes)")
-CPU_METHOD = ("RSS of a fresh subprocess (python -m axformer.memory, torch and transformers imported first) "
+CPU_METHOD = ("RSS of a fresh subprocess (python -m axformer.memory; torch, transformers and the modules of the "
+              "model's classes imported first) "
               "holding only this model: "
               "weights = RSS growth from loading it, activation peak = peak RSS (VmHWM, reset after loading) over "
               "the forwards minus the loaded RSS")
@@ -149,7 +151,11 @@ def _child(job_path: str) -> dict[str, Any]:
     import axformer.elements  # noqa: F401 - edited and hard-attention models unpickle through these
     import axformer.hard_attention  # noqa: F401
 
-    spec = torch.load(job_path, weights_only=True)  # threads, iters and the input tensors only
+    spec = torch.load(job_path, weights_only=True)  # threads, iters, module names and the input tensors only
+    # the modules of the model's classes too: unpickling imports them (transformers' modeling files pull in
+    # whatever optional packages the host has; 110 MB on a GPU image), which is library, not model, memory
+    for name in spec.get("modules", []):
+        importlib.import_module(name)
     torch.set_num_threads(int(spec["threads"]))
     torch.ones(64, 64) @ torch.ones(64, 64)  # start the intra-op thread pool before the reading
     x = spec["inputs"]
@@ -185,7 +191,8 @@ def cpu_model_memory(model: nn.Module, inputs: dict[str, torch.Tensor], threads:
             return out
         cpu_inputs = {k: v.detach().cpu() for k, v in inputs.items() if torch.is_tensor(v)}
         job = os.path.join(tmp, "job.pt")
-        torch.save({"inputs": cpu_inputs, "threads": int(threads), "iters": int(iters),
+        modules = sorted({type(m).__module__ for m in model.modules()})
+        torch.save({"inputs": cpu_inputs, "threads": int(threads), "iters": int(iters), "modules": modules,
                     "model_path": os.path.join(tmp, "model.pt")}, job)
         # a plain subprocess, not multiprocessing: spawn would re-import the caller's __main__
         try:

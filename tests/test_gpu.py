@@ -311,8 +311,10 @@ def test_cpu_memory_per_model_differs_for_a_pruned_variant():
     for b in (big, small):
         assert b["reason"] is None, b["reason"]
         assert b["source"] == "rss_subprocess" and b["peak_bytes"] == b["weights_bytes"] + b["activation_peak_bytes"]
-        # RSS growth is at least the tensors, plus allocator slack well below the model size
-        assert b["state_bytes"] * 0.9 <= b["weights_bytes"] <= b["state_bytes"] * 1.5 + 8 * 2**20
+        # RSS growth is at least the tensors, plus allocator slack well below the model size; not the library
+        # modules that unpickling the model imports (~10 MB here, 110 MB on a GPU image, before the child
+        # imported them ahead of its baseline reading)
+        assert b["state_bytes"] * 0.9 <= b["weights_bytes"] <= b["state_bytes"] * 1.1 + 4 * 2**20
     saved = big["state_bytes"] - small["state_bytes"]
     assert saved > 10 * 2**20
     assert big["weights_bytes"] - small["weights_bytes"] > 0.7 * saved
