@@ -188,6 +188,13 @@ def main() -> None:
             raise ConfigError(f"--tokenizer {tok_dir}: no config.json there (give the MiniLM model folder).")
         if args.dtype != "fp32" and device.type == "cpu":
             raise ConfigError(f"--dtype {args.dtype} is for --device cuda (the CPU timing is fp32).")
+        dev_tsv = Path(args.data_dir) / "glue" / "SST-2" / "dev.tsv"
+        if not dev_tsv.is_file():
+            raise ConfigError(f"{dev_tsv} not found: set --data-dir or AXFORMER_DATA to the data folder "
+                              "(it holds glue/).")
+        if args.rounds < 1 or args.warmup < 0 or min(args.threads) < 1:
+            raise ConfigError(f"--rounds must be >= 1, --warmup >= 0 and --threads >= 1 (got {args.rounds}, "
+                              f"{args.warmup}, {args.threads}).")
     except ConfigError as e:
         sys.exit(f"hard_attention_kernel: {e}")
     lengths = sst2_lengths(Path(args.data_dir), B, args.seed, Path(tok_dir))
