@@ -16,6 +16,7 @@ from axformer.utils import ConfigError
 from baselines._match import encoder_params_of_arch, removed_heads
 from baselines.headprune import head_importance, planted_zero_head
 from baselines.layerdrop import drop_top_layers
+from tiny_models import same_splits, tiny_pretrained
 
 TASK = get_task("sst2")
 
@@ -24,15 +25,6 @@ TASK = get_task("sst2")
 def rows(data_dir, tokenizer):
     """32 real SST-2 train rows, tokenized (length <= 32)."""
     return data.tokenize(data.load_split(TASK, "train", data_dir).select(range(32)), tokenizer, TASK, max_length=32)
-
-
-def _tiny(seed=0):
-    model, _tok = models.load_pretrained(models.TINY, TASK, seed=seed)
-    return model
-
-
-def _splits(ds):
-    return {"train": ds, "search": ds, "dev": ds}
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -49,7 +41,7 @@ def test_registry_builtin_and_unknown():
 def test_importance_is_the_gate_gradient(rows, tokenizer):
     """|dL/dg_h| per sample, summed: equals a finite difference of scaling the head's value rows (context is
     linear in V), and does not depend on how samples are batched."""
-    model = _tiny().double()
+    model = tiny_pretrained(TASK).double()
     ds = rows.select(range(3))
     imp = head_importance(model, ds, tokenizer, TASK, batch_size=2, normalize=False)["raw"]
     imp1 = head_importance(model, ds, tokenizer, TASK, batch_size=1, normalize=False)["raw"]
@@ -77,14 +69,14 @@ def test_importance_is_the_gate_gradient(rows, tokenizer):
 
 
 def test_planted_useless_head_scores_lowest_and_is_pruned_first(rows, tokenizer):
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     planted_zero_head(model, 1, 2)
     before = train.predict_logits(model, rows, tokenizer)[0]
     imp = head_importance(model, rows, tokenizer, TASK, batch_size=16)
     assert imp["raw"][1][2] == 0.0 and imp["normalized"][1][2] == 0.0
     others = [s for i, row in imp["raw"].items() for h, s in row.items() if (i, h) != (1, 2)]
     assert min(others) > 0
-    model, info = baselines.get("headprune")(model, tokenizer, TASK, _splits(rows), {"n_heads": 1, "batch_size": 16})
+    model, info = baselines.get("headprune")(model, tokenizer, TASK, same_splits(rows), {"n_heads": 1, "batch_size": 16})
     assert info["removed"] == ["L1.head2"] and info["ranking"][0] == "L1.head2"
     assert info["scores"]["L1"]["head2"] == 0.0 and set(info["scores"]) == {"L0", "L1"}
     assert elements.architecture(model)["layers"][1]["heads"] == [0, 1, 3]
@@ -103,34 +95,34 @@ def _decisions(model, removed):
 
 
 def test_match_decisions_removes_same_number_of_heads(rows, tokenizer, tmp_path):
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     dec, ax_params = _decisions(model, ["L1.ffn_group3", "L1.head0", "L0.attn", "L0.ffn_group1"])
     assert removed_heads(dec, 4) == 5  # L0.attn counts as all 4 heads
     assert removed_heads({"removed": dec["removed"]}, 4) == 5  # without the arch record too
     assert encoder_params_of_arch(model, dec["arch"]) == ax_params
     path = tmp_path / "decisions.json"
     path.write_text(json.dumps(dec))
-    m1, info = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, _splits(rows), {"match": str(path)})
+    m1, info = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows), {"match": str(path)})
     assert info["n_removed"] == 5 and info["target"] == {"by": "heads", "n_heads": 5, "source": str(path)}
     arch = elements.architecture(m1)
     assert sum(len(r["heads"]) for r in arch["layers"]) == 8 - 5
 
     # by parameters: the fewest heads that bring the encoder to <= AxFormer's size
-    m2, info = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, _splits(rows),
+    m2, info = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
                                           {"match": str(path), "match_by": "params"})
     n = info["n_removed"]
     assert info["params_encoder_after"] <= ax_params and n >= 1
-    m3, info3 = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, _splits(rows), {"n_heads": n - 1})
+    m3, info3 = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows), {"n_heads": n - 1})
     assert info3["params_encoder_after"] > ax_params and info3["removed"] == info["removed"][: n - 1]
     with pytest.raises(ConfigError, match="even removing every attention head"):
-        baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, _splits(rows), {"target_params": 1000})
+        baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows), {"target_params": 1000})
     with pytest.raises(ConfigError, match="either n_heads or a match target"):
-        baselines.get("headprune")(model, tokenizer, TASK, _splits(rows), {"n_heads": 1, "match": str(path)})
+        baselines.get("headprune")(model, tokenizer, TASK, same_splits(rows), {"n_heads": 1, "match": str(path)})
 
 
 # ------------------------------------------------------------------------------------------------ layerdrop
 def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_path):
-    parent = _tiny()
+    parent = tiny_pretrained(TASK)
     elements.remove_heads(parent, 0, [1])  # an edited parent with hard attention: the records are trimmed
     hard_attention.enable(parent, [0, 1], 3)
     small = drop_top_layers(parent, 1)
@@ -146,9 +138,9 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
                                torch.from_numpy(train.predict_logits(small, rows, tokenizer)[0]))
 
-    plain = _tiny()
+    plain = tiny_pretrained(TASK)
     before = train.evaluate(drop_top_layers(plain, 1), rows, tokenizer, TASK).mean_loss
-    model, info = baselines.get("layerdrop")(plain, tokenizer, TASK, _splits(rows),
+    model, info = baselines.get("layerdrop")(plain, tokenizer, TASK, same_splits(rows),
                                              {"k": 1, "epochs": 6, "lr": 5e-3, "batch_size": 8, "progress": False})
     assert info["layers_after"] == 1 and info["dropped_layers"] == [1] and info["retrained"]
     after = train.evaluate(model, rows, tokenizer, TASK).mean_loss
@@ -162,17 +154,17 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
 
 
 def test_layerdrop_match_picks_smallest_k(rows, tokenizer):
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     per_layer = elements.count_params(model.base_model.encoder.layer[0])
     total = elements.count_encoder_params(model)
-    _m, info = baselines.get("layerdrop")(copy.deepcopy(model), tokenizer, TASK, _splits(rows),
+    _m, info = baselines.get("layerdrop")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
                                           {"target_params": total - 1, "epochs": 0})
     assert info["k"] == 1 and info["params_encoder_after"] == total - per_layer and not info["retrained"]
-    _m, info = baselines.get("layerdrop")(copy.deepcopy(model), tokenizer, TASK, _splits(rows),
+    _m, info = baselines.get("layerdrop")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
                                           {"target_params": total, "epochs": 0})
     assert info["k"] == 0
     with pytest.raises(ConfigError, match="no k < 2"):
-        baselines.get("layerdrop")(model, tokenizer, TASK, _splits(rows), {"target_params": 10, "epochs": 0})
+        baselines.get("layerdrop")(model, tokenizer, TASK, same_splits(rows), {"target_params": 10, "epochs": 0})
 
 
 # ------------------------------------------------------------------------------------------------ CLI

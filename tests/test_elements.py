@@ -18,30 +18,18 @@ from transformers import (
 from axformer import elements as el
 from axformer import hard_attention as ha
 from axformer.elements import Element
+from tiny_models import tiny_bert, tiny_bert_config
 
 HIDDEN, HEADS, LAYERS, INTER = 32, 4, 3, 48
 D = HIDDEN // HEADS
 
 
 def tiny_config(**kw) -> BertConfig:
-    base = dict(
-        vocab_size=60,
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        num_hidden_layers=LAYERS,
-        intermediate_size=INTER,
-        max_position_embeddings=32,
-        num_labels=3,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    base.update(kw)
-    return BertConfig(**base)
+    return tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
 
 
 def tiny_model(seed: int = 0, cls=BertForSequenceClassification, **kw) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    m = cls(tiny_config(**kw))
+    m = tiny_bert(seed, cls, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
     # Random init leaves LayerNorms at (1, 0) and biases at 0: perturb so every parameter matters in the checks.
     with torch.no_grad():
         for name, p in m.named_parameters():

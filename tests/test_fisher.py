@@ -16,6 +16,7 @@ from axformer.utils import ConfigError
 from baselines.fisher import (Units, apply_plan, block_loss, fisher_diag, mask_gradients, rearrange, search,
                               tune_masks, unit_costs)
 from baselines.headprune import planted_zero_head
+from tiny_models import same_splits, tiny_pretrained
 
 TASK = get_task("sst2")
 
@@ -24,15 +25,6 @@ TASK = get_task("sst2")
 def rows(data_dir, tokenizer):
     """24 real SST-2 train rows, tokenized (length <= 32)."""
     return data.tokenize(data.load_split(TASK, "train", data_dir).select(range(24)), tokenizer, TASK, max_length=32)
-
-
-def _tiny(seed=0):
-    model, _tok = models.load_pretrained(models.TINY, TASK, seed=seed)
-    return model
-
-
-def _splits(ds):
-    return {"train": ds, "search": ds, "dev": ds}
 
 
 def _hand_fisher(model, ds, tokenizer):
@@ -66,7 +58,7 @@ def _hand_fisher(model, ds, tokenizer):
 
 # ------------------------------------------------------------------------------------------------ 1. Fisher
 def test_fisher_equals_hand_computed_squared_gradients(rows, tokenizer):
-    model = _tiny().double()
+    model = tiny_pretrained(TASK).double()
     ds = rows.select(range(5))
     g = mask_gradients(model, ds, tokenizer, TASK, batch_size=3)  # per-sample grads from batched masks
     fh, fn = fisher_diag(g["head"]), fisher_diag(g["neuron"])
@@ -80,7 +72,7 @@ def test_fisher_equals_hand_computed_squared_gradients(rows, tokenizer):
 
 
 def test_planted_zero_head_has_zero_fisher(rows, tokenizer):
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     planted_zero_head(model, 1, 2)
     fh = fisher_diag(mask_gradients(model, rows, tokenizer, TASK, batch_size=8)["head"])
     assert float(fh[1][2]) == 0.0 and float(torch.cat([fh[0], fh[1][[0, 1, 3]]]).min()) > 0
@@ -88,7 +80,7 @@ def test_planted_zero_head_has_zero_fisher(rows, tokenizer):
 
 # ------------------------------------------------------------------------------------------------ 2. search
 def test_unit_costs_match_measured_flops_and_params():
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     c_h, c_n = unit_costs(model, "flops", 20)
     p_h, p_n = unit_costs(model, "params", 20)
     f0, p0 = measure.forward_flops(model, 1, 20), elements.count_encoder_params(model)
@@ -132,7 +124,7 @@ def test_rearrange_prunes_a_cancelling_pair():
 
 # ------------------------------------------------------------------------------------------------ 3. tuning
 def test_mask_tuning_lowers_reconstruction_error(rows, tokenizer):
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     keep_h = {0: [0, 2, 3], 1: [1, 3]}
     keep_n = {0: list(range(0, 128, 2)), 1: list(range(40, 128))}
     plain = tune_masks(model, rows, tokenizer, keep_h, keep_n, batch_size=8, tune=False)
@@ -174,8 +166,8 @@ def _decisions(model, removed):
 
 def test_constraints_are_met(rows, tokenizer, tmp_path):
     fisher = baselines.get("fisher")
-    model = _tiny()
-    _m, info = fisher(copy.deepcopy(model), tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "batch_size": 8})
+    model = tiny_pretrained(TASK)
+    _m, info = fisher(copy.deepcopy(model), tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "batch_size": 8})
     c_h, c_n = info["cost_head"], info["cost_neuron"]
     kept_cost = info["heads_after"] * c_h + info["neurons_after"] * c_n
     assert kept_cost <= 0.5 * (8 * c_h + 256 * c_n) + 1e-6
@@ -186,28 +178,28 @@ def test_constraints_are_met(rows, tokenizer, tmp_path):
     dec, ax = _decisions(model, ["L1.ffn_group3", "L1.head0", "L0.head2", "L0.ffn_group1", "L0.ffn_group5"])
     path = tmp_path / "decisions.json"
     path.write_text(json.dumps(dec))
-    m2, info = fisher(copy.deepcopy(model), tokenizer, TASK, _splits(rows), {"match": str(path), "batch_size": 8})
+    m2, info = fisher(copy.deepcopy(model), tokenizer, TASK, same_splits(rows), {"match": str(path), "batch_size": 8})
     assert info["target"]["by"] == "params"
     assert info["params_encoder_after"] <= elements.count_encoder_params(ax) == info["target"]["params_encoder"]
     assert elements.count_encoder_params(m2) == info["params_encoder_after"]
-    _m, info = fisher(copy.deepcopy(model), tokenizer, TASK, _splits(rows),
+    _m, info = fisher(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
                       {"match": str(path), "match_by": "flops", "seq_len": 32, "rearrange": False})
     assert info["flops_per_seq_after"] <= measure.forward_flops(ax, 1, 32) == info["target"]["flops_per_seq"]
     with pytest.raises(ConfigError, match="either flops_frac or a match target"):
-        fisher(model, tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "match": str(path)})
+        fisher(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "match": str(path)})
     with pytest.raises(ConfigError, match="needs an amount"):
-        fisher(model, tokenizer, TASK, _splits(rows), {})
+        fisher(model, tokenizer, TASK, same_splits(rows), {})
     with pytest.raises(ConfigError, match="flops_frac must be"):
-        fisher(model, tokenizer, TASK, _splits(rows), {"flops_frac": 1.5})
+        fisher(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 1.5})
     with pytest.raises(ConfigError, match="dev is for reporting"):
-        fisher(model, tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "split": "dev"})
+        fisher(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "split": "dev"})
     with pytest.raises(ConfigError, match="unknown config keys"):
-        fisher(model, tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "nope": 1})
+        fisher(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "nope": 1})
 
 
 def test_pruned_model_reloads_with_identical_logits(rows, tokenizer, tmp_path):
-    model = _tiny()
-    pruned, info = baselines.get("fisher")(model, tokenizer, TASK, _splits(rows),
+    model = tiny_pretrained(TASK)
+    pruned, info = baselines.get("fisher")(model, tokenizer, TASK, same_splits(rows),
                                            {"flops_frac": 0.4, "batch_size": 8, "max_rows": 16, "seed": 3})
     assert info["n_rows"] == 16 and info["params_encoder_after"] < info["params_encoder_before"]
     ck = models.save_checkpoint(pruned, tokenizer, tmp_path / "ck")
@@ -240,7 +232,7 @@ def test_cli_fisher_step(tmp_path, data_dir):
 def test_edited_parent_and_full_mask_is_the_model(rows, tokenizer, tmp_path):
     """A parent with a skipped attention block and removed neurons: keeping every unit reproduces it exactly
     (the layer-by-layer pass equals the model's forward); pruning it further reloads."""
-    model = _tiny()
+    model = tiny_pretrained(TASK)
     elements.skip_attention(model, 0)
     elements.remove_neurons(model, 1, list(range(10)))
     units = Units.of(model)
@@ -249,7 +241,7 @@ def test_edited_parent_and_full_mask_is_the_model(rows, tokenizer, tmp_path):
                       {i: list(range(len(n))) for i, n in units.neurons.items()}, batch_size=8, tune=False,
                       cls_only_last=False)
     assert full["final_rel_err"] < 1e-10 and all(abs(e["rel_before"]) < 1e-5 for e in full["errors"])  # float32 products
-    pruned, info = baselines.get("fisher")(model, tokenizer, TASK, _splits(rows), {"flops_frac": 0.5, "batch_size": 8})
+    pruned, info = baselines.get("fisher")(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "batch_size": 8})
     assert info["heads_before"] == 4 and info["neurons_before"] == 128 + 118
     back, _ = models.load_checkpoint(models.save_checkpoint(pruned, tokenizer, tmp_path / "ck"))
     assert elements.architecture(back)["layers"][0]["attn_skipped"]

@@ -15,21 +15,19 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
 
 from axformer import device as D
 from axformer import measure as M
 from axformer import memory, nvml
 from axformer.utils import ConfigError
+from tiny_models import tiny_bert
 
 TEXTS_A = ["the movie was great", "a bad film"]
 
 
 def tiny_model(seed: int = 0, inter: int = 32, hidden: int = 16, layers: int = 2, vocab: int = 40):
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=inter, max_position_embeddings=64, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
+    return tiny_bert(seed, vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
+                     max_position_embeddings=64, num_labels=2)
 
 
 def tiny_cfg(**kw) -> M.MeasureConfig:

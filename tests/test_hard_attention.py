@@ -6,28 +6,19 @@ import math
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from axformer import elements as el
 from axformer import hard_attention as ha
+from tiny_models import tiny_bert
 
 HIDDEN, HEADS, LAYERS, INTER = 32, 4, 3, 48
 
 
 def tiny_model(seed: int = 0, attn: str | None = None) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=60,
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        num_hidden_layers=LAYERS,
-        intermediate_size=INTER,
-        max_position_embeddings=32,
-        num_labels=3,
-    )
-    m = BertForSequenceClassification(cfg)
+    m = tiny_bert(seed)
     with torch.no_grad():  # bigger attention logits so top-K visibly matters
         for layer in m.bert.encoder.layer:
             layer.attention.self.query.weight.mul_(4)

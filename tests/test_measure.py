@@ -12,26 +12,18 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from axformer import measure as M
 from axformer.utils import ConfigError, atomic_write_json
+from tiny_models import tiny_bert
 
 H, HEADS, INTER, LAYERS, LABELS = 16, 4, 32, 2, 2
 
 
 def tiny_model(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=40,
-        hidden_size=H,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=INTER,
-        max_position_embeddings=64,
-        num_labels=LABELS,
-    )
-    return BertForSequenceClassification(cfg).eval()
+    return tiny_bert(seed, vocab_size=40, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                     intermediate_size=INTER, max_position_embeddings=64, num_labels=LABELS)
 
 
 def tiny_cfg(**kw) -> M.MeasureConfig:

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from axformer.quantize import (
     DEFAULT_SKIP,
@@ -21,6 +21,7 @@ from axformer.quantize import (
     quantize,
 )
 from axformer.utils import ConfigError
+from tiny_models import tiny_bert
 
 VOCAB = 100
 N_INPUTS = 200
@@ -28,17 +29,8 @@ SEQ = 16
 
 
 def tiny_model(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(cfg).eval()
+    return tiny_bert(seed, vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                     max_position_embeddings=64, num_labels=2)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 from pathlib import Path
 
 import pytest

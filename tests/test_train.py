@@ -56,7 +56,7 @@ def test_regression_stsb_squared_error(data_dir):
     assert res.logits.shape == (16, 1)
     np.testing.assert_allclose(res.losses, (res.logits[:, 0] - res.labels) ** 2, rtol=1e-5)
     assert set(res.metrics) == {"pearson", "spearman"}
-    log = train.train(model, ds, tok, task, train.TrainConfig(epochs=6, batch_size=8, lr=1e-3, progress=False))
+    train.train(model, ds, tok, task, train.TrainConfig(epochs=6, batch_size=8, lr=1e-3, progress=False))
     assert train.evaluate(model, ds, tok, task).mean_loss < res.mean_loss
 
 
