@@ -132,6 +132,57 @@ def _ort_variant(args: argparse.Namespace, variant, tokenizer, task, splits, max
         return export.runtime_variant(variant, args.quantize, work, cfg.threads, check, calib)
 
 
+def _timed_latency(args: argparse.Namespace, cfg) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The variant's latency blocks and per-round ms: from its group's timing record (``--timing``), else from
+    passes of this pair alone (axformer.timing)."""
+    from dataclasses import asdict
+
+    from axformer import timing
+
+    if args.timing:
+        group = timing.read_group(args.timing)
+        if group["measure"]["batch_sizes"] != list(cfg.batch_sizes) or group["measure"]["seq_len"] != cfg.seq_len:
+            raise ConfigError(f"--timing {args.timing} timed batch sizes {group['measure']['batch_sizes']} at length "
+                              f"{group['measure']['seq_len']}, this measure asks for {cfg.batch_sizes} at "
+                              f"{cfg.seq_len}; re-run the timing job (snakemake --forcerun time).")
+        blocks = timing.latency_blocks(group, args.variant_name, args.timing)
+        return blocks, timing.iter_ms(Path(args.timing).with_suffix(".npz"), args.variant_name, cfg.batch_sizes)
+    plan = {"task": args.task, "seed": args.seed, "profile": args.profile, "baseline": args.baseline,
+            "data_dir": args.data_dir, "measure": asdict(cfg),
+            "entries": [{"variant": args.variant_name, "ckpt": args.variant, "quantize": args.quantize,
+                         "quantize_backend": args.quantize_backend,
+                         "quantize_compute_dtype": args.quantize_compute_dtype}]}
+    group, samples = timing.time_group(plan)
+    blocks = timing.latency_blocks(group, args.variant_name)
+    per_bs = {int(bs): {"baseline": samples[f"b{bs}/{timing.BASELINE}"], "variant": samples[f"b{bs}/{args.variant_name}"],
+                        "pass": samples[f"b{bs}/pass"]} for bs in cfg.batch_sizes}
+    return blocks, per_bs
+
+
+@command("time")
+def cmd_time(args: argparse.Namespace) -> None:
+    import json
+
+    from axformer import timing
+
+    try:
+        plan = json.loads(args.plan_json)
+    except ValueError as exc:
+        raise ConfigError(f"--plan-json is not JSON ({exc}).") from exc
+    if not isinstance(plan, dict) or not plan.get("entries") or "baseline" not in plan:
+        raise ConfigError("--plan-json needs a baseline checkpoint and at least one entry.")
+    runs.check_writable(args.out)
+    for e in plan["entries"]:
+        if not Path(e["ckpt"], "config.json").is_file():
+            raise ConfigError(f"checkpoint {e['ckpt']} of variant {e['variant']!r} has no config.json: run the step "
+                              "that produces it.")
+    record, samples = timing.time_group(plan, log=sys.stdout)
+    timing.write_group(record, samples, args.out)
+    noisy = sum(p["noisy"] for p in record["passes"])
+    print(f"{plan['task']} seed {plan['seed']}: {len(record['variants'])} variants x {len(record['passes'])} passes "
+          f"({noisy} noisy) in {record['wall_s']:.0f} s -> {args.out}")
+
+
 @command("measure")
 def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
@@ -192,7 +243,8 @@ def cmd_measure(args: argparse.Namespace) -> None:
     texts_a, texts_b = taskkinds.timing_texts(task, splits.dev, max(cfg.batch_sizes), split.seed)
     # int8 variants are never saved: their size on disk is what torch.save of the quantized weights takes
     m = measure.measure_pair(baseline, variant, tokenizer, texts_a, texts_b, cfg,
-                             variant_dir=None if quant_info else args.variant, references=references)
+                             variant_dir=None if quant_info else args.variant, references=references, timed=False)
+    m["latency"], m["iter_ms"] = _timed_latency(args, cfg)
     if references:
         m["size"]["bytes_on_disk"] = quant_info["bytes"]
         m["size"]["bytes_on_disk_source"] = (f"the {args.quantize} model file(s) (.onnx, or OpenVINO .xml + .bin; "

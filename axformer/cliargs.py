@@ -257,12 +257,18 @@ def approximate_args(p: argparse.ArgumentParser) -> None:
     run_args(p)
 
 
-MEASURE_FLAGS = ["batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype"]
+MEASURE_FLAGS = ["batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype", "passes",
+                 "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process"]
 MEASURE_HELP = {"threads": "torch CPU threads for evaluation and timing (recorded; none: torch's)",
                 "dtype": "float dtype of the baseline and float variants during evaluation and timing",
                 "batch_sizes": "timed batch sizes", "seq_len": "padded timing length",
                 "warmup": "untimed forwards per model", "min_iters": "timed forwards per model (at least)",
-                "min_seconds": "... and at least this many seconds"}
+                "min_seconds": "... and at least this many seconds (per timing pass)",
+                "passes": "independent timing passes, each a fresh process; the speedup is their median",
+                "pass_retries": "noisy passes a timing job may repeat (bounded)",
+                "noise_max_other_cpu": "a pass is noisy when other processes used more than this share of the CPU",
+                "noise_max_steal": "... or the hypervisor stole more than this share",
+                "pass_process": "fresh: each pass in a new process; inline: in this one (tests, quick looks)"}
 QUANTIZE_CHOICES = ("none", "int8", "int8_ort", "int8_ort_static", "int8_ov")
 
 
@@ -293,8 +299,21 @@ def measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-isolation", default=None, choices=["on", "off"],
                    help="CPU: measure the variant's memory in a subprocess of its own (on, default) or record only "
                         "its tensor bytes (off, fast)")
-    config_flags(p, MeasureConfig, MEASURE_FLAGS, helps=MEASURE_HELP, choices={"dtype": DTYPES})
+    config_flags(p, MeasureConfig, MEASURE_FLAGS, helps=MEASURE_HELP,
+                 choices={"dtype": DTYPES, "pass_process": ("fresh", "inline")})
     p.add_argument("--data-dir", default=None, help="overrides the data_dir stored in the baseline checkpoint")
+    p.add_argument("--timing", default=None, metavar="TIMING.json",
+                   help="the timing record of the run's (task, model, seed) group (axformer time): its passes give "
+                        "the latency blocks; without it the pair is timed here in its own passes")
+
+
+@step_args("time", "timing passes of every variant of one (task, model, seed) against its finetune -> timing.json")
+def time_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan-json", required=True,
+                   help='JSON: {"task", "model", "seed", "profile", "baseline": CKPT, "data_dir", "entries": '
+                        '[{"variant", "ckpt", "quantize", "quantize_backend", "quantize_compute_dtype"}], '
+                        '"measure": {MeasureConfig fields}} (the workflow writes it from the profile)')
+    p.add_argument("--out", required=True, help="output timing.json (timing.npz beside it)")
 
 
 @step_args("majority", "constant predictor row: majority class of train' (train' mean for regression) scored on dev")

@@ -124,6 +124,8 @@ def write_predictions(path: str | os.PathLike, task, ids: Sequence[Any], *, pred
             raise ValueError(f"batch {bs}: {len(base)} baseline but {len(var)} variant iterations (must be rounds)")
         arrays[f"iter_ms_b{int(bs)}_baseline"] = base
         arrays[f"iter_ms_b{int(bs)}_variant"] = var
+        if d.get("pass") is not None:  # timing passes (axformer.timing): the pass of each round
+            arrays[f"iter_pass_b{int(bs)}"] = np.asarray(d["pass"], dtype=np.int16)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     path = Path(path)

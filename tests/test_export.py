@@ -161,10 +161,13 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
         assert main(["measure", "--task", "sst2", "--variant-name", f"finetune+{mode}", "--baseline",
                      str(tmp_path / "ft"), "--variant", str(tmp_path / "pr"), "--quantize", mode, "--step-json",
                      str(tmp_path / "ft.json"), "--metrics", str(out), "--batch-sizes", "2", "--seq-len", "16",
-                     "--warmup", "1", "--min-iters", "3", "--min-seconds", "0", *common]) == 0
+                     "--warmup", "1", "--min-iters", "3", "--min-seconds", "0", "--passes", "1",
+                     "--pass-retries", "0", *common]) == 0  # one pass, in a fresh process: the runtime files reload
         rec = json.loads(out.read_text())
         q = rec["quantize"]
         runtime = "ov" if mode == "int8_ov" else "ort"
+        (lat,) = rec["latency"]
+        assert lat["n_passes"] == 1 and lat["passes"][0]["n_iters"] >= 3 and set(lat["references"]) == {f"{runtime}_fp32"}
         backend = "openvino_nncf" if mode == "int8_ov" else f"onnxruntime_{export.ORT_MODES[mode]}"
         assert q["backend"] == backend and q["threads"] == 1
         assert q["export"]["check_rows"] == 24 and q["export"]["check_max_abs_diff"] <= export.DEFAULT_ATOL

@@ -481,7 +481,8 @@ def measure_threads(wildcards):
 
 def measure_flags():
     m = config["measure"]
-    keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype")
+    keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype", "passes",
+            "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process")
     return cli_flags({k: m[k] for k in keys}) + " --memory-isolation " + ("on" if m["memory_isolation"] else "off")
 
 
