@@ -142,6 +142,9 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
         assert rec["size"]["params_encoder"] > 0 and rec["size"]["bytes_on_disk"] > 0
         assert [b["batch_size"] for b in rec["latency"]] == cfg["measure"]["batch_sizes"]
         assert all(b["speedup"] > 0 and b["baseline_p50_ms"] > 0 for b in rec["latency"])
+        # timing passes (DESIGN §6): every block has the configured number of counted passes, all kept
+        assert all(b["n_passes"] == cfg["measure"]["passes"] and len(b["passes"]) >= b["n_passes"]
+                   for b in rec["latency"])
         assert rec["memory"]["peak_bytes"] is None or rec["memory"]["peak_bytes"] > 0  # never 0
         assert rec["env"]["torch"] and rec["env"]["threads"] == cfg["measure"]["threads"]
         assert "train" in rec and "data" in rec  # merged from the finetune step record
@@ -183,6 +186,16 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
         assert name in text, f"{name} is not in the snakemake report"
     for caption in ("Pareto front", "one row per run and timed batch size", "hard (top-k) attention"):
         assert caption in text, caption
+
+    # re-time every run (never a chosen few): a new pass set on every timed run, none with fewer passes than set
+    before = {run: json.loads((run / "metrics.json").read_text())["latency"][0]["pass_set"]
+              for v, run in expected if v != "majority"}
+    re_time = snakemake(tmp_path, *args, "--forcerun", "time", data_dir=data_dir)
+    assert re_time.returncode == 0, _fail_msg(re_time, tmp_path)
+    for run, old_set in before.items():
+        for block in json.loads((run / "metrics.json").read_text())["latency"]:
+            assert block["pass_set"] != old_set and block["n_passes"] >= cfg["measure"]["passes"]
+            assert {p["pass_set"] for p in block["passes"]} == {block["pass_set"]}
 
 
 # ------------------------------------------------------------------------------------------------ (2)
