@@ -230,7 +230,8 @@ PRUNE_FLAGS = {"n_groups": "groups"}
 PRUNE_HELP = {
     "mode": "full | prune (pruning only) | hardattn (hard attention only): the ablations",
     "granularity": "blocks only, or descend into heads / FFN neuron groups (fine)",
-    "accept_rule": "guarded: loss beats the best by the margin and search metric no worse",
+    "accept_rule": "guarded: loss beats the best by the margin and search metric no worse; official: the "
+                   "authors' released rule (loss < best, more than int(N x n) samples no worse, no margin)",
     "accept_frac": "N: fraction of search samples no worse",
     "accept_margin": "relative floor of the acceptance margin (x best loss); 0 with --accept-z 0: no margin",
     "accept_z": "margin in standard errors of the paired per-sample loss difference",
