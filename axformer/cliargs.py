@@ -158,6 +158,7 @@ def common_args(p: argparse.ArgumentParser) -> None:
 SPLIT_HELP = {"search_frac": "fraction of GLUE train held out for the search", "search_max": "cap on search-split rows",
               "train_max": "subsample train' to this many rows (CPU budget)",
               "dev_max": "subsample dev (smoke runs only)",
+              "search_rows": "split index file (workflow/splits/*.json): its train rows are the search split",
               "max_length": "tokenizer length (none: the task's, 128 for GLUE, 384 for SQuAD windows)"}
 
 
