@@ -202,7 +202,7 @@ def run_args(p: argparse.ArgumentParser) -> None:
     device_arg(p)
 
 
-TRAIN_FLAGS = ["epochs", "batch_size", "lr"]
+TRAIN_FLAGS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_ratio"]
 SELECT_CHOICES = ("none", "metric", "loss")
 
 
