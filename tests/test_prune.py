@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -504,3 +505,33 @@ def test_official_search_follows_the_released_rule_on_a_tiny_model(fitted):
     m = copy.deepcopy(model)  # K above every row's length: hard attention is a no-op, never accepted
     res = prune.search(m, ds, tok, task, _cfg(accept_rule="official", mode="hardattn", topk=40))
     assert not any(c["accepted"] for c in res.candidates) and res.hard_attention_layers == []
+
+
+def test_cli_official_on_the_released_rte_split(tmp_path, data_dir):
+    """finetune with the released split index, then the official search: the split travels with the checkpoint
+    (all 362 released search rows, in their order), the decisions record the released rule, and a finetune
+    whose data folder holds another RTE train file is refused before any work."""
+    from axformer.cli import main
+
+    index = str(Path(__file__).resolve().parents[1] / "workflow/splits/official_rte.json")
+    ft = ["finetune", "--task", "rte", "--model", models.TINY, "--data-dir", str(data_dir), "--train-max", "16",
+          "--dev-max", "8", "--epochs", "1", "--max-length", "32", "--search-rows", index, "--weight-decay", "0",
+          "--warmup-ratio", "0", "--lr", "2e-5", "--no-progress", "--ckpt", str(tmp_path / "ft"), "--metrics",
+          str(tmp_path / "ft.json")]
+    assert main(ft) == 0
+    assert json.loads((tmp_path / "ft.json").read_text())["data"]["n_search"] == 362
+    ax = ["approximate", "--parent", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "ax"), "--metrics",
+          str(tmp_path / "ax.json"), "--decisions", str(tmp_path / "dec.json"), "--accept-rule", "official",
+          "--mode", "prune", "--granularity", "blocks", "--no-progress"]
+    assert main(ax) == 0
+    dec = json.loads((tmp_path / "dec.json").read_text())
+    assert dec["n_search"] == 362 and dec["acceptance"]["rule"] == "official"
+    assert dec["acceptance"]["margin"].startswith("none") and all(c["margin"] == 0.0 for c in dec["candidates"])
+    other = tmp_path / "data"
+    (other / "glue/RTE").mkdir(parents=True)
+    for split in ("train", "dev"):
+        text = (Path(data_dir) / f"glue/RTE/{split}.tsv").read_text(encoding="utf-8")
+        (other / f"glue/RTE/{split}.tsv").write_text(text.replace("Iraq", "Irak", 1), encoding="utf-8")
+    bad = ft[:6] + [str(other)] + ft[7:]
+    bad[bad.index("--ckpt") + 1] = str(tmp_path / "ft2")
+    assert main(bad) == 2 and not (tmp_path / "ft2").exists()
