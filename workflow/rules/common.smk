@@ -159,8 +159,14 @@ def _check_task_data(data_dir):
             _config_error(_task_error_key(task, exc), str(exc))
         split = {**config["split"], **config["split_per_task"].get(task, {})}
         if split.get("search_rows"):  # a fixed search split (split index file): its train file must be this one
-            key = f"split_per_task.{task}.search_rows" if "search_rows" in config["split_per_task"].get(task, {}) \
-                else "split.search_rows"
+            per_task = "search_rows" in config["split_per_task"].get(task, {})
+            key = f"split_per_task.{task}.search_rows" if per_task else "split.search_rows"
+            # relative to the working directory, else to the repository (a run with --directory elsewhere)
+            in_repo = os.path.join(workflow.basedir, split["search_rows"])
+            if not os.path.isabs(split["search_rows"]) and not os.path.exists(split["search_rows"]) \
+                    and os.path.exists(in_repo):
+                split["search_rows"] = in_repo
+                config["split_per_task"].setdefault(task, {})["search_rows"] = in_repo
             try:
                 index = load_split_index(split["search_rows"], TASKS[task], data_dir)
             except ConfigError as exc:
