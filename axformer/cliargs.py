@@ -158,6 +158,7 @@ def common_args(p: argparse.ArgumentParser) -> None:
 SPLIT_HELP = {"search_frac": "fraction of GLUE train held out for the search", "search_max": "cap on search-split rows",
               "train_max": "subsample train' to this many rows (CPU budget)",
               "dev_max": "subsample dev (smoke runs only)",
+              "search_rows": "split index file (workflow/splits/*.json): its train rows are the search split",
               "max_length": "tokenizer length (none: the task's, 128 for GLUE, 384 for SQuAD windows)"}
 
 
@@ -201,7 +202,7 @@ def run_args(p: argparse.ArgumentParser) -> None:
     device_arg(p)
 
 
-TRAIN_FLAGS = ["epochs", "batch_size", "lr"]
+TRAIN_FLAGS = ["epochs", "batch_size", "lr", "weight_decay", "warmup_ratio"]
 SELECT_CHOICES = ("none", "metric", "loss")
 
 
@@ -230,7 +231,8 @@ PRUNE_FLAGS = {"n_groups": "groups"}
 PRUNE_HELP = {
     "mode": "full | prune (pruning only) | hardattn (hard attention only): the ablations",
     "granularity": "blocks only, or descend into heads / FFN neuron groups (fine)",
-    "accept_rule": "guarded: loss beats the best by the margin and search metric no worse",
+    "accept_rule": "guarded: loss beats the best by the margin and search metric no worse; official: the "
+                   "authors' released rule (loss < best, more than int(N x n) samples no worse, no margin)",
     "accept_frac": "N: fraction of search samples no worse",
     "accept_margin": "relative floor of the acceptance margin (x best loss); 0 with --accept-z 0: no margin",
     "accept_z": "margin in standard errors of the paired per-sample loss difference",

@@ -351,6 +351,9 @@ class SplitConfig:
     train_max: int | None = None  # subsample train' to this many rows (CPU budgets)
     dev_max: int | None = None  # subsample dev (smoke runs only: the reported metric uses all of dev)
     max_length: int | None = None  # tokenizer length; None: the task's (128 for text, 384 for SQuAD windows)
+    # a split index file (workflow/splits/*.json, scripts/derive_official_split.py): these train rows are the
+    # search split, whatever the seed and search_frac (the authors' released split); None: the seeded split
+    search_rows: str | None = None
 
 
 @dataclass
@@ -386,6 +389,75 @@ def stratified_pick(task: Task, labels: np.ndarray, n_pick: int, rng: np.random.
     return np.sort(np.concatenate(picked))
 
 
+SPLIT_INDEX_FORMAT = "axformer-split-index/1"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class SplitIndex:
+    """A fixed search split by row identity (e.g. the authors' released CoLA / RTE split): 0-based data rows of
+    the task's train file, in the order of the source's search file, and rows in neither part."""
+
+    path: str
+    task: str
+    search: np.ndarray
+    excluded: np.ndarray
+    train_sha256: str
+    n_rows: int
+    source: dict[str, Any]
+
+
+def load_split_index(path: str | os.PathLike, task: Task, data_dir: str | os.PathLike | None = None) -> SplitIndex:
+    """Read a split index file and check it against ``task``'s train file in ``data_dir``: the task name, the
+    train file's sha256 and row count must be the ones it was derived from (one ConfigError naming the file and
+    the fix otherwise, before any work)."""
+    import json
+
+    p = Path(path)
+    fix = "re-derive it with scripts/derive_official_split.py against this train file, or drop split.search_rows"
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"split.search_rows: split index file {p} does not exist (paths are relative to the "
+                          "working directory, e.g. workflow/splits/official_cola.json).") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"split.search_rows: {p} is not a readable JSON split index ({exc}); {fix}.") from None
+    keys = ("format", "task", "train_file", "search_rows", "excluded_rows")
+    if not isinstance(rec, dict) or rec.get("format") != SPLIT_INDEX_FORMAT or any(k not in rec for k in keys):
+        raise ConfigError(f"split.search_rows: {p} is not a split index ({SPLIT_INDEX_FORMAT} with keys "
+                          f"{', '.join(keys)}); {fix}.")
+    if rec["task"] != task.name:
+        raise ConfigError(f"split.search_rows: {p} is the split of task {rec['task']!r}, not {task.name!r}; name "
+                          f"the index file of {task.name} under split_per_task.{task.name}.search_rows.")
+    train = task_file(task, "train", data_dir)
+    if train is None or not train.is_file():
+        raise ConfigError(f"split.search_rows: {p} needs task {task.name}'s train file ({train}), which is missing.")
+    want, got = rec["train_file"].get("sha256"), file_sha256(train)
+    if got != want:
+        raise ConfigError(f"split.search_rows: {p} was derived from a train file with sha256 {want} "
+                          f"({rec['train_file'].get('path')}, {rec['train_file'].get('rows')} rows), but {train} has "
+                          f"sha256 {got}: its row indices would name other rows. Use the GLUE train file it names, "
+                          f"or {fix}.")
+    n_rows = int(rec["train_file"]["rows"])
+    search = np.asarray(rec["search_rows"], dtype=np.int64)
+    excluded = np.asarray(rec["excluded_rows"], dtype=np.int64)
+    both = np.concatenate([search, excluded])
+    if search.size == 0 or both.min() < 0 or both.max() >= n_rows or len(np.unique(both)) != both.size:
+        raise ConfigError(f"split.search_rows: {p}: the row indices must be distinct, within 0..{n_rows - 1} and "
+                          f"the search rows non-empty; {fix}.")
+    return SplitIndex(path=str(path), task=task.name, search=search, excluded=excluded, train_sha256=got,
+                      n_rows=n_rows, source=rec.get("source", {}))
+
+
 def make_splits(
     task: Task,
     data_dir: str | os.PathLike | None,
@@ -395,31 +467,50 @@ def make_splits(
     train_max: int | None = None,
     dev_max: int | None = None,
     allow_hub: bool = False,
+    search_rows: str | os.PathLike | None = None,
 ) -> Splits:
     """Carve the seeded, stratified search split out of GLUE train; optionally subsample train' and dev.
 
     The search split is never trained on; ``search_max`` caps it because every candidate of the search
     is one pass over it. ``train_max`` subsamples train' for CPU budgets; ``dev_max`` exists only for
     smoke runs (the reported metric uses the full dev set by default). All sizes go into ``info``.
+    ``search_rows`` (a split index file, :func:`load_split_index`) fixes the search split to the rows it lists,
+    in its order, and leaves its excluded rows out of train' too; ``search_frac`` is then unused and a
+    ``search_max`` below its size is refused (the released split is used whole).
     """
     if not 0.0 < search_frac < 1.0:
         raise ConfigError(f"search_frac must be in (0, 1) (got {search_frac}).")
     for key, val in (("search_max", search_max), ("train_max", train_max), ("dev_max", dev_max)):
         if val is not None and val < 1:
             raise ConfigError(f"{key} must be >= 1 or null (got {val}).")
+    index = load_split_index(search_rows, task, data_dir) if search_rows else None
+    if index is not None and search_max is not None and search_max < len(index.search):
+        raise ConfigError(f"search_max {search_max} would cut the {len(index.search)}-row split of {search_rows}, "
+                          "which is used whole: raise split.search_max or drop split.search_rows.")
     full = load_split(task, "train", data_dir, allow_hub)
     dev = load_split(task, "dev", data_dir, allow_hub)
     rng = np.random.default_rng(seed)
     labels = np.asarray(full["label"])
     texts_a, texts_b = list(full["text_a"]), list(full["text_b"])
-    n_search = int(round(search_frac * len(full)))
-    if search_max is not None:
-        n_search = min(n_search, search_max)
-    # A phrase corpus (SST-2) draws the search split from whole sentences only, so that it looks like dev.
-    pool = whole_sentence_rows(texts_a) if task.phrase_corpus else np.arange(len(full))
-    search_idx = pool[stratified_pick(task, labels[pool], min(n_search, len(pool)), rng)]
-    rest = np.setdiff1d(np.arange(len(full)), search_idx)
-    rest, dropped = _drop_search_overlap(task, texts_a, texts_b, search_idx, rest)
+    if index is not None:
+        if len(full) != index.n_rows:
+            raise ConfigError(f"split.search_rows: {search_rows} lists rows of a {index.n_rows}-row train file; "
+                              f"task {task.name} reads {len(full)} rows from it.")
+        pool, search_idx = np.arange(len(full)), index.search  # the source's order: the released batch-mean
+        rest = np.setdiff1d(np.arange(len(full)), np.concatenate([search_idx, index.excluded]))
+    else:
+        n_search = int(round(search_frac * len(full)))
+        if search_max is not None:
+            n_search = min(n_search, search_max)
+        # A phrase corpus (SST-2) draws the search split from whole sentences only, so that it looks like dev.
+        pool = whole_sentence_rows(texts_a) if task.phrase_corpus else np.arange(len(full))
+        search_idx = pool[stratified_pick(task, labels[pool], min(n_search, len(pool)), rng)]
+        rest = np.setdiff1d(np.arange(len(full)), search_idx)
+    if index is None:
+        rest, dropped = _drop_search_overlap(task, texts_a, texts_b, search_idx, rest)
+    else:  # the released train' as it was: its rows that repeat a search row's text stay (counted, not dropped)
+        n_dup = len(rest) - len(_drop_search_overlap(task, texts_a, texts_b, search_idx, rest)[0])
+        dropped = {"n_train_dropped_duplicates": 0, "n_train_dropped_phrases": 0, "n_train_search_duplicates": n_dup}
     if train_max is not None and train_max < len(rest):
         sub = stratified_pick(task, labels[rest], train_max, rng)
         rest = rest[sub]
@@ -430,6 +521,8 @@ def make_splits(
         "search_frac": search_frac, "search_max": search_max, "train_max": train_max, "dev_max": dev_max,
         "split_seed": seed, "search_pool": "whole_sentences" if task.phrase_corpus else "all",
         "n_search_pool": int(len(pool)), **dropped,
+        **({"search_rows": str(search_rows), "search_rows_excluded": int(len(index.excluded)),
+            "train_sha256": index.train_sha256} if index is not None else {}),
         "words_mean": {"train": _words_mean(texts_a, texts_b, rest), "search": _words_mean(texts_a, texts_b, search_idx),
                        "dev": _words_mean(list(dev["text_a"]), list(dev["text_b"]), np.arange(len(dev)))},
     }

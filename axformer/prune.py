@@ -17,7 +17,13 @@ float noise (e.g. the eager/sdpa rounding of one row) is never accepted. Accept 
 * ``paper``: beats the best loss AND more than a fraction ``accept_frac`` (N) of search samples have a loss
   no worse than the original fine-tuned model's (the paper's rule, with the margin);
 * ``meanloss``: beats the best loss (N ignored; with margin 0 the old default);
-* ``metric``: the search-split metric no worse than the best so far and loss < ``less_important`` x best.
+* ``metric``: the search-split metric no worse than the best so far and loss < ``less_important`` x best;
+* ``official``: the authors' released rule, exactly (amrnag/Specialized-Transformers, run_predictions.py):
+  ``loss < best_loss`` with no margin, no z and no tolerance, AND more than ``floor(accept_frac x n)`` search
+  samples with a loss ``<=`` the original fine-tuned model's (released: N = int(0.5 x n)); no metric check.
+  The loss it compares is the released one: the mean of per-batch mean losses over the search split in its
+  given order, ``batch_size`` (128, the released eval batch) rows per batch, so a short last batch weighs as
+  much as a full one (:func:`released_mean_loss`).
 
 Rejected candidates with loss < ``less_important`` x best are *less important* (descend into finer elements);
 the rest are *important* (kept). With ``latency_aware`` a hard-attention candidate must also not slow the
@@ -58,7 +64,7 @@ class PruneConfig:
     """Search knobs: the one place of their defaults (the CLI and the `axformer` step of every profile use
     them); the paper's values where the paper has one."""
 
-    accept_rule: Literal["guarded", "paper", "meanloss", "metric"] = "guarded"
+    accept_rule: Literal["guarded", "paper", "meanloss", "metric", "official"] = "guarded"
     accept_frac: float = 0.5  # N: fraction of search samples that must be no worse (paper §4: 0.5)
     accept_margin: float = 1e-4  # relative floor of the acceptance margin: gain must exceed this x best loss
     accept_z: float = 1.0  # ... and this many standard errors of the paired per-sample loss difference
@@ -68,7 +74,7 @@ class PruneConfig:
     topk_form: Literal["official", "renorm"] = hard_attention.DEFAULT_FORM  # official = the paper's
     mode: Literal["full", "prune", "hardattn"] = "full"  # ablations: pruning only / hard attention only
     granularity: Literal["fine", "blocks"] = "fine"  # blocks only, or descend into heads / FFN groups
-    batch_size: int = 128
+    batch_size: int = 128  # also the released eval batch of the `official` rule's loss (released_mean_loss)
     tolerance: float = 1e-6  # "no worse" allows float noise of this size
     progress: bool = True
     # latency-aware variant (axformer_lat): time hard-attention candidates on the measurement shape
@@ -80,8 +86,8 @@ class PruneConfig:
     lat_seconds: float = 1.5  # ... and at least this many seconds per timing
 
     def validate(self) -> None:
-        if self.accept_rule not in ("guarded", "paper", "meanloss", "metric"):
-            raise ConfigError("axformer.accept_rule must be guarded | paper | meanloss | metric "
+        if self.accept_rule not in ("guarded", "paper", "meanloss", "metric", "official"):
+            raise ConfigError("axformer.accept_rule must be guarded | paper | meanloss | metric | official "
                               f"(got {self.accept_rule!r}).")
         if not 0.0 <= self.accept_frac < 1.0:
             raise ConfigError(f"axformer.accept_frac must be in [0, 1) (got {self.accept_frac}).")
@@ -214,6 +220,27 @@ class CachedEvaluator:
         return losses, metrics[self.task.metric]
 
 
+# ----------------------------------------------------------------------------------------- the released rule
+def released_mean_loss(losses: np.ndarray, batch_size: int) -> float:
+    """The search loss as the released code computes it: the mean over batches of each batch's mean loss,
+    the split taken in its given order ``batch_size`` rows at a time (a short last batch weighs as much as a
+    full one). Equals the plain mean when the split is a multiple of ``batch_size``."""
+    x = np.asarray(losses, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("released_mean_loss of an empty search split")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    return float(np.mean([x[i:i + batch_size].mean() for i in range(0, x.size, batch_size)]))
+
+
+def released_accept(loss: float, best_loss: float, losses: np.ndarray, base_losses: np.ndarray,
+                    frac: float = 0.5) -> bool:
+    """The released acceptance test: ``loss < best_loss`` (strict, no margin) and more than
+    ``int(frac x n)`` samples with a loss no greater than the original model's (exact ``<=``, no tolerance)."""
+    n_no_worse = int(np.sum(np.asarray(losses) <= np.asarray(base_losses)))
+    return bool(loss < best_loss and n_no_worse > int(frac * len(base_losses)))
+
+
 # ----------------------------------------------------------------------------------------- the search
 @dataclass
 class SearchResult:
@@ -233,11 +260,20 @@ class _Search:
         self.res = SearchResult()
         self.base_losses, self.base_metric = ev.score(None)
         self.best_losses = self.base_losses  # per-sample losses of the current best model (paired margin)
-        self.best_loss = float(self.base_losses.mean())
+        self.best_loss = self.rule_loss(self.base_losses)
         self.best_metric = self.base_metric
         self.res.original = {"loss": self.best_loss, "metric": self.base_metric}
         self.layer_rise: dict[int, float] = {}  # latest timed latency rise of each hard-attention layer
         self.bar = None
+
+    def rule_loss(self, losses: np.ndarray) -> float:
+        """The mean search loss the accept rule compares: the released batch-mean for ``official`` (computed
+        in the split's own order, not the evaluator's length-sorted one), the per-sample mean otherwise."""
+        if self.cfg.accept_rule != "official":
+            return float(np.mean(losses))
+        in_split_order = np.empty(len(losses), dtype=np.float64)
+        in_split_order[self.ev.order] = losses
+        return released_mean_loss(in_split_order, self.cfg.batch_size)
 
     def margin(self, losses: np.ndarray) -> tuple[float, float, float]:
         """(gain, SE, margin) of ``losses`` against the current best model on the same samples."""
@@ -252,11 +288,15 @@ class _Search:
         ``latency``: the candidate's timing (latency-aware search); a candidate that slows the model down
         is rejected whatever its loss."""
         losses, metric = self.ev.score(layer)
-        loss = float(losses.mean())
+        loss = self.rule_loss(losses)
         frac = float(np.mean(losses <= self.base_losses + self.cfg.tolerance))
         gain, se, margin = self.margin(losses)
         beats = gain > margin  # strict: a candidate that changes nothing (gain 0) never beats the best
-        if self.cfg.accept_rule == "guarded":
+        if self.cfg.accept_rule == "official":  # as released: no margin, no z, no tolerance, no metric check
+            frac = float(np.mean(losses <= self.base_losses))
+            gain, margin = self.best_loss - loss, 0.0
+            accepted = released_accept(loss, self.best_loss, losses, self.base_losses, self.cfg.accept_frac)
+        elif self.cfg.accept_rule == "guarded":
             accepted = beats and metric >= self.best_metric
         elif self.cfg.accept_rule == "paper":
             accepted = beats and frac > self.cfg.accept_frac
@@ -433,10 +473,21 @@ def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
         s.res.latency.update(lat.describe())
     s.bar.close()
     losses, metric = ev.score(None)
-    s.res.final = {"loss": float(losses.mean()), "metric": metric}
+    s.res.final = {"loss": s.rule_loss(losses), "metric": metric}
     s.res.passes = ev.passes
     s.res.wall_s = time.perf_counter() - t0
     return s.res
+
+
+def _acceptance_record(cfg: PruneConfig) -> dict[str, Any]:
+    if cfg.accept_rule == "official":  # margin, z and tolerance are not used: record what the rule is
+        return {"rule": "official", "accept_frac": cfg.accept_frac, "margin": "none (loss < best_loss)",
+                "no_worse": f"count(loss_i <= original_loss_i) > int({cfg.accept_frac} * n)",
+                "loss": f"released mean: mean of per-batch means, batches of {cfg.batch_size} in split order"}
+    return {"rule": cfg.accept_rule, "accept_margin": cfg.accept_margin, "accept_z": cfg.accept_z,
+            # per candidate: gain = best loss - loss, se, margin = max(accept_margin x best loss,
+            # accept_z x se); a loss-based rule needs gain > margin
+            "margin": "max(accept_margin * best_loss, accept_z * se)"}
 
 
 def decisions_record(res: SearchResult, model: nn.Module, cfg: PruneConfig, task: Task, n_search: int,
@@ -455,10 +506,7 @@ def decisions_record(res: SearchResult, model: nn.Module, cfg: PruneConfig, task
         "n_groups": cfg.n_groups,
         "original": res.original,
         "final": res.final,
-        "acceptance": {"rule": cfg.accept_rule, "accept_margin": cfg.accept_margin, "accept_z": cfg.accept_z,
-                       # per candidate: gain = best loss - loss, se, margin = max(accept_margin x best loss,
-                       # accept_z x se); a loss-based rule needs gain > margin
-                       "margin": "max(accept_margin * best_loss, accept_z * se)"},
+        "acceptance": _acceptance_record(cfg),
         "latency": res.latency or None,
         "hard_attention": {
             "k": k, "topk_form": cfg.topk_form, "layers_selected": res.hard_attention_layers,

@@ -147,6 +147,7 @@ CKPT_STEP_SCHEMA: dict[str, Any] = {
                 "max_length": {"type": ["integer", "null"], "minimum": 1},
                 "data_dir": {"type": ["string", "null"]},
                 "allow_hub": {"type": ["boolean", "null"]},
+                "search_rows": {"type": ["string", "null"]},
             },
         },
     },

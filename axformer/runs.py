@@ -21,7 +21,8 @@ from axformer.utils import ConfigError
 LINEAGE_FILE = "axformer_step.json"
 # Split arguments recorded in a fine-tuned checkpoint so every later step rebuilds the same splits (the task
 # kind adds its own, e.g. SQuAD's protocol: taskkinds.TaskKind.split_keys).
-SPLIT_KEYS = ("seed", "search_frac", "search_max", "train_max", "dev_max", "max_length", "data_dir", "allow_hub")
+SPLIT_KEYS = ("seed", "search_frac", "search_max", "train_max", "dev_max", "max_length", "data_dir", "allow_hub",
+              "search_rows")
 _NOT_SPLIT = ("task", "task_def")
 
 
@@ -95,7 +96,8 @@ def make_splits(task, args: argparse.Namespace):
     return taskkinds.make_splits(task, args.data_dir, args.seed, args.search_frac, args.search_max, args.train_max,
                                  args.dev_max, allow_hub=bool(getattr(args, "allow_hub", False)),
                                  protocol=getattr(args, "squad_protocol", None) or "standard",
-                                 local_fractions=getattr(args, "squad_fractions", None))
+                                 local_fractions=getattr(args, "squad_fractions", None),
+                                 search_rows=getattr(args, "search_rows", None))
 
 
 def tokenize_splits(task, splits, tokenizer, max_length: int, names=("train", "search", "dev")) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from axformer import data, squad
 from axformer import metrics as M
 from axformer.losses import per_sample_loss
 from axformer.tasks import Task
+from axformer.utils import ConfigError
 
 # Scores logits of a fixed split (the search split, scored once per candidate): (logits, labels) on the
 # model's device -> (per-sample losses, task metrics). Built once per split by ``TaskKind.scorer``.
@@ -61,8 +62,9 @@ class TaskKind:
 
     def make_splits(self, task: Task, data_dir, seed: int, search_frac: float, search_max: int | None,
                     train_max: int | None, dev_max: int | None, allow_hub: bool, protocol: str | None,
-                    local_fractions: Any) -> data.Splits:
-        return data.make_splits(task, data_dir, seed, search_frac, search_max, train_max, dev_max, allow_hub)
+                    local_fractions: Any, search_rows: str | None = None) -> data.Splits:
+        return data.make_splits(task, data_dir, seed, search_frac, search_max, train_max, dev_max, allow_hub,
+                                search_rows)
 
     def tokenize(self, ds, tokenizer, task: Task, max_length: int):
         return data.tokenize(ds, tokenizer, task, max_length)
@@ -107,7 +109,10 @@ class QAKind(TaskKind):
         return squad.load_split(task, split, data_dir, allow_hub)
 
     def make_splits(self, task, data_dir, seed, search_frac, search_max, train_max, dev_max, allow_hub, protocol,
-                    local_fractions):
+                    local_fractions, search_rows=None):
+        if search_rows:
+            raise ConfigError(f"split.search_rows is for text tasks (GLUE rows); task {task.name} splits by article: "
+                              "drop the key for it.")
         return squad.make_splits(task, data_dir, seed, protocol or "standard", local_fractions, search_frac,
                                  search_max, train_max, dev_max, allow_hub)
 
@@ -166,10 +171,11 @@ def make_splits(task: Task, data_dir: str | os.PathLike | None, seed: int,
                 search_frac: float = data.SplitConfig.search_frac,
                 search_max: int | None = data.SplitConfig.search_max, train_max: int | None = None,
                 dev_max: int | None = None, allow_hub: bool = False, protocol: str | None = "standard",
-                local_fractions: Any = None) -> data.Splits:
-    """train' / search / dev of any task (DESIGN §2; SQuAD: article-level, ``protocol`` and ``local_fractions``)."""
+                local_fractions: Any = None, search_rows: str | None = None) -> data.Splits:
+    """train' / search / dev of any task (DESIGN §2; SQuAD: article-level, ``protocol`` and ``local_fractions``;
+    ``search_rows``: a split index file fixing the search split, data.load_split_index)."""
     return kind_of(task).make_splits(task, data_dir, seed, search_frac, search_max, train_max, dev_max, allow_hub,
-                                     protocol, local_fractions)
+                                     protocol, local_fractions, search_rows)
 
 
 def tokenize(ds, tokenizer, task: Task, max_length: int = 128):

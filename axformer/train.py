@@ -48,6 +48,9 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)}).")
+        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.weight_decay must be >= 0 and warmup_ratio in [0, 1) (got {self.weight_decay}, "
+                              f"{self.warmup_ratio}).")
 
 
 # Training steps between reads of the loss back to the host (each read waits for the GPU to finish).

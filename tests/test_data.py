@@ -180,3 +180,55 @@ def test_timing_texts_are_a_seeded_sample_not_the_first_rows(data_dir):
     assert len(single) == 5 and none is None
     with pytest.raises(ConfigError, match="n >= 1"):
         taskkinds.timing_texts(task, dev, 0, 0)
+
+
+# ------------------------------------------------------------------------ the released split (split index files)
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = {"cola": (REPO / "workflow/splits/official_cola.json", 1301, 7250),
+            "rte": (REPO / "workflow/splits/official_rte.json", 362, 2127)}
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL))
+def test_released_split_index_loads_as_the_search_split(data_dir, task):
+    import json
+
+    path, n_search, n_train = OFFICIAL[task]
+    rec = json.loads(path.read_text())
+    s = data.make_splits(get_task(task), data_dir, seed=0, search_rows=str(path))
+    assert (len(s.search), len(s.train)) == (n_search, n_train)
+    assert list(s.search["idx"]) == rec["search_rows"]  # the released file's order, kept
+    used = set(s.search["idx"]) | set(s.train["idx"]) | set(rec["excluded_rows"])
+    assert not set(s.search["idx"]) & set(s.train["idx"]) and len(used) == ROWS[(task, "train")]
+    assert s.info["search_rows"] == str(path) and s.info["n_search"] == n_search
+    again = data.make_splits(get_task(task), data_dir, seed=2, search_rows=str(path))
+    assert list(again.search["idx"]) == rec["search_rows"]  # the seed no longer draws the search split
+    with pytest.raises(ConfigError, match="used whole"):
+        data.make_splits(get_task(task), data_dir, seed=0, search_rows=str(path), search_max=100)
+
+
+def test_rte_released_split_leaves_out_the_row_its_reader_skips(data_dir):
+    s = data.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(OFFICIAL["rte"][0]))
+    full = data.load_split(get_task("rte"), "train", data_dir)
+    assert 2 not in set(s.search["idx"]) | set(s.train["idx"])  # GLUE RTE index 2: their val.tsv's first line
+    assert s.search[0]["text_a"] == full[7]["text_a"]
+
+
+def test_split_index_refuses_a_mismatched_train_file(data_dir, tmp_path):
+    path = str(OFFICIAL["rte"][0])
+    for split in ("train", "dev"):
+        (tmp_path / "glue/RTE").mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(data_dir) / f"glue/RTE/{split}.tsv", tmp_path / f"glue/RTE/{split}.tsv")
+    train = tmp_path / "glue/RTE/train.tsv"
+    lines = train.read_text(encoding="utf-8").split("\n")
+    lines[1], lines[2] = lines[2], lines[1]  # same rows, two swapped: every index after would name another row
+    train.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"official_rte\.json was derived from a train file with sha256 41e3a9b0"):
+        data.make_splits(get_task("rte"), tmp_path, seed=0, search_rows=path)
+    with pytest.raises(ConfigError, match="split of task 'rte', not 'cola'"):
+        data.make_splits(get_task("cola"), data_dir, seed=0, search_rows=path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        data.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(tmp_path / "none.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "axformer-split-index/1", "task": "rte"}')
+    with pytest.raises(ConfigError, match="is not a split index"):
+        data.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(bad))

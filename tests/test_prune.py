@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +402,136 @@ def test_latency_aware_joint_recheck_keeps_layers_that_pay_together(fitted, data
     assert res.hard_attention_layers == [0, 1]
     [entry] = res.latency["joint"]
     assert entry["ok"] and entry["rise"] < 0 and "dropped" not in entry
+
+
+# ----------------------------------------------------------------------------------------- the released rule
+class _OrderedStub(_StubEvaluator):
+    """A stub whose scores come in split order (the real evaluator's ``order`` maps its sorted batches back)."""
+
+    def __init__(self, scores, order=None):
+        super().__init__(scores)
+        n = len(self.scores[0][0])
+        self.order = np.arange(n) if order is None else np.asarray(order)
+
+
+def _ocfg(batch_size):
+    return prune.PruneConfig(progress=False, accept_rule="official", batch_size=batch_size)
+
+
+def _judge_official(cfg, base, *cands, order=None):
+    s = prune._Search(None, _OrderedStub([base, *cands], order), cfg)
+    return s, [s.judge(f"c{i}", 0, "ffn", None, "prune")[0] for i in range(len(cands))]
+
+
+def test_official_accepts_a_candidate_the_guarded_rule_rejects_for_its_margin_only():
+    base = np.random.default_rng(2).uniform(0.2, 1.0, 400)
+    cand = base.copy()
+    cand[:300] -= 0.01   # three quarters of the samples a little better ...
+    cand[300:] += 0.028  # ... a quarter worse: mean gain 0.0005, below one paired SE (~0.0008)
+    assert np.sum(cand <= base) > 200  # the released fraction test passes ...
+    s, acc = _judge_all(_cfg(accept_rule="guarded"), (base, 0.8), (cand, 0.8))
+    g = s.res.candidates[0]
+    assert acc == [False]
+    # ... and the guarded rule's only objection is the margin: lower loss, metric no worse, half no worse
+    assert 0 < g["gain"] < g["margin"] and g["metric"] >= g["best_metric_before"] and g["frac_no_worse"] > 0.5
+    assert _judge_all(_cfg(accept_rule="paper"), (base, 0.8), (cand, 0.8))[1] == [False]  # margin kept there
+    s, acc = _judge_official(_ocfg(400), (base, 0.8), (cand, 0.8))
+    assert acc == [True] and s.res.candidates[0]["margin"] == 0.0
+    assert s.best_loss == pytest.approx(cand.mean())
+
+
+def _released_loop(base, cands, batch):
+    """The released loop's test, written out from run_predictions.py for this table: mean of per-batch means
+    (eval batches in file order), ``loss < min_loss`` and ``(losses <= base).sum() > int(0.5 * n)``."""
+    def mean(x):
+        return float(np.mean([np.mean(x[i:i + batch]) for i in range(0, len(x), batch)]))
+    min_loss, out = mean(base), []
+    for c in cands:
+        ok = mean(c) < min_loss and int(np.sum(np.asarray(c) <= base)) > int(0.5 * len(base))
+        min_loss = mean(c) if ok else min_loss
+        out.append(ok)
+    return out
+
+
+def test_official_rule_reproduces_the_released_rule_on_a_hand_made_loss_table():
+    base = np.array([0.5, 0.5, 0.5, 0.5, 0.5])  # n = 5: more than int(2.5) = 2 samples must be no worse
+    table = [  # per-sample losses, eval batches of 2 in split order: [0:2], [2:4], [4]
+        [0.3, 0.3, 0.5, 0.5, 0.75],   # batch means .3 .5 .75 -> .5167 >= .5: rejected (plain mean .47 would pass)
+        [0.1, 0.1, 0.6, 0.6, 0.6],    # -> .4333 < .5 but only 2 samples no worse (not > 2): rejected
+        [0.45, 0.45, 0.5, 0.7, 0.4],  # -> .4833, 4 no worse (0.5 <= 0.5 counts): accepted, worse metric and all
+        [0.45, 0.45, 0.5, 0.7, 0.4],  # the same loss again: not < best: rejected
+        [0.5 + 1e-9, 0.5 + 1e-9, 0.2, 0.6, 0.4],  # -> .4333; 2 no worse exactly (no tolerance): rejected
+        [0.4, 0.4, 0.45, 0.45, 0.5],  # -> .45 < .4833, all no worse: accepted
+        [0.9, 0.9, 0.9, 0.9, 0.9],    # -> .9 >= 1.1 x .45: rejected and important (the 1.1 x gate)
+    ]
+    want = [False, False, True, False, False, True, False]
+    assert _released_loop(base, [np.array(c) for c in table], 2) == want
+    metrics = [0.8, 0.8, 0.2, 0.8, 0.8, 0.8, 0.8]  # the released rule has no metric check
+    s, acc = _judge_official(_ocfg(2), (base, 0.8),
+                             *[(np.array(c), m) for c, m in zip(table, metrics)])
+    assert acc == want
+    assert [c["class"] for c in s.res.candidates] == ["less_important", "less_important", "harmful",
+                                                      "less_important", "less_important", "harmful", "important"]
+    assert [round(c["loss"], 4) for c in s.res.candidates] == [0.5167, 0.4333, 0.4833, 0.4833, 0.4333, 0.45, 0.9]
+    assert s.best_loss == pytest.approx(0.45)
+    # the guarded rule, with its margin and tolerance, decides this table differently
+    assert _judge_all(_cfg(accept_rule="guarded"), (base, 0.8),
+                      *[(np.array(c), m) for c, m in zip(table, metrics)])[1] != want
+
+
+def test_official_loss_is_taken_in_split_order_not_the_evaluators_sorted_order():
+    """The evaluator scores length-sorted batches; the released batch-mean needs the split's own order."""
+    in_split = np.array([0.3, 0.3, 0.5, 0.5, 0.75])
+    order = np.array([4, 0, 3, 1, 2])  # evaluator position j holds split row order[j]
+    sorted_losses = in_split[order]
+    s = prune._Search(None, _OrderedStub([(sorted_losses, 0.8)], order), _ocfg(2))
+    assert s.best_loss == pytest.approx(prune.released_mean_loss(in_split, 2)) == pytest.approx(1.55 / 3)
+    assert prune.released_mean_loss(in_split, 5) == pytest.approx(in_split.mean())
+
+
+def test_official_search_follows_the_released_rule_on_a_tiny_model(fitted):
+    """A planted harmful head on a tiny model: the official rule removes it, and every candidate's decision is
+    the released test on its recorded numbers (no margin, more than int(0.5 n) samples no worse)."""
+    task, model, tok, ds = fitted
+    planted = copy.deepcopy(model)
+    _plant_harmful_head(planted)
+    res = prune.search(planted, ds, tok, task, _cfg(accept_rule="official", mode="prune"))
+    assert {"L1.head3", "L1.attn"} & set(res.removed)
+    n = len(ds)
+    for c in res.candidates:
+        no_worse = round(c["frac_no_worse"] * n)
+        assert c["accepted"] == (c["loss"] < c["best_loss_before"] and no_worse > int(0.5 * n))
+        assert c["margin"] == 0.0
+    m = copy.deepcopy(model)  # K above every row's length: hard attention is a no-op, never accepted
+    res = prune.search(m, ds, tok, task, _cfg(accept_rule="official", mode="hardattn", topk=40))
+    assert not any(c["accepted"] for c in res.candidates) and res.hard_attention_layers == []
+
+
+def test_cli_official_on_the_released_rte_split(tmp_path, data_dir):
+    """finetune with the released split index, then the official search: the split travels with the checkpoint
+    (all 362 released search rows, in their order), the decisions record the released rule, and a finetune
+    whose data folder holds another RTE train file is refused before any work."""
+    from axformer.cli import main
+
+    index = str(Path(__file__).resolve().parents[1] / "workflow/splits/official_rte.json")
+    ft = ["finetune", "--task", "rte", "--model", models.TINY, "--data-dir", str(data_dir), "--train-max", "16",
+          "--dev-max", "8", "--epochs", "1", "--max-length", "32", "--search-rows", index, "--weight-decay", "0",
+          "--warmup-ratio", "0", "--lr", "2e-5", "--no-progress", "--ckpt", str(tmp_path / "ft"), "--metrics",
+          str(tmp_path / "ft.json")]
+    assert main(ft) == 0
+    assert json.loads((tmp_path / "ft.json").read_text())["data"]["n_search"] == 362
+    ax = ["approximate", "--parent", str(tmp_path / "ft"), "--ckpt", str(tmp_path / "ax"), "--metrics",
+          str(tmp_path / "ax.json"), "--decisions", str(tmp_path / "dec.json"), "--accept-rule", "official",
+          "--mode", "prune", "--granularity", "blocks", "--no-progress"]
+    assert main(ax) == 0
+    dec = json.loads((tmp_path / "dec.json").read_text())
+    assert dec["n_search"] == 362 and dec["acceptance"]["rule"] == "official"
+    assert dec["acceptance"]["margin"].startswith("none") and all(c["margin"] == 0.0 for c in dec["candidates"])
+    other = tmp_path / "data"
+    (other / "glue/RTE").mkdir(parents=True)
+    for split in ("train", "dev"):
+        text = (Path(data_dir) / f"glue/RTE/{split}.tsv").read_text(encoding="utf-8")
+        (other / f"glue/RTE/{split}.tsv").write_text(text.replace("Iraq", "Irak", 1), encoding="utf-8")
+    bad = ft[:6] + [str(other)] + ft[7:]
+    bad[bad.index("--ckpt") + 1] = str(tmp_path / "ft2")
+    assert main(bad) == 2 and not (tmp_path / "ft2").exists()

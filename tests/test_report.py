@@ -419,3 +419,12 @@ def test_compute_table_counts_each_step_once(tree: Path) -> None:
     assert row["Measurement"] == "2.0 (4 of 8 runs)" and row["Total"] == f"{(20 + 300 + 120) / 60:.1f}"
     md = report.to_markdown(t)
     assert md.splitlines()[0].startswith("| Task | Runs | Seeds | Fine-tuning | Searches |")
+
+
+def test_axformer_official_outside_the_released_tasks_is_noted_as_extrapolation():
+    df = pd.DataFrame({"task": ["sst2", "sst2", "cola", "mrpc"],
+                       "variant": ["finetune", "finetune+axformer_official", "finetune+axformer_official",
+                                   "finetune+axformer"]})
+    notes = report.extrapolation_notes(df)
+    assert len(notes) == 1 and notes[0].startswith("sst2: finetune+axformer_official is an extrapolation")
+    assert report.extrapolation_notes(df[df["task"] != "sst2"]) == [] and report.extrapolation_notes(pd.DataFrame()) == []

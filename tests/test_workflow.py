@@ -28,7 +28,7 @@ SNAKEFILE = REPO / "Snakefile"
 CONFIG_DIR = REPO / "workflow" / "config"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
-PROFILES = ("default", "paper", "smoke", "base")
+PROFILES = ("default", "paper", "smoke", "base", "official")
 # the paper's own model, where the hub is reachable: one override of paper.yaml (its comment says so)
 PAPER_ON_HUB = ("--config", 'models=["bert-base-uncased"]', "allow_hub=true")
 
@@ -379,3 +379,48 @@ def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
     lat = cfg["steps"]["axformer_lat"]["args"]
     assert lat["lat_batch_size"] in cfg["measure"]["batch_sizes"] and lat["lat_seq_len"] == cfg["measure"]["seq_len"]
     assert cfg["report_batch_size"] in cfg["measure"]["batch_sizes"]
+
+
+def test_official_profile_plans_the_released_split_and_recipe(tmp_path, data_dir):
+    """official.yaml: MiniLM at 3 seeds and MPNet-base at 1 (seeds_per_model), CoLA / RTE on the released split
+    index files, the released recipe. Without the MPNet parts (CI) the plan is narrowed to MiniLM, which
+    seeds_per_model's unused mpnet-base entry must not break."""
+    from axformer import mpnet_parts
+
+    cfg = load_profile("official")
+    extra = () if mpnet_parts.available() else ("--config", 'models=["minilm"]')
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "official.yaml"), *extra, "--cores", "2", "-n", "-p",
+                    data_dir=data_dir)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    stats = job_stats(res.stdout)
+    n_mpnet = 2 if not extra else 0  # one seed per task
+    assert stats["finetune"] == 2 * 3 + n_mpnet and stats["majority"] == 2 * 3 + n_mpnet
+    assert stats["approximate"] == 2 * (2 * 3 + n_mpnet)  # axformer_official and axformer
+    assert stats["measure"] == len(cfg["variants"]) * (2 * 3 + n_mpnet)
+    assert "mpnet-base/finetune/seed1/" not in res.stdout
+    for task in ("cola", "rte"):
+        line = next(ln for ln in res.stdout.splitlines() if f"axformer finetune --task {task} " in ln)
+        assert re.search(rf"--search-rows \S*workflow/splits/official_{task}\.json ", line), line
+        assert "--lr 2e-05 --weight-decay 0.0 --warmup-ratio 0.0" in line and "--epochs 3 --batch-size 32" in line
+    assert "--accept-rule official" in res.stdout
+
+
+def test_variant_tasks_and_seeds_per_model(tmp_path, data_dir):
+    extra = tmp_path / "extra.yaml"
+    cfg = load_profile("smoke")
+    variant = cfg["variants"][1]
+    tasks = [cfg["tasks"][0], "rte"]
+    extra.write_text(yaml.safe_dump({"tasks": tasks, "variant_tasks": {variant: tasks[:1]},
+                                     "seeds_per_model": {cfg["models"][0]: 1}, "seeds": 2}))
+    res = snakemake(tmp_path / "run", "--configfile", str(CONFIG_DIR / "smoke.yaml"), str(extra), "-n",
+                    data_dir=data_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = job_stats(res.stdout)
+    n_tasks = len(tasks)
+    assert stats["finetune"] == n_tasks  # seeds 2, capped at 1 for the one model
+    assert stats["measure"] == n_tasks * (len(cfg["variants"]) - 1) + 1  # the limited variant on one task only
+    extra.write_text(yaml.safe_dump({"variant_tasks": {variant: ["nosuchtask"]}}))
+    bad = snakemake(tmp_path / "bad", "--configfile", str(CONFIG_DIR / "smoke.yaml"), str(extra), "-n",
+                    data_dir=data_dir)
+    err = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and f"config key 'variant_tasks.{variant}'" in err, err[-2000:]

@@ -13,7 +13,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from axformer.data import check_task_files, task_file
+from axformer.data import check_task_files, load_split_index, task_file
 from axformer.models import check_model_spec
 from axformer.results import model_name
 from axformer.stepargs import StepArgError, check_step_args
@@ -158,6 +158,23 @@ def _check_task_data(data_dir):
         except TaskError as exc:
             _config_error(_task_error_key(task, exc), str(exc))
         split = {**config["split"], **config["split_per_task"].get(task, {})}
+        if split.get("search_rows"):  # a fixed search split (split index file): its train file must be this one
+            per_task = "search_rows" in config["split_per_task"].get(task, {})
+            key = f"split_per_task.{task}.search_rows" if per_task else "split.search_rows"
+            # relative to the working directory, else to the repository (a run with --directory elsewhere)
+            in_repo = os.path.join(workflow.basedir, split["search_rows"])
+            if not os.path.isabs(split["search_rows"]) and not os.path.exists(split["search_rows"]) \
+                    and os.path.exists(in_repo):
+                split["search_rows"] = in_repo
+                config["split_per_task"].setdefault(task, {})["search_rows"] = in_repo
+            try:
+                index = load_split_index(split["search_rows"], TASKS[task], data_dir)
+            except ConfigError as exc:
+                _config_error(key, str(exc))
+            if split["search_max"] is not None and split["search_max"] < len(index.search):
+                _config_error(key, f"task {task}: search_max {split['search_max']} would cut the "
+                              f"{len(index.search)}-row split of {split['search_rows']}; raise search_max.")
+            continue
         n_train = rows["train"]
         n_search = min(int(round(split["search_frac"] * n_train)), split["search_max"])
         if n_train >= 0 and (n_search < 1 or n_train - n_search < 1):
@@ -252,6 +269,13 @@ def _check_runtime_extra():
                 _config_error(f"steps.{name}.args.quantize", f"{mode!r} needs the optional packages "
                               f"{', '.join(missing)}; install them with `pip install -e \".[{extra}]\"`.")
 
+    # seeds_per_model / variant_tasks may name models, variants and tasks a narrowed run leaves out (--config
+    # models=[...]): those entries are unused; a task name must still be a task
+    for variant, tasks in config["variant_tasks"].items():
+        for t in tasks:
+            if t not in TASKS:
+                _config_error(f"variant_tasks.{variant}", f"unknown task {t!r} (built-in or declared under task_defs).")
+
     for variant in config["seeds_per_variant"]:
         if variant == "majority" and not config["majority"]:
             _config_error("seeds_per_variant.majority", "majority is false, so there is no majority row to seed; "
@@ -268,14 +292,23 @@ MODEL_SPECS = {model_name(m): m for m in config["models"]}  # {model} wildcard -
 SEEDS = list(range(config["seeds"]))
 
 
-def variant_seeds(variant):
+def variant_seeds(variant, model=None):
     """Seeds of a variant (or majority): max(seeds, seeds_per_variant[variant]); finetune gets the most of any,
-    because every variant is paired with the finetune run of its own seed (verdicts)."""
+    because every variant is paired with the finetune run of its own seed (verdicts). ``model`` (its folder
+    name): seeds_per_model caps the count for that model (e.g. one seed of a 12-layer model on 2 cores)."""
     extra = config["seeds_per_variant"]
     n = max(config["seeds"], extra.get(variant, 0))
     if variant == "finetune":
         n = max([n, *extra.values()])
+    caps = {model_name(m): c for m, c in config["seeds_per_model"].items()}
+    if model is not None and model in caps:
+        n = min(n, caps[model])
     return list(range(n))
+
+
+def variant_runs_on(variant, task):
+    """variant_tasks limits a variant to some tasks (e.g. a rule only defined for some); default every task."""
+    return task in config["variant_tasks"].get(variant, TASK_NAMES)
 
 RES = config["results_dir"].rstrip("/")
 CKPTS = config["checkpoints_dir"].rstrip("/")
@@ -497,15 +530,17 @@ def run_targets(variants=None):
     out = []
     for variant in variants if variants is not None else config["variants"]:
         for task in TASK_NAMES:
+            if not variant_runs_on(variant, task):
+                continue
             for model in MODEL_SPECS:
-                for seed in variant_seeds(variant):
+                for seed in variant_seeds(variant, model):
                     wc = dict(task=task, model=model, variant=variant, seed=seed)
                     out.append(METRICS.format(**wc))
                     if has_decisions(variant):
                         out.append(DECISIONS.format(**wc))
     if config["majority"]:  # span QA has no constant predictor
         out += [METRICS.format(task=t, model=m, variant="majority", seed=s)
-                for t in TASK_NAMES if not TASKS[t].is_qa for m in MODEL_SPECS for s in variant_seeds("majority")]
+                for t in TASK_NAMES if not TASKS[t].is_qa for m in MODEL_SPECS for s in variant_seeds("majority", m)]
     return out
 
 

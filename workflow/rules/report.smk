@@ -11,8 +11,8 @@ CAPTIONS = "../report"
 def removal_maps():
     """removal_map_<task>_<model>_<variant>_seed<k>.png of every run with decisions.json (axformer.report)."""
     return [f"{FIGS}/removal_map_{_fig_slug(t)}_{_fig_slug(m)}_{_fig_slug(v)}_seed{s}.png"
-            for v in config["variants"] if has_decisions(v) for t in TASK_NAMES for m in MODEL_SPECS
-            for s in variant_seeds(v)]
+            for v in config["variants"] if has_decisions(v) for t in TASK_NAMES if variant_runs_on(v, t)
+            for m in MODEL_SPECS for s in variant_seeds(v, m)]
 
 
 rule report:
