@@ -563,4 +563,5 @@ def verdict_adjusted(verdict: str, p_adjusted: float, level: float = LEVEL) -> s
         return verdict
     if _nan(p_adjusted):
         return NA
-    return verdict if p_adjusted < 1.0 - level else "within noise"
+    alpha = round(1.0 - level, 12)  # 1 - 0.95 is 0.050000000000000044 in floating point
+    return verdict if p_adjusted < alpha else "within noise"

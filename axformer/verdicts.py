@@ -165,7 +165,7 @@ def _seed_speed(v_row: pd.Series, b: int, pv: S.Predictions | None, resamples: i
                         "passes", where, b, rec, bt.estimate)
         rounds = int(passes[0].get("n_iters") or 0)
         df = float(len(passes) - 1) if len(passes) > 1 else S.resample_df(rounds, resamples)
-        return bt.estimate, bt.samples, df, f"passes-bootstrap over {len(passes)} passes", bt
+        return bt.estimate, bt.samples, df, (f"passes-bootstrap over {len(passes)} passes" if len(passes) > 1 else "within-pass interval of 1 pass"), bt
     sp = _speedup(v_row, b)
     it = None if pv is None else pv.iter_ms.get(b)
     if it is None or math.isnan(sp):
