@@ -151,10 +151,11 @@ def _passes(row: pd.Series, b: int, where: str) -> list[dict[str, Any]] | None:
 
 def _seed_speed(v_row: pd.Series, b: int, pv: S.Predictions | None, resamples: int, seed: int, level: float,
                 where: str) -> tuple[float, np.ndarray | None, float, str, S.Bootstrap | None]:
-    """(speedup, bootstrap samples, their degrees of freedom, source, the passes' Bootstrap) of one seed at batch ``b``: from the
-    latency block's timing passes where it has them (median over passes, :func:`stats.passes_bootstrap`;
-    df = passes − 1, or the rounds of a single pass − 1), else from the one interleaved job's rounds in
-    predictions.npz (df :func:`stats.resample_df` of the rounds); no samples without either."""
+    """(speedup, bootstrap samples, their degrees of freedom, source, the passes' Bootstrap) of one seed at
+    batch ``b``: from the latency block's timing passes where it has them (median over passes,
+    :func:`stats.passes_bootstrap`; df = passes − 1, or from the rounds of a single pass), else from the one
+    interleaved job's rounds in predictions.npz (df :func:`stats.resample_df` of the rounds); no samples
+    without either."""
     passes = _passes(v_row, b, where)
     if passes:
         cis = [p.get("speedup_ci") for p in passes]
@@ -165,7 +166,8 @@ def _seed_speed(v_row: pd.Series, b: int, pv: S.Predictions | None, resamples: i
                         "passes", where, b, rec, bt.estimate)
         rounds = int(passes[0].get("n_iters") or 0)
         df = float(len(passes) - 1) if len(passes) > 1 else S.resample_df(rounds, resamples)
-        return bt.estimate, bt.samples, df, (f"passes-bootstrap over {len(passes)} passes" if len(passes) > 1 else "within-pass interval of 1 pass"), bt
+        how = f"passes-bootstrap over {len(passes)} passes" if len(passes) > 1 else "within-pass interval of 1 pass"
+        return bt.estimate, bt.samples, df, how, bt
     sp = _speedup(v_row, b)
     it = None if pv is None else pv.iter_ms.get(b)
     if it is None or math.isnan(sp):
@@ -276,8 +278,8 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
                 boot = None
         boots.append(None if boot is None else boot.samples)
         for b in batches:
-            got = _seed_speed(v_row, b, None if isinstance(pv, str) else pv, resamples, seed,
-                                                  level, f"{task}/{model}/{variant} seed {s}")
+            got = _seed_speed(v_row, b, None if isinstance(pv, str) else pv, resamples, seed, level,
+                              f"{task}/{model}/{variant} seed {s}")
             for col, val in zip(speed[b], got):
                 col.append(val)
     dev_df = S.resample_df(min(n_dev), resamples) if n_dev else None
@@ -293,7 +295,7 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
         with_samples = [k for k in known if k[1] is not None]
         dfs = [k[2] for k in with_samples]
         iv = S.combine_seeds([k[0] for k in known], [k[1] for k in known], level,
-                             dev_df=min(dfs) if dfs else None, null=1.0)
+                             dev_df=min(dfs) if dfs else None, null=1.0, within="timing bootstrap")
         if len(with_samples) == 1 and len(known) == 1 and with_samples[0][4] is not None:
             # one seed timed in passes: its pass interval as it is (the samples reach it up to Monte Carlo only)
             iv.low, iv.high = with_samples[0][4].low, with_samples[0][4].high

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from axformer import stats as S
@@ -56,10 +57,15 @@ def test_welch_satterthwaite_and_resample_df():
 
 
 def test_p_values():
-    # P(x <= 0) = 1/4, P(x >= 0) = 3/4 -> p = 2 · 1/4
-    assert S.bootstrap_p(np.array([-1.0, 1.0, 2.0, 3.0]), 0.0) == pytest.approx(0.5)
+    # P(x <= 0) = 10/40, P(x >= 0) = 30/40 -> p = 2 · 1/4 (10 resamples beyond 0: counted)
+    assert S.bootstrap_p(np.repeat([-1.0, 1.0, 2.0, 3.0], 10), 0.0) == pytest.approx(0.5)
     assert S.bootstrap_p(np.zeros(10), 0.0) == 1.0  # capped
-    assert S.bootstrap_p(np.array([1.1, 1.2, 1.3]), 1.0) == 0.0
+    assert S.bootstrap_p(np.full(5, 1.2), 1.0) == 0.0  # every resample 1.2: no doubt
+    # fewer than 10 beyond the null: the normal approximation of the same samples, here
+    # mean 1.2, sd (ddof 1) of (1.1, 1.2, 1.3) = 0.1 -> z = 2 -> p = 2 · Φ(-2) = 0.0455
+    assert S.bootstrap_p(np.array([1.1, 1.2, 1.3]), 1.0) == pytest.approx(0.0455, abs=1e-4)
+    assert S.bootstrap_p(np.array([-1.0, 1.0, 2.0, 3.0]), 0.0) == pytest.approx(
+        2 * norm.sf(1.25 / np.std([-1.0, 1.0, 2.0, 3.0], ddof=1)))
     assert math.isnan(S.bootstrap_p(np.empty(0)))
     assert S.t_p(0.0, 0.0, 5) == 1.0 and S.t_p(0.1, 0.0, 5) == 0.0
     assert S.t_p(2.0, 1.0, math.inf) == pytest.approx(0.0455, abs=1e-4)
@@ -88,7 +94,7 @@ def test_passes_interval_median_and_bootstrap():
     sp = [2.31, 2.28, 2.35, 2.30, 2.33]
     iv5 = S.passes_interval(sp, [(s - 0.001, s + 0.001) for s in sp], resamples=2000, seed=0)
     assert iv5.estimate == pytest.approx(2.31) and 2.28 <= iv5.low < 2.31 < iv5.high <= 2.35
-    assert iv5.p == 0.0  # no resampled median reaches 1
+    assert iv5.p < 1e-10  # no resampled median reaches 1: the normal approximation, z ≈ 90
     again = S.passes_interval(sp, [(s - 0.001, s + 0.001) for s in sp], resamples=2000, seed=0)
     assert (again.low, again.high) == (iv5.low, iv5.high)
 
@@ -116,7 +122,7 @@ def test_one_pass_falls_back_to_its_within_pass_interval():
     assert (iv.estimate, iv.low, iv.high) == (2.5, 2.4, 2.7) and iv.n == 1 and iv.method == "within-pass, 1 pass"
     b = S.passes_bootstrap([2.5], [(2.4, 2.7)], resamples=4000, seed=3)
     assert np.quantile(b.samples, [0.025, 0.975]) == pytest.approx([2.4, 2.7], abs=0.01)  # split normal
-    assert iv.p == 0.0
+    assert iv.p < 1e-10
     none = S.passes_interval([2.5], [None])
     assert math.isnan(none.low) and math.isnan(none.high)
 
