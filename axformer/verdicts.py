@@ -12,7 +12,7 @@ by :func:`axformer.stats.combine_seeds` (Welch–Satterthwaite degrees of freedo
 from its timing passes (:func:`axformer.stats.passes_bootstrap`, the ``passes`` of its latency block) or, for
 records without passes, from the per-iteration times of its one interleaved timing job. A run without
 predictions.npz (older results) gets an empty interval and the verdict "n/a". Every interval has a p-value
-(against Δ = 0, speedup = 1), and the ``*_holm`` columns adjust them across the profile's rows (Holm).
+(against Δ = 0, speedup = 1), and the ``*_adjusted`` columns adjust them across the profile's rows (Holm).
 """
 
 from __future__ import annotations
@@ -42,11 +42,14 @@ COLUMNS: tuple[str, ...] = (
     "speedup_b1", "speedup_b1_low", "speedup_b1_high", "speedup_b32", "speedup_b32_low", "speedup_b32_high",
     "speed_batch", "encoder_ratio", "total_ratio", "bytes_ratio", "verdict_accuracy", "verdict_speed", "verdict_size",
     # issue 31: degrees of freedom and p-values of the same intervals, and the multiplicity-adjusted verdicts
-    "ci_df", "p_value", "p_holm", "verdict_accuracy_holm",
-    "speed_ci_method", "speed_ci_df", "speed_p_value", "speed_p_holm", "verdict_speed_holm",
+    "ci_df", "p_value", "p_adjusted", "verdict_accuracy_adjusted",
+    "speed_ci_method", "speed_ci_df", "speed_p_value", "speed_p_adjusted", "verdict_speed_adjusted", "adjustment",
 )
-# the multiplicity adjustment of the *_holm columns (axformer.stats.adjust_pvalues), over a profile's rows
+# the multiplicity adjustment of the *_adjusted columns (axformer.stats.adjust_pvalues) across a profile's rows;
+# the `adjustment` column names it per row. Holm: no directional verdict of the table is false with 95 %
+# (any dependence between rows); "bh" would bound the expected share of false verdicts instead (DESIGN §9).
 ADJUSTMENT = "holm"
+_ADJUSTMENT_NAME = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 KINDS = ("AxFormer", "peer", "compression", "reference")
 # the headline figure puts a panel's speedup axis on a log scale where its points span more than this ratio
 LOG_SPAN = 8.0
@@ -210,16 +213,19 @@ def verdict_table(df: pd.DataFrame, results_dir: str | os.PathLike, batch_size: 
 
 
 def _adjust(vt: pd.DataFrame, level: float) -> None:
-    """The ``*_holm`` columns: p-values adjusted across the table's rows (one profile; accuracy and speed are
-    two families), finetune's own rows left out (Δ = 0 and the A/A band by construction: no test), and the
+    """The ``*_adjusted`` columns: p-values adjusted (:data:`ADJUSTMENT`) across the table's rows (one profile;
+    accuracy and speed are two families), finetune's own rows left out (Δ = 0 and the A/A band by construction: no test), and the
     verdicts that survive the adjustment (:func:`stats.verdict_adjusted`)."""
     tested = vt["variant"] != "finetune"
-    for p_col, adj_col, verdict, out in (("p_value", "p_holm", "verdict_accuracy", "verdict_accuracy_holm"),
-                                         ("speed_p_value", "speed_p_holm", "verdict_speed", "verdict_speed_holm")):
+    for p_col, adj_col, verdict, out in (("p_value", "p_adjusted", "verdict_accuracy", "verdict_accuracy_adjusted"),
+                                         ("speed_p_value", "speed_p_adjusted", "verdict_speed", "verdict_speed_adjusted")):
         p = pd.to_numeric(vt.get(p_col, pd.Series(math.nan, index=vt.index)), errors="coerce").where(tested)
         vt[adj_col] = S.adjust_pvalues(p.to_numpy(), ADJUSTMENT)
         vt[out] = [v if not t else S.verdict_adjusted(v, a, level)
                    for v, a, t in zip(vt[verdict], vt[adj_col], tested)]
+    n_acc, n_speed = int(vt["p_value"].where(tested).notna().sum()), int(vt["speed_p_value"].where(tested).notna().sum())
+    vt["adjustment"] = (f"{_ADJUSTMENT_NAME[ADJUSTMENT]} across {n_acc} accuracy / {n_speed} speed rows"
+                        if len(vt) else "")
 
 
 def _speed_against_noise_floor(vt: pd.DataFrame) -> None:
@@ -344,11 +350,11 @@ def display_table(vt: pd.DataFrame) -> pd.DataFrame:
             for v, lo, hi in zip(vt[f"speedup_b{b}"], vt[f"speedup_b{b}_low"], vt[f"speedup_b{b}_high"])]
     out["Encoder ×FT"] = vt["encoder_ratio"].map(lambda v: R._fmt(v, 2))
     out["Accuracy"] = vt["verdict_accuracy"].astype(str)
-    if "verdict_accuracy_holm" in vt:
-        out["Accuracy (Holm)"] = vt["verdict_accuracy_holm"].astype(str)
+    if "verdict_accuracy_adjusted" in vt:
+        out[f"Accuracy ({_ADJUSTMENT_NAME[ADJUSTMENT]})"] = vt["verdict_accuracy_adjusted"].astype(str)
     out["Speed"] = vt["verdict_speed"].astype(str)
-    if "verdict_speed_holm" in vt:
-        out["Speed (Holm)"] = vt["verdict_speed_holm"].astype(str)
+    if "verdict_speed_adjusted" in vt:
+        out[f"Speed ({_ADJUSTMENT_NAME[ADJUSTMENT]})"] = vt["verdict_speed_adjusted"].astype(str)
     out["Size"] = vt["verdict_size"].astype(str)
     return out
 

@@ -373,7 +373,7 @@ def test_verdict_table_uses_timing_passes(tmp_path):
     f = vt.loc["finetune"]  # the A/A band from the same pass machinery: per seed median 1.0 of the five passes
     assert f["speedup_b32"] == pytest.approx(1.0) and "passes-bootstrap" in f["speed_ci_method"]
     assert f["speed_floor_low"] == f["speedup_b32_low"] and f["speed_floor_high"] == f["speedup_b32_high"]
-    assert f["speedup_b32_low"] < 1.0 < f["speedup_b32_high"] and math.isnan(f["speed_p_holm"])
+    assert f["speedup_b32_low"] < 1.0 < f["speedup_b32_high"] and math.isnan(f["speed_p_adjusted"])
 
     one = vt.loc["finetune+one"]  # one pass: its within-pass interval, exactly
     assert (one["speedup_b32"], one["speedup_b32_low"], one["speedup_b32_high"]) == pytest.approx((1.5, 1.3, 1.7))
@@ -384,14 +384,15 @@ def test_verdict_table_uses_timing_passes(tmp_path):
     assert old["speedup_b32_low"] == pytest.approx(1.3) and old["verdict_speed"] == "faster"
 
     # Holm across the table's rows (finetune's rows are no test): 3 speed tests
+    assert set(vt["adjustment"]) == {"Holm across 3 accuracy / 3 speed rows"}
     p = vt.loc[["finetune+int8", "finetune+one", "finetune+old"], "speed_p_value"].to_numpy()
-    assert vt.loc[["finetune+int8", "finetune+one", "finetune+old"], "speed_p_holm"].to_numpy() == \
+    assert vt.loc[["finetune+int8", "finetune+one", "finetune+old"], "speed_p_adjusted"].to_numpy() == \
         pytest.approx(S.adjust_pvalues(p, "holm"))
     for v in ("finetune+int8", "finetune+one", "finetune+old"):
         r = vt.loc[v]
-        assert r["verdict_speed_holm"] == S.verdict_adjusted(r["verdict_speed"], r["speed_p_holm"])
+        assert r["verdict_speed_adjusted"] == S.verdict_adjusted(r["verdict_speed"], r["speed_p_adjusted"])
     # accuracy: identical predictions everywhere, Δ = 0 on every resample: p = 1, within noise
-    assert vt.loc["finetune+int8", "p_value"] == 1.0 and vt.loc["finetune+int8", "verdict_accuracy_holm"] == "within noise"
+    assert vt.loc["finetune+int8", "p_value"] == 1.0 and vt.loc["finetune+int8", "verdict_accuracy_adjusted"] == "within noise"
 
 
 def test_malformed_passes_is_config_error(tmp_path):
