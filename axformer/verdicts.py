@@ -144,7 +144,8 @@ def _passes(row: pd.Series, b: int, where: str) -> list[dict[str, Any]] | None:
     try:
         passes = json.loads(raw) if isinstance(raw, str) else list(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: latency batch {b} 'passes' is not a JSON list ({exc}); re-run its timing.") from exc
+        raise ConfigError(f"{where}: latency batch {b} 'passes' is not a JSON list ({exc}); "
+                          "re-run its timing.") from exc
     if not isinstance(passes, list) or not all(isinstance(p, dict) and "speedup" in p for p in passes):
         raise ConfigError(f"{where}: latency batch {b} 'passes' must be a list of objects with a 'speedup'; "
                           "re-run its timing.")
@@ -214,16 +215,18 @@ def verdict_table(df: pd.DataFrame, results_dir: str | os.PathLike, batch_size: 
 
 def _adjust(vt: pd.DataFrame, level: float) -> None:
     """The ``*_adjusted`` columns: p-values adjusted (:data:`ADJUSTMENT`) across the table's rows (one profile;
-    accuracy and speed are two families), finetune's own rows left out (Δ = 0 and the A/A band by construction: no test), and the
-    verdicts that survive the adjustment (:func:`stats.verdict_adjusted`)."""
+    accuracy and speed are two families), finetune's own rows left out (Δ = 0 and the A/A band by
+    construction: no test), and the verdicts that survive the adjustment (:func:`stats.verdict_adjusted`)."""
     tested = vt["variant"] != "finetune"
-    for p_col, adj_col, verdict, out in (("p_value", "p_adjusted", "verdict_accuracy", "verdict_accuracy_adjusted"),
-                                         ("speed_p_value", "speed_p_adjusted", "verdict_speed", "verdict_speed_adjusted")):
+    families = (("p_value", "p_adjusted", "verdict_accuracy", "verdict_accuracy_adjusted"),
+                ("speed_p_value", "speed_p_adjusted", "verdict_speed", "verdict_speed_adjusted"))
+    for p_col, adj_col, verdict, out in families:
         p = pd.to_numeric(vt.get(p_col, pd.Series(math.nan, index=vt.index)), errors="coerce").where(tested)
         vt[adj_col] = S.adjust_pvalues(p.to_numpy(), ADJUSTMENT)
         vt[out] = [v if not t else S.verdict_adjusted(v, a, level)
                    for v, a, t in zip(vt[verdict], vt[adj_col], tested)]
-    n_acc, n_speed = int(vt["p_value"].where(tested).notna().sum()), int(vt["speed_p_value"].where(tested).notna().sum())
+    n_acc = int(vt["p_value"].where(tested).notna().sum())
+    n_speed = int(vt["speed_p_value"].where(tested).notna().sum())
     vt["adjustment"] = (f"{_ADJUSTMENT_NAME[ADJUSTMENT]} across {n_acc} accuracy / {n_speed} speed rows"
                         if len(vt) else "")
 
