@@ -341,9 +341,10 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
 def welch_satterthwaite(components: Sequence[tuple[float, float]]) -> float:
     """Effective degrees of freedom of a sum of independent variance estimates ``[(v_k, df_k), ...]``:
     (Σ v_k)² / Σ (v_k² / df_k). A component with df = inf adds variance but no uncertainty about it; a sum
-    of zero variances has df = inf (there is nothing to be unsure about)."""
+    of zero variances has df = inf (there is nothing to be unsure about); a df below 1 (unknown) counts as 1,
+    the fewest a variance estimate can have."""
     total = sum(v for v, _ in components)
-    den = sum(v * v / d for v, d in components if v > 0 and not math.isinf(d))
+    den = sum(v * v / max(1.0, d) for v, d in components if v > 0 and not math.isinf(d))
     if total <= 0 or den <= 0:
         return math.inf
     return float(total * total / den)

@@ -168,8 +168,8 @@ def _seed_speed(v_row: pd.Series, b: int, pv: S.Predictions | None, resamples: i
         if not math.isnan(rec) and abs(rec - bt.estimate) > 1e-3 * max(1.0, abs(rec)):
             log.warning("%s: batch %d speedup %.4f in metrics.json but %.4f the median of its passes; using the "
                         "passes", where, b, rec, bt.estimate)
-        rounds = int(passes[0].get("n_iters") or 0)
-        df = float(len(passes) - 1) if len(passes) > 1 else S.resample_df(rounds, resamples)
+        rounds = int(passes[0].get("n_iters") or 0)  # unknown: df 1, the most cautious
+        df = float(len(passes) - 1) if len(passes) > 1 else max(1.0, S.resample_df(rounds, resamples))
         how = f"passes-bootstrap over {len(passes)} passes" if len(passes) > 1 else "within-pass interval of 1 pass"
         return bt.estimate, bt.samples, df, how, bt
     sp = _speedup(v_row, b)

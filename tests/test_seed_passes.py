@@ -51,6 +51,7 @@ def test_welch_satterthwaite_and_resample_df():
     assert S.welch_satterthwaite([(1.0, 2.0), (3.0, 18.0)]) == pytest.approx(16.0)  # 16 / (1/2 + 9/18)
     assert S.welch_satterthwaite([(1.0, 2.0), (1.0, math.inf)]) == pytest.approx(8.0)  # 4 / (1/2)
     assert S.welch_satterthwaite([(0.0, 2.0), (0.0, 5.0)]) == math.inf
+    assert S.welch_satterthwaite([(1.0, 2.0), (1.0, 0.0)]) == pytest.approx(4 / 1.5)  # df 0 (unknown) counts as 1
     # 277 dev rows (RTE), 2000 resamples: 1 / (1/276 + 1/1999) = 242.5
     assert S.resample_df(277, 2000) == pytest.approx(1 / (1 / 276 + 1 / 1999))
     assert S.resample_df(1, 2000) == 0.0 or S.resample_df(1, 2000) < 1e-9
