@@ -14,7 +14,11 @@ One concept: how sure is a difference between a variant and its ``finetune`` (DE
   per-question scores.
 - :func:`speedup_interval`: the speedup is median(baseline ms) / median(variant ms) of one interleaved job;
   iteration i of both models is one A B round, so rounds are resampled as pairs.
-- :func:`combine_seeds`: one interval from several fine-tuning seeds (documented there).
+- :func:`combine_seeds`: one interval from several fine-tuning seeds (Welch–Satterthwaite degrees of
+  freedom for seed spread plus dev-bootstrap variance; documented there), with its p-value.
+- :func:`passes_interval`: the speedup of R independent timing passes (median, bootstrap over passes, never
+  narrower than the median pass's within-pass interval).
+- :func:`adjust_pvalues`: Holm / Benjamini–Hochberg across a profile's rows.
 - :func:`verdict_accuracy`, :func:`verdict_speed`, :func:`verdict_size`: the words of the verdict table.
 """
 
@@ -37,7 +41,9 @@ __all__ = [
     "DEFAULT_RESAMPLES", "DEFAULT_SEED", "LEVEL", "MIN_RESAMPLES", "PREDICTIONS_FILE",
     "Predictions", "Interval", "write_predictions", "write_dev_predictions", "read_predictions",
     "squad_per_question", "resampled_metric", "bootstrap_indices", "paired_bootstrap", "speedup_interval",
-    "t_interval", "combine_seeds", "verdict_accuracy", "verdict_speed", "verdict_size",
+    "t_interval", "welch_satterthwaite", "resample_df", "bootstrap_p", "t_p", "combine_seeds",
+    "passes_bootstrap", "passes_interval", "adjust_pvalues", "verdict_accuracy", "verdict_speed", "verdict_size",
+    "verdict_adjusted",
 ]
 
 DEFAULT_RESAMPLES = 2000  # bootstrap resamples of the verdict table (the issue asks for >= 1,000)
@@ -51,6 +57,8 @@ NA = "n/a"
 _BLOCK = 256
 # A size ratio within 0.5 % of 1 is "same" (bytes on disk vary by a few header bytes between saves).
 SIZE_TOLERANCE = 0.005
+# bootstrap_p counts resamples beyond the null where at least this many are; below, the count is too coarse
+MIN_TAIL = 10
 
 
 # ----------------------------------------------------------------------------------------- predictions file
@@ -308,13 +316,17 @@ def speedup_interval(base_ms: Sequence[float], variant_ms: Sequence[float], resa
 # ------------------------------------------------------------------------------------------------- seeds
 @dataclass
 class Interval:
-    """An aggregate over seeds: estimate, interval (NaN when there is none), seeds used and how."""
+    """An aggregate over seeds (or timing passes): estimate, interval (NaN when there is none), how many seeds
+    (passes) it rests on and how; ``df`` the t quantile's degrees of freedom (NaN for a bootstrap interval) and
+    ``p`` the two-sided p-value against the null the caller named (0 for a Δmetric, 1 for a speedup)."""
 
     estimate: float
     low: float
     high: float
     n: int
     method: str
+    df: float = math.nan
+    p: float = math.nan
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
@@ -328,19 +340,75 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     return float(x.mean() - hw), float(x.mean() + hw)
 
 
-def combine_seeds(points: Sequence[float], boots: Sequence[np.ndarray | None], level: float = LEVEL) -> Interval:
+def welch_satterthwaite(components: Sequence[tuple[float, float]]) -> float:
+    """Effective degrees of freedom of a sum of independent variance estimates ``[(v_k, df_k), ...]``:
+    (Σ v_k)² / Σ (v_k² / df_k). A component with df = inf adds variance but no uncertainty about it; a sum
+    of zero variances has df = inf (there is nothing to be unsure about); a df below 1 (unknown) counts as 1,
+    the fewest a variance estimate can have."""
+    total = sum(v for v, _ in components)
+    den = sum(v * v / max(1.0, d) for v, d in components if v > 0 and not math.isinf(d))
+    if total <= 0 or den <= 0:
+        return math.inf
+    return float(total * total / den)
+
+
+def resample_df(n_units: int, resamples: int) -> float:
+    """Degrees of freedom of a bootstrap variance of a statistic over ``n_units`` resampled units (dev rows,
+    timing rounds) estimated from ``resamples`` resamples: the variance estimate has the relative variance
+    ≈ 2/(n_units − 1) of a sample variance (its sampling error) plus 2/(resamples − 1) (Monte Carlo error),
+    so df = 1 / (1/(n_units − 1) + 1/(resamples − 1)); inf where both are infinite."""
+    inv = (1.0 / (n_units - 1) if n_units > 1 else math.inf) + (1.0 / (resamples - 1) if resamples > 1 else math.inf)
+    return math.inf if inv == 0 else 1.0 / inv
+
+
+def bootstrap_p(samples: np.ndarray, null: float = 0.0, min_tail: int = MIN_TAIL) -> float:
+    """Two-sided percentile-bootstrap p-value of ``null``: 2 · min(P(x ≤ null), P(x ≥ null)), capped at 1.
+    It is below 1 − level exactly when ``null`` lies outside the central percentile interval (up to the
+    interpolation of the percentiles).
+
+    With fewer than ``min_tail`` resamples beyond ``null`` the count cannot resolve p (2,000 resamples: nothing
+    below 0.01; none beyond would read p = 0, which a Holm step of 0.05 / 100 rows would take as proof), so
+    there p is the normal approximation of the same samples, 2 · Φ(−|mean − null| / sd); p = 0 only where every
+    resample is the same value other than ``null``."""
+    x = np.asarray(samples, dtype=np.float64)
+    if not len(x):
+        return math.nan
+    tail = int(min(np.sum(x <= null), np.sum(x >= null)))
+    sd = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    if tail >= min_tail or sd == 0.0:
+        return float(min(1.0, 2.0 * tail / len(x)))
+    from scipy.stats import norm
+
+    return float(min(1.0, 2.0 * norm.sf(abs(float(x.mean()) - null) / sd)))
+
+
+def t_p(estimate: float, se: float, df: float, null: float = 0.0) -> float:
+    """Two-sided p-value of ``null`` for ``estimate`` with standard error ``se`` and ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    if se <= 0 or math.isnan(se):
+        return 1.0 if estimate == null else 0.0
+    return float(2.0 * t.sf(abs(estimate - null) / se, df))
+
+
+def combine_seeds(points: Sequence[float], boots: Sequence[np.ndarray | None], level: float = LEVEL,
+                  dev_df: float | None = None, null: float = 0.0, within: str = "dev bootstrap") -> Interval:
     """One estimate and interval from per-seed estimates ``points`` and their bootstrap samples ``boots``.
 
     Seeds without bootstrap samples (older runs) are left out, and with none left there is no interval (the
     estimate is then the plain mean). Over the seeds that have them, the estimate is their mean and:
 
     - fewer than 3 seeds: the percentile interval of the resample-wise mean of the seeds' bootstrap samples
-      (with 1 seed: that seed's paired bootstrap). It covers dev-set sampling only: 2 seeds cannot estimate
-      the spread between fine-tuning runs.
-    - 3 or more: mean ± t(n-1) · sqrt(s²/n + v_dev), s² the sample variance of the per-seed estimates (spread
-      between fine-tuning runs), v_dev the variance of that resample-wise mean (dev-set sampling; the seeds
-      are resampled with the same seed, so seeds scored on the same dev rows share their resamples and their
-      correlation is kept). Both sources of noise, and t(n-1) keeps it conservative for 3 seeds.
+      (with 1 seed: that seed's paired bootstrap); p = :func:`bootstrap_p` of those means. It covers dev-set
+      (measurement) sampling only: 2 seeds cannot estimate the spread between fine-tuning runs.
+    - 3 or more: mean ± t(ν) · sqrt(s²/n + v_dev), s² the sample variance of the per-seed estimates (spread
+      between fine-tuning runs, n − 1 df), v_dev the variance of that resample-wise mean (dev-set sampling;
+      the seeds are resampled with the same seed, so seeds scored on the same dev rows share their resamples
+      and their correlation is kept) with ``dev_df`` degrees of freedom (default: resamples − 1; callers pass
+      :func:`resample_df` of the dev rows), and ν the Welch–Satterthwaite degrees of freedom of that sum. The
+      old t(n − 1) multiplied the well-estimated v_dev by t(2) = 4.30 too; with ν, v_dev counts as the
+      well-known variance it is, and ν = n − 1 again where v_dev = 0. p = :func:`t_p` with the same ν.
+      ``within`` names the per-seed noise in the method ("dev bootstrap"; speed: "timing bootstrap").
     """
     points = [float(p) for p in points]
     if not points:
@@ -355,12 +423,116 @@ def combine_seeds(points: Sequence[float], boots: Sequence[np.ndarray | None], l
     if len(have) < 3:
         lo, hi = _percentiles(mean_boot, level)
         how = "bootstrap, 1 seed" if len(have) == 1 else f"bootstrap, mean of {len(have)} seeds"
-        return Interval(estimate, lo, hi, len(have), how)
+        return Interval(estimate, lo, hi, len(have), how, math.nan, bootstrap_p(mean_boot, null))
     from scipy.stats import t
 
-    se = math.sqrt(pts.var(ddof=1) / len(pts) + mean_boot.var(ddof=1))
-    hw = float(t.ppf(0.5 + level / 2, len(pts) - 1) * se)
-    return Interval(estimate, estimate - hw, estimate + hw, len(have), f"t over {len(have)} seeds + dev bootstrap")
+    v_seed = float(pts.var(ddof=1)) / len(pts)
+    v_dev = float(mean_boot.var(ddof=1)) if n_r > 1 else 0.0
+    nu_dev = float(n_r - 1) if dev_df is None else float(dev_df)
+    df = welch_satterthwaite([(v_seed, len(pts) - 1), (v_dev, nu_dev)])
+    se = math.sqrt(v_seed + v_dev)
+    hw = float(t.ppf(0.5 + level / 2, df) * se) if se > 0 else 0.0
+    return Interval(estimate, estimate - hw, estimate + hw, len(have),
+                    f"Welch-Satterthwaite t over {len(have)} seeds + {within}", df, t_p(estimate, se, df, null))
+
+
+# ------------------------------------------------------------------------------------------ timing passes
+def _median_pass(speedups: np.ndarray, cis: np.ndarray) -> int:
+    """Index of the median pass; with an even count the one of the two middle passes whose within-pass
+    interval is wider (the conservative floor)."""
+    order = np.argsort(speedups, kind="stable")
+    r = len(order)
+    if r % 2:
+        return int(order[r // 2])
+    a, b = int(order[r // 2 - 1]), int(order[r // 2])
+    width = lambda i: -1.0 if np.isnan(cis[i]).any() else cis[i, 1] - cis[i, 0]  # noqa: E731
+    return a if width(a) >= width(b) else b
+
+
+def _cover(samples: np.ndarray, estimate: float, low: float, high: float, level: float, seed: int) -> np.ndarray:
+    """``samples`` made to reach ``[low, high]`` (the floored interval) at their percentiles, so that their
+    variance, which :func:`combine_seeds` uses, is never below the floor's: each side of ``estimate`` is
+    stretched linearly (a monotone map keeps the percentiles' order), and where a side has no spread at all
+    (one pass, or identical passes) split-normal draws with the floor's half-widths stand in."""
+    if math.isnan(low) or math.isnan(high):
+        return samples
+    q_lo, q_hi = _percentiles(samples, level) if len(samples) else (estimate, estimate)
+    if q_lo <= low + 1e-12 and q_hi >= high - 1e-12:
+        return samples
+    if len(samples) and q_lo < estimate < q_hi:
+        below = (estimate - low) / (estimate - q_lo)
+        above = (high - estimate) / (q_hi - estimate)
+        out = samples.copy()
+        out[samples < estimate] = estimate + (samples[samples < estimate] - estimate) * max(1.0, below)
+        out[samples > estimate] = estimate + (samples[samples > estimate] - estimate) * max(1.0, above)
+        return out
+    from scipy.stats import norm
+
+    zq = float(norm.ppf(0.5 + level / 2))
+    z = np.random.default_rng(seed).standard_normal(max(len(samples), DEFAULT_RESAMPLES))
+    return np.where(z < 0, estimate + z * (estimate - low) / zq, estimate + z * (high - estimate) / zq)
+
+
+def passes_bootstrap(speedups: Sequence[float], within_cis: Sequence[Sequence[float] | None],
+                     resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = LEVEL) -> Bootstrap:
+    """Speedup of a run timed in R independent passes: the median of the pass speedups, its interval the
+    percentile bootstrap of that median over resampled passes, widened to contain the median pass's own
+    within-pass interval (``within_cis[k]``, from its rounds; a pass set that happens to agree closely must
+    not claim more precision than one pass has). R = 1: that pass's within-pass interval. The samples (for
+    :func:`combine_seeds`) reach the floored interval at their percentiles (:func:`_cover`)."""
+    s = np.asarray(speedups, dtype=np.float64)
+    if s.ndim != 1 or not len(s) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"need >= 1 finite positive pass speedups (got {list(speedups)})")
+    if len(within_cis) != len(s):
+        raise ValueError(f"{len(s)} pass speedups but {len(within_cis)} within-pass intervals")
+    cis = np.array([(math.nan, math.nan) if c is None else (float(c[0]), float(c[1])) for c in within_cis],
+                   dtype=np.float64).reshape(len(s), 2)
+    estimate = float(np.median(s))
+    wlo, whi = cis[_median_pass(s, cis)]
+    if len(s) == 1:
+        low, high, samples = float(wlo), float(whi), np.empty(0)
+    else:
+        samples = np.concatenate([np.median(s[idx], axis=1) for idx in bootstrap_indices(len(s), resamples, seed)])
+        low, high = _percentiles(samples, level)
+        if not math.isnan(wlo):
+            low, high = min(low, float(wlo)), max(high, float(whi))
+    return Bootstrap(estimate, low, high, _cover(samples, estimate, low, high, level, seed))
+
+
+def passes_interval(speedups: Sequence[float], within_cis: Sequence[Sequence[float] | None],
+                    resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = LEVEL) -> Interval:
+    """:func:`passes_bootstrap` as an :class:`Interval` (``n`` = passes; ``p`` = :func:`bootstrap_p` of 1)."""
+    b = passes_bootstrap(speedups, within_cis, resamples, seed, level)
+    r = len(speedups)
+    how = f"passes-bootstrap, {r} passes" if r > 1 else "within-pass, 1 pass"
+    return Interval(b.estimate, b.low, b.high, r, how, math.nan, bootstrap_p(b.samples, 1.0))
+
+
+# ------------------------------------------------------------------------------------------ multiplicity
+def adjust_pvalues(p: Sequence[float], method: str = "holm") -> np.ndarray:
+    """Multiplicity-adjusted p-values over one family (NaN entries are not tests: they stay NaN and do not
+    count). ``holm``: Holm's step-down (controls the chance of *any* false verdict, for every dependence
+    between the tests); ``bh``: Benjamini–Hochberg (controls the expected share of false verdicts, assumes
+    positive dependence)."""
+    x = np.asarray(p, dtype=np.float64)
+    out = np.full(x.shape, math.nan)
+    ok = ~np.isnan(x)
+    v = x[ok]
+    m = len(v)
+    if not m:
+        return out
+    order = np.argsort(v, kind="stable")
+    ranked = v[order]
+    if method == "holm":
+        adj = np.maximum.accumulate((m - np.arange(m)) * ranked)
+    elif method == "bh":
+        adj = np.minimum.accumulate((m / np.arange(1, m + 1) * ranked)[::-1])[::-1]
+    else:
+        raise ValueError(f"unknown multiplicity adjustment {method!r}; use 'holm' or 'bh'")
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
@@ -398,3 +570,15 @@ def verdict_size(*ratios: float, tol: float = SIZE_TOLERANCE) -> str:
     if min(known) < 1.0 - tol:
         return "smaller"
     return "larger" if max(known) > 1.0 + tol else "same"
+
+
+def verdict_adjusted(verdict: str, p_adjusted: float, level: float = LEVEL) -> str:
+    """The verdict after the multiplicity adjustment: a directional verdict ("more accurate", "faster", ...)
+    stands only where its adjusted p-value is below 1 − level, else it becomes "within noise"; an adjustment
+    never creates a verdict the unadjusted interval did not give (the speed verdict's A/A band stays)."""
+    if verdict in (NA, "within noise", "same", "smaller", "larger"):
+        return verdict
+    if _nan(p_adjusted):
+        return NA
+    alpha = round(1.0 - level, 12)  # 1 - 0.95 is 0.050000000000000044 in floating point
+    return verdict if p_adjusted < alpha else "within noise"

@@ -8,12 +8,16 @@ Reads the runs :func:`axformer.report.collect` found and their predictions.npz f
   speedup with its interval, AxFormer variants, peer baselines and plain compression in three colour families).
 
 Intervals come from :mod:`axformer.stats`: the paired bootstrap over dev examples per seed, combined over seeds
-by :func:`axformer.stats.combine_seeds`; the speedup interval from the per-iteration times of each interleaved
-timing job. A run without predictions.npz (older results) gets an empty interval and the verdict "n/a".
+by :func:`axformer.stats.combine_seeds` (Welch–Satterthwaite degrees of freedom); the speedup interval of a seed
+from its timing passes (:func:`axformer.stats.passes_bootstrap`, the ``passes`` of its latency block) or, for
+records without passes, from the per-iteration times of its one interleaved timing job. A run without
+predictions.npz (older results) gets an empty interval and the verdict "n/a". Every interval has a p-value
+(against Δ = 0, speedup = 1), and the ``*_adjusted`` columns adjust them across the profile's rows (Holm).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -37,7 +41,15 @@ COLUMNS: tuple[str, ...] = (
     *ID, "base_value", "value", "value_std", "value_low", "value_high", "delta", "ci_low", "ci_high", "ci_method",
     "speedup_b1", "speedup_b1_low", "speedup_b1_high", "speedup_b32", "speedup_b32_low", "speedup_b32_high",
     "speed_batch", "encoder_ratio", "total_ratio", "bytes_ratio", "verdict_accuracy", "verdict_speed", "verdict_size",
+    # issue 31: degrees of freedom and p-values of the same intervals, and the multiplicity-adjusted verdicts
+    "ci_df", "p_value", "p_adjusted", "verdict_accuracy_adjusted",
+    "speed_ci_method", "speed_ci_df", "speed_p_value", "speed_p_adjusted", "verdict_speed_adjusted", "adjustment",
 )
+# the multiplicity adjustment of the *_adjusted columns (axformer.stats.adjust_pvalues) across a profile's rows;
+# the `adjustment` column names it per row. Holm: no directional verdict of the table is false with 95 %
+# (any dependence between rows); "bh" would bound the expected share of false verdicts instead (DESIGN §9).
+ADJUSTMENT = "holm"
+_ADJUSTMENT_NAME = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 KINDS = ("AxFormer", "peer", "compression", "reference")
 # the headline figure puts a panel's speedup axis on a log scale where its points span more than this ratio
 LOG_SPAN = 8.0
@@ -122,6 +134,52 @@ def _metric_boot(base: S.Predictions, var: S.Predictions, resamples: int, seed: 
     return S.paired_bootstrap(kind, b_vals, v_vals, labels, resamples, seed, level), None
 
 
+def _passes(row: pd.Series, b: int, where: str) -> list[dict[str, Any]] | None:
+    """The timing passes of a run's latency block at batch ``b`` that set its figure (superseded noisy passes
+    left out: their repeat stands in for them), or None for a record without passes. ``passes`` reaches the
+    report's frame as a JSON string (report._flatten keeps lists as JSON)."""
+    raw = row.get(f"latency_b{b}_passes")
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    try:
+        passes = json.loads(raw) if isinstance(raw, str) else list(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: latency batch {b} 'passes' is not a JSON list ({exc}); "
+                          "re-run its timing.") from exc
+    if not isinstance(passes, list) or not all(isinstance(p, dict) and "speedup" in p for p in passes):
+        raise ConfigError(f"{where}: latency batch {b} 'passes' must be a list of objects with a 'speedup'; "
+                          "re-run its timing.")
+    kept = [p for p in passes if p.get("superseded_by") is None]
+    return kept or None
+
+
+def _seed_speed(v_row: pd.Series, b: int, pv: S.Predictions | None, resamples: int, seed: int, level: float,
+                where: str) -> tuple[float, np.ndarray | None, float, str, S.Bootstrap | None]:
+    """(speedup, bootstrap samples, their degrees of freedom, source, the passes' Bootstrap) of one seed at
+    batch ``b``: from the latency block's timing passes where it has them (median over passes,
+    :func:`stats.passes_bootstrap`; df = passes − 1, or from the rounds of a single pass), else from the one
+    interleaved job's rounds in predictions.npz (df :func:`stats.resample_df` of the rounds); no samples
+    without either."""
+    passes = _passes(v_row, b, where)
+    if passes:
+        cis = [p.get("speedup_ci") for p in passes]
+        bt = S.passes_bootstrap([float(p["speedup"]) for p in passes], cis, resamples, seed, level)
+        rec = _num(v_row, f"latency_b{b}_speedup")
+        if not math.isnan(rec) and abs(rec - bt.estimate) > 1e-3 * max(1.0, abs(rec)):
+            log.warning("%s: batch %d speedup %.4f in metrics.json but %.4f the median of its passes; using the "
+                        "passes", where, b, rec, bt.estimate)
+        rounds = int(passes[0].get("n_iters") or 0)  # unknown: df 1, the most cautious
+        df = float(len(passes) - 1) if len(passes) > 1 else max(1.0, S.resample_df(rounds, resamples))
+        how = f"passes-bootstrap over {len(passes)} passes" if len(passes) > 1 else "within-pass interval of 1 pass"
+        return bt.estimate, bt.samples, df, how, bt
+    sp = _speedup(v_row, b)
+    it = None if pv is None else pv.iter_ms.get(b)
+    if it is None or math.isnan(sp):
+        return sp, None, math.nan, "", None
+    samples = S.speedup_interval(it[0], it[1], resamples, seed, level).samples
+    return sp, samples, S.resample_df(len(it[0]), resamples), "rounds bootstrap of one job (no passes)", None
+
+
 def _ratio(a: pd.Series, b: pd.Series) -> float:
     a, b = pd.to_numeric(a, errors="coerce").mean(), pd.to_numeric(b, errors="coerce").mean()
     return float(a / b) if b and not math.isnan(a) and not math.isnan(b) else math.nan
@@ -151,7 +209,26 @@ def verdict_table(df: pd.DataFrame, results_dir: str | os.PathLike, batch_size: 
                 rows.append(_row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed, level, notes))
     out = pd.DataFrame(rows)
     _speed_against_noise_floor(out)
+    _adjust(out, level)
     return out[list(COLUMNS) + [c for c in out.columns if c not in COLUMNS]]
+
+
+def _adjust(vt: pd.DataFrame, level: float) -> None:
+    """The ``*_adjusted`` columns: p-values adjusted (:data:`ADJUSTMENT`) across the table's rows (one profile;
+    accuracy and speed are two families), finetune's own rows left out (Δ = 0 and the A/A band by
+    construction: no test), and the verdicts that survive the adjustment (:func:`stats.verdict_adjusted`)."""
+    tested = vt["variant"] != "finetune"
+    families = (("p_value", "p_adjusted", "verdict_accuracy", "verdict_accuracy_adjusted"),
+                ("speed_p_value", "speed_p_adjusted", "verdict_speed", "verdict_speed_adjusted"))
+    for p_col, adj_col, verdict, out in families:
+        p = pd.to_numeric(vt.get(p_col, pd.Series(math.nan, index=vt.index)), errors="coerce").where(tested)
+        vt[adj_col] = S.adjust_pvalues(p.to_numpy(), ADJUSTMENT)
+        vt[out] = [v if not t else S.verdict_adjusted(v, a, level)
+                   for v, a, t in zip(vt[verdict], vt[adj_col], tested)]
+    n_acc = int(vt["p_value"].where(tested).notna().sum())
+    n_speed = int(vt["speed_p_value"].where(tested).notna().sum())
+    vt["adjustment"] = (f"{_ADJUSTMENT_NAME[ADJUSTMENT]} across {n_acc} accuracy / {n_speed} speed rows"
+                        if len(vt) else "")
 
 
 def _speed_against_noise_floor(vt: pd.DataFrame) -> None:
@@ -185,7 +262,9 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
         if seeds else math.nan
 
     points, boots, reasons = [], [], []
-    speed: dict[int, tuple[list[float], list[np.ndarray | None]]] = {b: ([], []) for b in batches}
+    # per batch: per-seed speedups, their samples, the samples' degrees of freedom, where they came from
+    speed: dict[int, tuple[list, list, list, list, list]] = {b: ([], [], [], [], []) for b in batches}
+    n_dev: list[int] = []
     for s in seeds:
         v_row, f_row = gv.loc[s], ft.loc[s]
         points.append(_num(v_row, "metric_dev") - _num(f_row, "metric_dev"))
@@ -195,6 +274,7 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
             reasons.append(pv if isinstance(pv, str) else pf)
         else:
             boot, err = _metric_boot(pf, pv, resamples, seed, level)
+            n_dev.append(len(pf.ids))
             if err:
                 reasons.append(err)
                 log.warning("verdicts %s/%s/%s seed %s: %s", task, model, variant, s, err)
@@ -207,22 +287,33 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
                 boot = None
         boots.append(None if boot is None else boot.samples)
         for b in batches:
-            sp = _speedup(v_row, b)
-            it = None if isinstance(pv, str) else pv.iter_ms.get(b)
-            speed[b][0].append(sp)
-            speed[b][1].append(None if it is None or math.isnan(sp) else
-                               S.speedup_interval(it[0], it[1], resamples, seed, level).samples)
-    delta = S.combine_seeds(points, boots, level)
+            got = _seed_speed(v_row, b, None if isinstance(pv, str) else pv, resamples, seed, level,
+                              f"{task}/{model}/{variant} seed {s}")
+            for col, val in zip(speed[b], got):
+                col.append(val)
+    dev_df = S.resample_df(min(n_dev), resamples) if n_dev else None
+    delta = S.combine_seeds(points, boots, level, dev_df=dev_df, null=0.0)
     row.update(delta=delta.estimate if seeds else math.nan, ci_low=delta.low, ci_high=delta.high)
     row["ci_method"] = delta.method if not math.isnan(delta.low) else (
         f"{S.NA}: {reasons[0]}" if reasons else f"{S.NA}: no finetune run of this seed" if not seeds else delta.method)
     if reasons and not math.isnan(delta.low):
         row["ci_method"] += f" ({len(reasons)} seed(s) without predictions left out)"
+    row["ci_df"], row["p_value"] = delta.df, delta.p
     for b in batches:
-        pts, bts = speed[b]
-        known = [(p, t) for p, t in zip(pts, bts) if not math.isnan(p)]
-        iv = S.combine_seeds([p for p, _ in known], [t for _, t in known], level)
+        known = [k for k in zip(*speed[b]) if not math.isnan(k[0])]
+        with_samples = [k for k in known if k[1] is not None]
+        dfs = [k[2] for k in with_samples]
+        iv = S.combine_seeds([k[0] for k in known], [k[1] for k in known], level,
+                             dev_df=min(dfs) if dfs else None, null=1.0, within="timing bootstrap")
+        if len(with_samples) == 1 and len(known) == 1 and with_samples[0][4] is not None:
+            # one seed timed in passes: its pass interval as it is (the samples reach it up to Monte Carlo only)
+            iv.low, iv.high = with_samples[0][4].low, with_samples[0][4].high
         row[f"speedup_b{b}"], row[f"speedup_b{b}_low"], row[f"speedup_b{b}_high"] = iv.estimate, iv.low, iv.high
+        if b == b_speed:
+            sources = sorted({k[3] for k in with_samples})
+            row["speed_ci_method"] = (f"{iv.method}; per seed: {' + '.join(sources)}" if sources and
+                                      not math.isnan(iv.low) else iv.method)
+            row["speed_ci_df"], row["speed_p_value"] = iv.df, iv.p
     row["speed_batch"] = b_speed
     row["encoder_ratio"] = _ratio(use.get("size_params_encoder", pd.Series(dtype=float)),
                                   fts.get("size_params_encoder", pd.Series(dtype=float)))
@@ -262,7 +353,11 @@ def display_table(vt: pd.DataFrame) -> pd.DataFrame:
             for v, lo, hi in zip(vt[f"speedup_b{b}"], vt[f"speedup_b{b}_low"], vt[f"speedup_b{b}_high"])]
     out["Encoder ×FT"] = vt["encoder_ratio"].map(lambda v: R._fmt(v, 2))
     out["Accuracy"] = vt["verdict_accuracy"].astype(str)
+    if "verdict_accuracy_adjusted" in vt:
+        out[f"Accuracy ({_ADJUSTMENT_NAME[ADJUSTMENT]})"] = vt["verdict_accuracy_adjusted"].astype(str)
     out["Speed"] = vt["verdict_speed"].astype(str)
+    if "verdict_speed_adjusted" in vt:
+        out[f"Speed ({_ADJUSTMENT_NAME[ADJUSTMENT]})"] = vt["verdict_speed_adjusted"].astype(str)
     out["Size"] = vt["verdict_size"].astype(str)
     return out
 
@@ -348,10 +443,14 @@ def render(df: pd.DataFrame, results_dir: str | os.PathLike, figures_dir: str | 
     tables = Path(figures_dir) / "tables"
     disp = display_table(vt)
     how = (f"Δ = variant − finetune (same task, model and seed) on dev; 95 % interval: paired bootstrap over dev "
-           f"examples ({resamples} resamples, seed {seed}) for 1–2 seeds, t over seeds plus the dev bootstrap "
-           "variance for ≥ 3 (axformer.stats.combine_seeds). Speedup: median ratio of one interleaved timing job, "
-           "interval by resampling its iterations. Verdicts: the interval excludes 0 (accuracy) or 1 (speed) or "
-           "not (\"within noise\"); size: encoder parameters or bytes on disk below finetune's.")
+           f"examples ({resamples} resamples, seed {seed}) for 1–2 seeds, for ≥ 3 t over seeds plus the dev "
+           "bootstrap variance with Welch–Satterthwaite degrees of freedom (axformer.stats.combine_seeds). "
+           "Speedup: median over a run's timing passes, interval by bootstrap over the passes, never narrower "
+           "than the median pass's own (records without passes: one interleaved job, interval by resampling its "
+           "rounds); over seeds as Δ. Verdicts: the interval excludes 0 (accuracy) or 1 and the A/A band (speed) "
+           "or not (\"within noise\"); (Holm): the same verdict where its Holm-adjusted p-value across this "
+           "table's rows is below 0.05, else \"within noise\"; size: encoder parameters or bytes on disk below "
+           "finetune's.")
     md = tables / "verdicts.md"
     atomic_write_text(md, "# Verdicts: each variant against its finetune\n\n" + R.to_markdown(disp) + "\n" + how + "\n")
     tex = tables / "verdicts.tex"

@@ -200,12 +200,13 @@ def test_predictions_roundtrip(tmp_path):
 # ------------------------------------------------------------------------------------- verdict table
 def _run(root: Path, variant: str, seed: int, dev: float, enc: int | None, speed: float | None,
          preds: np.ndarray | None, labels: np.ndarray, ids: np.ndarray | None = None, iters: int = 40,
-         extra: dict | None = None) -> None:
+         extra: dict | None = None, passes: list[dict] | None = None) -> None:
     run = root / "sst2" / "minilm" / variant / f"seed{seed}"
     run.mkdir(parents=True)
     lat = None if speed is None else [
         {"device": "cpu", "batch_size": b, "seq_len": 128, "p50_ms": 10.0 / speed, "p90_ms": 11.0, "mean_ms": 10.0,
-         "std_ms": 0.1, "n_iters": iters, "threads": 2, "baseline_p50_ms": 10.0, "speedup": speed} for b in (1, 32)]
+         "std_ms": 0.1, "n_iters": iters, "threads": 2, "baseline_p50_ms": 10.0, "speedup": speed,
+         **({} if passes is None else {"passes": passes, "ci_method": "passes-bootstrap"})} for b in (1, 32)]
     rec = {"task": "sst2", "model": "minilm", "variant": variant, "seed": seed, "profile": "t", "git_commit": None,
            "created": "x", "metric": {"name": "accuracy", "dev": dev, "n_dev": len(labels)},
            "size": None if enc is None else {"params_total": enc + 100, "params_encoder": enc, "bytes_on_disk": enc * 4},
@@ -327,3 +328,78 @@ def test_verdicts_figure_log_axis_only_for_a_wide_span(tmp_path, monkeypatch, ch
     monkeypatch.setattr(F, "save", lambda fig, d, name: seen.append(fig) or [])
     V.plot_verdicts(vt, tmp_path / "figs")
     assert [ax.get_xscale() for ax in seen[0].axes if ax.get_title()] == [scale]
+
+
+# ------------------------------------------------------------------------- timing passes in the table
+def _pass(i: int, speedup: float, half: float = 0.01, superseded_by: int | None = None, noisy: bool = False) -> dict:
+    """One pass of the TIMING_RECORD shape (docs: the lead's timing-pass record)."""
+    return {"pass": i, "pass_set": "ps-test", "speedup": speedup, "speedup_ci": [speedup - half, speedup + half],
+            "p50_ms": 10.0 / speedup, "baseline_p50_ms": 10.0, "n_iters": 12,
+            "host": {"loadavg_1m": 0.4, "steal_frac": 0.0, "iowait_frac": 0.0, "busy_frac_other": 0.0,
+                     "cpu_model": "test", "cpu_mhz": None, "busy_processes": [], "threads": 2},
+            "noisy": noisy, "superseded_by": superseded_by}
+
+
+def test_verdict_table_uses_timing_passes(tmp_path):
+    root = tmp_path / "results"
+    labels = np.array([1, 0] * 50)
+    ft = labels.copy()
+    ft[:20] = 1 - ft[:20]
+    aa = [0.99, 1.00, 1.01, 0.995, 1.005]  # finetune timed against itself: the A/A band
+    for s in (0, 1, 2):
+        _run(root, "finetune", s, 0.80, 1000, 1.0, ft, labels, passes=[_pass(i, x) for i, x in enumerate(aa)])
+    # three seeds of five passes; seed 0 has a noisy pass (0.4) repeated by pass 5: it is kept but not used
+    seeds = {0: [2.0, 2.1, 1.9, 0.4, 2.05, 1.95], 1: [2.2, 2.3, 2.25, 2.15, 2.2], 2: [2.4, 2.5, 2.45, 2.35, 2.4]}
+    for s, sp in seeds.items():
+        ps = [_pass(i, x, superseded_by=5 if (s, i) == (0, 3) else None, noisy=(s, i) == (0, 3))
+              for i, x in enumerate(sp)]
+        _run(root, "finetune+int8", s, 0.80, 1000, float(np.median([x for i, x in enumerate(sp) if (s, i) != (0, 3)])),
+             ft, labels, passes=ps)
+    _run(root, "finetune+one", 0, 0.80, 1000, 1.5, ft, labels, passes=[_pass(0, 1.5, half=0.2)])  # a 1-pass record
+    _run(root, "finetune+old", 0, 0.80, 1000, 1.3, ft, labels)  # an old record: no passes
+    vt = V.verdict_table(report.collect(root), root, resamples=1000, seed=0).set_index("variant")
+
+    i8 = vt.loc["finetune+int8"]
+    medians = [2.0, 2.2, 2.4]  # per seed, the superseded 0.4 left out: median(2.0, 2.1, 1.9, 2.05, 1.95) = 2.0
+    assert i8["speedup_b32"] == pytest.approx(np.mean(medians))
+    assert "Welch-Satterthwaite t over 3 seeds" in i8["speed_ci_method"]
+    assert "per seed: passes-bootstrap over 5 passes" in i8["speed_ci_method"]
+    # seed spread s² = 0.04, a = 0.04/3; the per-seed pass variance is small and has 4 df: ν a little above 2
+    assert i8["speed_ci_df"] >= 2.0 and i8["speedup_b32_low"] < 2.2 < i8["speedup_b32_high"]
+    se = (i8["speedup_b32_high"] - 2.2) / student_t.ppf(0.975, i8["speed_ci_df"])
+    assert i8["speed_p_value"] == pytest.approx(2 * student_t.sf(1.2 / se, i8["speed_ci_df"]))
+    assert i8["verdict_speed"] == "faster"
+
+    f = vt.loc["finetune"]  # the A/A band from the same pass machinery: per seed median 1.0 of the five passes
+    assert f["speedup_b32"] == pytest.approx(1.0) and "passes-bootstrap" in f["speed_ci_method"]
+    assert f["speed_floor_low"] == f["speedup_b32_low"] and f["speed_floor_high"] == f["speedup_b32_high"]
+    assert f["speedup_b32_low"] < 1.0 < f["speedup_b32_high"] and math.isnan(f["speed_p_adjusted"])
+
+    one = vt.loc["finetune+one"]  # one pass: its within-pass interval, exactly
+    assert (one["speedup_b32"], one["speedup_b32_low"], one["speedup_b32_high"]) == pytest.approx((1.5, 1.3, 1.7))
+    assert "within-pass interval of 1 pass" in one["speed_ci_method"] and one["verdict_speed"] == "faster"
+
+    old = vt.loc["finetune+old"]  # no passes: the single job's rounds, as before
+    assert old["speedup_b32"] == pytest.approx(1.3) and "rounds bootstrap of one job" in old["speed_ci_method"]
+    assert old["speedup_b32_low"] == pytest.approx(1.3) and old["verdict_speed"] == "faster"
+
+    # Holm across the table's rows (finetune's rows are no test): 3 speed tests
+    assert set(vt["adjustment"]) == {"Holm across 3 accuracy / 3 speed rows"}
+    p = vt.loc[["finetune+int8", "finetune+one", "finetune+old"], "speed_p_value"].to_numpy()
+    assert vt.loc[["finetune+int8", "finetune+one", "finetune+old"], "speed_p_adjusted"].to_numpy() == \
+        pytest.approx(S.adjust_pvalues(p, "holm"))
+    for v in ("finetune+int8", "finetune+one", "finetune+old"):
+        r = vt.loc[v]
+        assert r["verdict_speed_adjusted"] == S.verdict_adjusted(r["verdict_speed"], r["speed_p_adjusted"])
+    # accuracy: identical predictions everywhere, Δ = 0 on every resample: p = 1, within noise
+    assert vt.loc["finetune+int8", "p_value"] == 1.0
+    assert vt.loc["finetune+int8", "verdict_accuracy_adjusted"] == "within noise"
+
+
+def test_malformed_passes_is_config_error(tmp_path):
+    root = tmp_path / "results"
+    labels = np.array([1, 0] * 5)
+    _run(root, "finetune", 0, 1.0, 10, 1.0, labels, labels)
+    _run(root, "finetune+x", 0, 1.0, 10, 1.2, labels, labels, passes=[{"pass": 0}])  # no speedup
+    with pytest.raises(ConfigError, match="'passes' must be a list of objects with a 'speedup'"):
+        V.verdict_table(report.collect(root), root, resamples=1000)
