@@ -8,7 +8,7 @@ no model always follows the same one). Inside a pass the figures are today's: me
 from the same rounds, the ratio and its paired-rounds bootstrap interval. Across passes:
 
 - the reported speedup is the median of the counted passes' speedups, its interval a percentile bootstrap over
-  those speedups, never narrower than the median pass's own interval (``passes_interval``);
+  those speedups, never narrower than the median pass's own interval (``stats.passes_interval``);
 - every pass samples host noise over its window (``HostWindow``: foreign CPU use and steal from /proc/stat,
   load average, CPU model and MHz, busy foreign processes); a pass over the thresholds of ``MeasureConfig``
   (``noise_max_other_cpu``, ``noise_max_steal``) is marked ``noisy`` and repeated, at most ``pass_retries``
@@ -40,7 +40,7 @@ from axformer.utils import ConfigError, git_commit
 
 BASELINE = "__baseline__"  # the fine-tuned model every speedup is relative to (timed once per round)
 REF_SEP = "::"  # "<variant>::ort_fp32": a runtime's own fp32 graph timed beside its int8 variant
-PASS_RESAMPLES = 2000
+PASS_RESAMPLES = 2000  # bootstrap resamples of the within-pass and over-pass intervals
 CI_METHOD = "passes-bootstrap"
 
 
@@ -147,27 +147,7 @@ def is_noisy(host: Mapping[str, Any], max_other_cpu: float, max_steal: float) ->
     return bool((other is not None and other > max_other_cpu) or (steal is not None and steal > max_steal))
 
 
-# ----------------------------------------------------------------------------------------------- statistics
-def passes_interval(speedups: Sequence[float], within: Sequence[tuple[float, float]],
-                    resamples: int = PASS_RESAMPLES, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """``(median, low, high)`` over passes: the median of the pass speedups; a percentile bootstrap of that median
-    over the passes, widened to contain the median pass's within-pass interval (one pass: that interval)."""
-    x = np.asarray(speedups, dtype=np.float64)
-    if x.ndim != 1 or not len(x) or len(within) != len(x):
-        raise ValueError(f"need one within-pass interval per pass speedup (got {len(x)} and {len(within)})")
-    est = float(np.median(x))
-    order = np.argsort(x, kind="stable")
-    mid = int(order[(len(x) - 1) // 2])  # the median pass (lower middle for an even count)
-    lo_w, hi_w = (float(v) for v in within[mid])
-    if len(x) == 1:
-        return est, lo_w, hi_w
-    rng = np.random.default_rng(seed)
-    meds = np.median(x[rng.integers(0, len(x), size=(resamples, len(x)))], axis=1)
-    a = (1 - level) / 2
-    lo, hi = float(np.quantile(meds, a)), float(np.quantile(meds, 1 - a))
-    return est, min(lo, lo_w), max(hi, hi_w)
-
-
+# ------------------------------------------------------------------------------------------------- pass set
 def pass_set_id(commit: str | None = None) -> str:
     """``ps-<UTC yyyymmddThhmmss>-<commit>``: one id per full re-time, stamped on each of its passes."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -342,8 +322,9 @@ def aggregate(passes: Sequence[Mapping[str, Any]], names: Sequence[str], batch_s
                 rows.append(row)
                 if p["superseded_by"] is None:
                     counted.append((row, v, b))
-            est, lo, hi = passes_interval([r["speedup"] for r, _, _ in counted],
-                                          [tuple(r["speedup_ci"]) for r, _, _ in counted], resamples=resamples)
+            iv = stats.passes_interval([r["speedup"] for r, _, _ in counted],
+                                       [tuple(r["speedup_ci"]) for r, _, _ in counted], resamples=resamples)
+            est, lo, hi = iv.estimate, iv.low, iv.high
             allv = np.concatenate([v for _, v, _ in counted])
             per_bs[key] = {
                 "speedup": est, "speedup_ci": [lo, hi], "ci_method": CI_METHOD,

@@ -12,32 +12,6 @@ from axformer import measure, timing
 from axformer.utils import ConfigError
 
 
-# ------------------------------------------------------------------------------------------- passes_interval
-def test_passes_interval_median_and_width():
-    speedups = [2.0, 2.2, 2.1, 2.4, 1.9]
-    within = [(1.95, 2.05), (2.15, 2.25), (2.05, 2.15), (2.35, 2.45), (1.85, 1.95)]
-    est, lo, hi = timing.passes_interval(speedups, within)
-    assert est == pytest.approx(2.1)  # the median of the five passes
-    # the bootstrap of a median of 5 values stays within their range, and must contain the median pass's own
-    # interval (2.05, 2.15)
-    assert 1.9 <= lo <= 2.05 and 2.15 <= hi <= 2.4
-
-
-def test_passes_interval_never_narrower_than_the_median_pass():
-    # identical pass speedups: the bootstrap over passes has zero width, the within-pass interval does not
-    est, lo, hi = timing.passes_interval([3.0, 3.0, 3.0], [(2.8, 3.2), (2.9, 3.1), (2.7, 3.3)])
-    assert est == 3.0 and lo == pytest.approx(2.9) and hi == pytest.approx(3.1)  # pass 1: the middle of a stable sort
-
-
-def test_passes_interval_one_pass_is_its_own_interval():
-    assert timing.passes_interval([1.5], [(1.4, 1.6)]) == (1.5, 1.4, 1.6)
-
-
-def test_passes_interval_refuses_mismatched_lengths():
-    with pytest.raises(ValueError):
-        timing.passes_interval([1.0, 2.0], [(0.9, 1.1)])
-
-
 # ----------------------------------------------------------------------------------- noisy passes are repeated
 def _cfg(**kw):
     base = dict(batch_sizes=[1], seq_len=8, warmup=0, min_iters=3, min_seconds=0.0, threads=1, passes=3,
