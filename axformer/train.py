@@ -46,8 +46,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "lr"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)}).")
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):  # NaN / inf refused too (axformer/bounds.py has the upper bounds)
+                raise ConfigError(f"train.{key} must be a finite number > 0 (got {v}).")
 
 
 # Training steps between reads of the loss back to the host (each read waits for the GPU to finish).

@@ -13,6 +13,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from axformer.bounds import check_finite_tree
 from axformer.data import check_task_files, task_file
 from axformer.models import check_model_spec
 from axformer.results import model_name
@@ -80,6 +81,13 @@ def _typed_cli_values():
 
 
 _typed_cli_values()
+
+# JSON Schema's minimum / maximum let NaN through (every comparison with NaN is false) and YAML has .inf / .nan:
+# refuse a non-finite number anywhere in the config first, naming its key (axformer/bounds.py, the numeric rule)
+_non_finite = check_finite_tree(config)
+if _non_finite:
+    _config_error(_non_finite[0], f"must be a finite number (got {_non_finite[1]}); see the key's range in "
+                  "workflow/schemas/config.schema.yaml.")
 
 try:
     validate(config, schema=SCHEMA)
@@ -182,6 +190,9 @@ def _check_config():
     if not config["data_dir"]:
         _config_error("data_dir", "not set: set it in the profile, with --config data_dir=PATH, or set AXFORMER_DATA.")
     data_dir = os.path.abspath(os.path.expanduser(config["data_dir"]))
+    if not re.match(r"^[A-Za-z0-9_./][A-Za-z0-9_./+-]*$", data_dir):  # AXFORMER_DATA too: it reaches job commands
+        _config_error("data_dir", f"{data_dir!r} has characters other than letters, digits and _ . / + -; use a "
+                      "plain path (it is repeated in every job's command line).")
     if not os.path.isdir(data_dir):
         _config_error("data_dir", f"{data_dir} is not a folder; point it at the folder that holds glue/.")
     config["data_dir"] = data_dir
