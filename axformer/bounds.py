@@ -44,8 +44,19 @@ class Bound:
         return lo and hi
 
     def text(self) -> str:
-        return (f"{'(' if self.exclusive_low else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.exclusive_high else ']'}")
+        return f"{'(' if self.exclusive_low else '['}{_num(self.low)}, {_num(self.high)}{')' if self.exclusive_high else ']'}"
+
+    def why(self, x: float) -> str:
+        """What is wrong with ``x`` (not finite, below, above), in the words of the range."""
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            return f"a finite number in {self.text()}"
+        if not (x > self.low if self.exclusive_low else x >= self.low):
+            return f"{'>' if self.exclusive_low else '>='} {_num(self.low)}"
+        return f"{'<' if self.exclusive_high else '<='} {_num(self.high)}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 # dest -> range. Where a step's own validate() is stricter (accept_frac < 1, less_important >= 1), both apply.
@@ -80,7 +91,7 @@ def flag_name(dest: str) -> str:
 def check_number(name: str, value: Any, bound: Bound) -> None:
     """ConfigError ``<name> must be a finite number in [low, high] (got v)`` unless ``value`` fits."""
     if not bound.ok(value):
-        raise ConfigError(f"{name} must be a finite number in {bound.text()} (got {value!r}).")
+        raise ConfigError(f"{name} must be {bound.why(value)} (got {value!r}); its range is {bound.text()}.")
 
 
 def bound_of(step: str, dest: str) -> Bound | None:

@@ -293,18 +293,24 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     except OSError as exc:
         raise ConfigError(f"cannot write checkpoint {out}: {exc.strerror}. Choose a writable output directory.") from exc
+    old = None
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra:
             (tmp / "axformer_step.json").write_text(json.dumps(extra, indent=2, default=str, allow_nan=False))
         os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # a rerun: move the old folder aside (one rename), never delete it before the new is in
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+            os.replace(out, old / "old")
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "old").exists() and not out.exists():
+            os.replace(old / "old", out)  # interrupted between the two renames: the previous checkpoint is back
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -231,15 +231,7 @@ def _baseline(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     clash = sorted(set(extra) & set(cfg))
     if clash:
         raise ConfigError(f"--arg sets {clash}, which a flag already sets; give each value once.")
-    check_cfg(ns.method, {**cfg, **extra})
-    for key in ("n_heads", "k", "target_params", "batch_size"):
-        v = getattr(ns, key, None)
-        if v is not None and v < (0 if key in ("n_heads", "k") else 1):
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= {0 if key in ('n_heads', 'k') else 1} (got {v}).")
-    for key in ("epochs", "lr"):
-        v = getattr(ns, key, None)
-        if v is not None and not v > 0:
-            raise ConfigError(f"--{key} must be > 0 (got {v}).")
+    check_cfg(ns.method, {**cfg, **extra})  # ranges of n_heads, k, epochs, lr, ...: the method's and bounds.py's
 
 
 def _measure(ns: argparse.Namespace, allow_hub: bool | None) -> None:
@@ -259,10 +251,10 @@ def check_namespace(cli_step: str, ns: argparse.Namespace, allow_hub: bool | Non
     """The value checks of ``axformer <cli_step>`` on parsed arguments; ConfigError before any work."""
     from axformer.bounds import check_flags
 
-    check_flags(cli_step, ns)  # every number finite and within its declared range (axformer/bounds.py)
     fn = VALIDATORS.get(cli_step)
     if fn is not None:
         fn(ns, allow_hub)
+    check_flags(cli_step, ns)  # then every number finite and within its declared range (axformer/bounds.py)
 
 
 def _parse(p: argparse.ArgumentParser, args: dict[str, Any]) -> argparse.Namespace:

@@ -48,7 +48,7 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "lr"):
             v = getattr(self, key)
             if not (math.isfinite(v) and v > 0):  # NaN / inf refused too (axformer/bounds.py has the upper bounds)
-                raise ConfigError(f"train.{key} must be a finite number > 0 (got {v}).")
+                raise ConfigError(f"train.{key} must be > 0 and finite (got {v}).")
 
 
 # Training steps between reads of the loss back to the host (each read waits for the GPU to finish).

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -26,7 +27,11 @@ SCHEMA = "../schemas/config.schema.yaml"
 
 # ------------------------------------------------------------------------------------------ validation
 def _config_error(key, msg):
-    raise WorkflowError(f"config key '{key}': {msg}")
+    # One line and exit status 1: raising WorkflowError here would make Snakemake print its own frames of this
+    # file after the message. Every call is at parse time, before the DAG, locks or any job, so nothing needs
+    # cleaning up.
+    print(f"config key '{key}': {msg}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def _schema_path(err):
