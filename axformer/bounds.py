@@ -44,7 +44,8 @@ class Bound:
         return lo and hi
 
     def text(self) -> str:
-        return f"{'(' if self.exclusive_low else '['}{_num(self.low)}, {_num(self.high)}{')' if self.exclusive_high else ']'}"
+        lo, hi = "(" if self.exclusive_low else "[", ")" if self.exclusive_high else "]"
+        return f"{lo}{_num(self.low)}, {_num(self.high)}{hi}"
 
     def why(self, x: float) -> str:
         """What is wrong with ``x`` (not finite, below, above), in the words of the range."""
