@@ -9,18 +9,35 @@ dataclasses), what the steps share (lineage, splits, evaluation, saving, records
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
-import time
-from pathlib import Path
-from typing import Any, Callable
+import threading
 
-from axformer import cliargs, runs
-from axformer.cliargs import build_parser, config_from, given, parse_k
+INTERRUPTED = "axformer: interrupted; no partial outputs were written."
+
+
+def _term_at_startup(signum, frame):  # noqa: ARG001 - signal handler signature
+    """SIGTERM while the CLI is still importing (torch and transformers take seconds): nothing is open or
+    written yet, so print the one line and leave with 143 at once; main() installs the cleaning handler."""
+    sys.stderr.write(INTERRUPTED + "\n")
+    sys.stderr.flush()
+    os._exit(143)
+
+
+if threading.current_thread() is threading.main_thread():  # before the heavy imports below
+    signal.signal(signal.SIGTERM, _term_at_startup)
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+from axformer import cliargs, runs  # noqa: E402
+from axformer.cliargs import build_parser, config_from, given, parse_k  # noqa: E402
 # part of the CLI's public surface (tests, scripts)
-from axformer.runs import Terminated, install_signal_handlers, resolve_task, search_selector  # noqa: F401
-from axformer.utils import ConfigError
+from axformer.runs import Terminated, install_signal_handlers, resolve_task, search_selector  # noqa: E402,F401
+from axformer.utils import ConfigError  # noqa: E402
 
 # step name -> (adds its arguments, runs it, help); the arguments are registered in cliargs.STEP_ARGS
 STEPS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None], str]] = {}
@@ -422,22 +439,22 @@ def cmd_baseline(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
-    from axformer.device import prepare_process
-    from axformer.stepargs import check_namespace
-
-    prepare_process()  # CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises (determinism)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    install_signal_handlers()
-    args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
+        install_signal_handlers()  # from here SIGTERM raises Terminated, so every cleanup runs
+        from axformer.device import prepare_process
+        from axformer.stepargs import check_namespace
+
+        prepare_process()  # CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises (determinism)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        args = build_parser().parse_args(argv)  # imports the step modules (torch): seconds in which TERM may come
         check_namespace(args.step, args)  # the value checks the workflow runs on config step args, before any work
         STEPS[args.step][1](args)
     except ConfigError as exc:
         print(f"axformer: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
-        print("axformer: interrupted; no partial outputs were written.", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     print(f"axformer {args.step}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Callable
@@ -133,12 +134,16 @@ def parse_kv(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
+        if not sep or not key.isidentifier() or key.startswith("_"):
             raise ConfigError(f"--arg takes key=value pairs (got {item!r}), e.g. --arg step_heads=4.")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw
+        if isinstance(out[key], str) and out[key].lstrip().startswith("-"):
+            raise ConfigError(f"--arg {key}: a value may not begin with '-' (got {raw!r}); it reads as an option.")
+        if isinstance(out[key], float) and not math.isfinite(out[key]):  # json reads NaN / Infinity
+            raise ConfigError(f"--arg {key} must be a finite number (got {raw!r}).")
     return out
 
 

@@ -137,6 +137,60 @@ def check_model_spec(spec: str, allow_hub: bool = False) -> None:
                       "allow_hub: true to fetch it from the hub.")
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line (library messages run over several lines and may suggest remote code)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "trust_remote_code" in text:  # never suggest running a folder's code
+        text = "its model_type is not one transformers knows (the folder asks for its own code via auto_map)"
+    return text[:300]
+
+
+def check_folder_files(folder: str | os.PathLike, what: str, fix: str) -> None:
+    """Every entry of ``folder`` resolves inside it (a symlink to /etc/passwd or another model's weights is
+    refused), and its config.json / tokenizer.json / tokenizer_config.json, where present, are JSON objects.
+    ConfigError ``<what> <folder>: <file> ...; <fix>`` otherwise, before any library reads them."""
+    p = Path(folder)
+    root = p.resolve()
+    try:
+        entries = sorted(p.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"{what} {p} cannot be read ({exc.strerror}); {fix}") from None
+    for entry in entries:
+        target = entry.resolve()
+        if target != root and root not in target.parents:
+            raise ConfigError(f"{what} {p}: {entry.name} resolves outside the folder (to {target}); axformer reads "
+                              f"only files inside a model folder; {fix}")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.exists():
+            continue
+        try:
+            obj = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{what} {p}: {name} is not readable JSON ({_first_line(exc)}); {fix}") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{what} {p}: {name} holds a {type(obj).__name__}, not a JSON object; {fix}")
+
+
+def _config_types(config, where: str, fix: str) -> None:
+    """The size fields every encoder config needs are positive ints (a tampered config.json gets one line, not a
+    TypeError from deep inside torch), and the AxFormer record, where present, is a JSON object."""
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                "max_position_embeddings"):
+        v = getattr(config, key, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{where}: config.json field {key} must be a positive integer (got {v!r}); {fix}")
+    record = getattr(config, "axformer", None)
+    if record is not None and not isinstance(record, dict):
+        raise ConfigError(f"{where}: config.json field axformer must be an object (got {type(record).__name__}); {fix}")
+    if isinstance(record, dict) and record.get("arch") is not None:
+        arch = record["arch"]
+        if not isinstance(arch, dict) or not isinstance(arch.get("layers"), list) \
+                or not all(isinstance(r, dict) for r in arch["layers"]):
+            raise ConfigError(f"{where}: config.json axformer.arch must be {{'layers': [{{...}}, ...]}} (got "
+                              f"{str(arch)[:80]!r}); {fix}")
+
+
 def check_vocab(tokenizer, model: torch.nn.Module, where: str) -> None:
     """The tokenizer's ids must index the embedding: a tokenizer rebuilt from missing files (a handful of special
     tokens, every word [UNK]) or another model's would score silently wrong."""
@@ -176,15 +230,30 @@ def load_pretrained(spec: str, task: Task, seed: int = 0):
         cls = BertForQuestionAnswering if task.is_qa else BertForSequenceClassification
         return cls(cfg).eval(), tok
     auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+    fix = "restore the folder from its source (or use 'minilm', the embedded model)."
+    if Path(path).is_dir():
+        check_folder_files(path, "model folder", fix)
     try:
         tok = AutoTokenizer.from_pretrained(path)
         # never unpickle: a folder or hub repo without safetensors weights is refused, not torch.load-ed
-        model = auto.from_pretrained(path, use_safetensors=True, **_task_kwargs(task))
+        model, info = auto.from_pretrained(path, use_safetensors=True, output_loading_info=True, **_task_kwargs(task))
     except OSError as exc:
         raise ConfigError(
-            f"cannot load model {spec!r}: {exc}. Offline, use 'minilm' (the embedded model) or a local folder; "
-            "a Hugging Face id needs the hub (unset HF_HUB_OFFLINE)."
+            f"cannot load model {spec!r}: {_first_line(exc)}. Offline, use 'minilm' (the embedded model) or a local "
+            "folder; a Hugging Face id needs the hub (unset HF_HUB_OFFLINE)."
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - tampered files surface as many library error types: one line each
+        raise ConfigError(f"model {spec!r} ({path}) cannot be loaded: {_first_line(exc)}; {fix}") from None
+    # transformers fills a weight missing from the file with random values and only logs it: here only the new
+    # task head may be missing, anything of the pretrained encoder is an error (random init never goes silent)
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    missing = sorted(k for k in info.get("missing_keys", []) if k.startswith(prefix)
+                     and not k.endswith(("position_ids", "token_type_ids")))
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or mismatched:
+        what = f"lacks {len(missing)} encoder weights (e.g. {missing[0]})" if missing else \
+            f"has weights of the wrong shape ({mismatched[0]})"
+        raise ConfigError(f"model {spec!r} ({path}) {what}: they would be filled with random values; {fix}")
     from axformer import families
 
     if not families.supported(getattr(model.config, "model_type", None)):
@@ -224,18 +293,24 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLik
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
     except OSError as exc:
         raise ConfigError(f"cannot write checkpoint {out}: {exc.strerror}. Choose a writable output directory.") from exc
+    old = None
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra:
             (tmp / "axformer_step.json").write_text(json.dumps(extra, indent=2, default=str, allow_nan=False))
         os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # a rerun: move the old folder aside (one rename), never delete it before the new is in
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+            os.replace(out, old / "old")
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "old").exists() and not out.exists():
+            os.replace(old / "old", out)  # interrupted between the two renames: the previous checkpoint is back
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -266,29 +341,41 @@ def load_checkpoint(path: str | os.PathLike):
     if not (p / "tokenizer_config.json").is_file() or not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise ConfigError(f"checkpoint {p} lacks its tokenizer files (tokenizer_config.json and tokenizer.json or "
                           "vocab.txt): it is incomplete; re-run the step that wrote it.")
+    fix = "delete it and re-run the step that wrote it."
+    check_folder_files(p, "checkpoint", fix)  # symlinks out of the folder, garbage JSON: before any library reads
     try:
         config = AutoConfig.from_pretrained(p)
         state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"checkpoint {p} is corrupt ({exc}); delete it and re-run the step that wrote it.") from exc
-    model = _model_class(config).from_config(config)
-    record = getattr(config, "axformer", None) or {}
-    if record.get("arch"):
-        from axformer import elements
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError, Exception) as exc:  # noqa: BLE001
+        # config validation errors of huggingface_hub's strict dataclasses derive from Exception only
+        raise ConfigError(f"checkpoint {p} is corrupt ({_first_line(exc)}); {fix}") from None
+    _config_types(config, f"checkpoint {p}", fix)
+    try:
+        model = _model_class(config).from_config(config)
+        record = getattr(config, "axformer", None) or {}
+        if record.get("arch"):
+            from axformer import elements
 
-        elements.apply_architecture(model, record["arch"])
-    if record.get("hard_attention"):
-        from axformer import hard_attention
+            elements.apply_architecture(model, record["arch"])
+        if record.get("hard_attention"):
+            from axformer import hard_attention
 
-        hard_attention.apply_from_config(model)
-    # tied/shared buffers may be absent from the file; everything else must match exactly
-    missing, unexpected = model.load_state_dict(state, strict=False)
+            hard_attention.apply_from_config(model)
+        # tied/shared buffers may be absent from the file; everything else must match exactly
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        # a shape mismatch (RuntimeError: size mismatch), a wrong-typed config field or edit record
+        raise ConfigError(f"checkpoint {p}: its weights do not fit its config.json ({_first_line(exc)}); {fix}") \
+            from None
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
         raise ConfigError(
             f"checkpoint {p} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "it is corrupt or was written by another version: re-run the step that wrote it."
         )
-    tok = AutoTokenizer.from_pretrained(p)
+    try:
+        tok = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # noqa: BLE001 - a tampered tokenizer file surfaces as many library error types
+        raise ConfigError(f"checkpoint {p}: its tokenizer files cannot be read ({_first_line(exc)}); {fix}") from None
     check_vocab(tok, model, f"checkpoint {p}")
     return model.eval(), tok

@@ -43,6 +43,7 @@ loss the span loss of its answer window (squad.question_losses) and the metric S
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -86,6 +87,12 @@ class PruneConfig:
     lat_seconds: float = 1.5  # ... and at least this many seconds per timing
 
     def validate(self) -> None:
+        import math
+
+        for f in dataclasses.fields(self):  # NaN passes every `<` check below: refuse non-finite numbers first
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"axformer.{f.name} must be a finite number (got {v}).")
         if self.accept_rule not in ("guarded", "paper", "meanloss", "metric", "official"):
             raise ConfigError("axformer.accept_rule must be guarded | paper | meanloss | metric | official "
                               f"(got {self.accept_rule!r}).")

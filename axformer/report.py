@@ -112,14 +112,86 @@ def load_run(path: Path) -> Run:
     return Run.from_json(data, path)
 
 
+# A metrics.json is trusted for nothing it could get wrong (issue 32): each metric within its metric's range,
+# every latency > 0, and the run it claims to be is the run its folder says it is.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "macro_f1": (0.0, 1.0), "exact_match": (0.0, 1.0),
+    "mcc": (-1.0, 1.0), "pearson": (-1.0, 1.0), "spearman": (-1.0, 1.0)}
+_POSITIVE_LATENCY = ("p50_ms", "p90_ms", "mean_ms", "baseline_p50_ms", "baseline_p90_ms", "speedup")
+_FIX = "delete the file (or the run folder) and re-run that job"
+
+
+def _in_range(name: str, value: Any) -> bool:
+    lo, hi = METRIC_RANGES.get(name, (-float("inf"), float("inf")))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def check_run(run_dir: str, run: Run, path: Path) -> None:
+    """ConfigError naming ``path`` unless the record is the run of its folder ``<task>/<model>/<variant>/seed<k>``
+    and its numbers are possible: metric values in their metric's range, latencies and speedups > 0."""
+    from axformer.results import model_name
+
+    parts = Path(run_dir).parts
+    if len(parts) != 4 or not re.fullmatch(r"seed(0|[1-9][0-9]*)", parts[3]):
+        raise ConfigError(f"{path}: not in a <task>/<model>/<variant>/seed<k> folder (k without leading zeros); "
+                          f"{_FIX}.")
+    claims = {"task": run.task, "model": model_name(str(run.model)), "variant": run.variant, "seed": f"seed{run.seed}"}
+    for (key, claim), folder in zip(claims.items(), parts):
+        if claim != folder:
+            raise ConfigError(f"{path}: says {key} {claim!r} but lies in the folder of {key} {folder!r}; {_FIX}.")
+    m = run.metric
+    values = {m.name: m.dev, f"{m.name} (search)": m.search, **(m.secondary or {})}
+    for label, value in values.items():
+        name = label.split(" ")[0]
+        if value is None and label != m.name:
+            continue
+        if not _in_range(name, value):
+            lo, hi = METRIC_RANGES.get(name, (None, None))
+            raise ConfigError(f"{path}: metric {label} = {value!r} is outside [{lo}, {hi}]; {_FIX}.")
+    for entry in run.latency or []:
+        for key in _POSITIVE_LATENCY:
+            v = getattr(entry, key)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0 and v < float("inf")):
+                raise ConfigError(f"{path}: latency at batch {entry.batch_size}: {key} = {v!r} must be > 0; {_FIX}.")
+
+
 def runs(results_dir: str | os.PathLike) -> list[tuple[str, Run]]:
-    """(run_dir relative to ``results_dir``, Run) of every ``<task>/<model>/<variant>/seed<k>/metrics.json``."""
+    """(run_dir relative to ``results_dir``, Run) of every ``<task>/<model>/<variant>/seed<k>/metrics.json``,
+    each checked (:func:`check_run`), no two the same run (task, model, variant, seed)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise ConfigError(f"results directory {root} does not exist; run the experiments first or pass the right --results.")
     # exactly the DESIGN layout <task>/<model>/<variant>/seed<k>/metrics.json: another profile's results
     # tree nested inside (results/bench/...) is not this profile's runs
-    return [(p.parent.relative_to(root).as_posix(), load_run(p)) for p in sorted(root.glob("*/*/*/seed*/metrics.json"))]
+    out: list[tuple[str, Run]] = []
+    seen: dict[tuple, Path] = {}
+    for p in sorted(root.glob("*/*/*/seed*/metrics.json")):
+        run_dir, run = p.parent.relative_to(root).as_posix(), load_run(p)
+        check_run(run_dir, run, p)
+        key = (run.task, run.model, run.variant, run.seed)
+        if key in seen:
+            raise ConfigError(f"{p}: the same run (task, model, variant, seed) as {seen[key]}; keep one of them.")
+        seen[key] = p
+        out.append((run_dir, run))
+    return out
+
+
+def read_all_predictions(results_dir: Path, found: list[tuple[str, Run]]) -> None:
+    """Read every predictions.npz beside the runs' metrics.json (a run without one is allowed: older results),
+    so a truncated or foreign file stops the report before it writes anything."""
+    from axformer import stats
+
+    for run_dir, _run in found:
+        path = results_dir / run_dir / stats.PREDICTIONS_FILE
+        if not path.exists():
+            continue
+        try:
+            stats.read_predictions(path)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile.BadZipFile, EOFError, KeyError...: one line naming it
+            raise ConfigError(f"{path}: not a readable predictions.npz ({type(exc).__name__}: {exc}); "
+                              "delete it and re-run the measure job.") from None
 
 
 def _run_row(run_dir: str, run: Run, results_dir: Path) -> dict[str, Any]:
@@ -276,6 +348,7 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
     found = runs(results_dir)
     df = frame(found, results_dir)
     decisions = {d: _decisions(results_dir / d) for d, _ in found}
+    read_all_predictions(results_dir, found)  # every input read before the first output is written
     tidy_tables = tidy.tables([(d, r, decisions[d]) for d, r in _in_frame_order(found, df)], batch_size)
     out: list[Path] = tidy.write(tidy_tables, summary_csv)
     produced: dict[str, list[Path]] = {}

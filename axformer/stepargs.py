@@ -134,6 +134,7 @@ def _check_value(key: str, value: Any, action: argparse.Action) -> None:
         raise StepArgError(key, f"takes plain values (got {value!r}).")
     if many and not items and action.nargs == "+":
         raise StepArgError(key, "needs at least one value.")
+    check_content(key, items)
     for v in items:
         if isinstance(v, bool):
             raise StepArgError(key, f"takes {_type_name(action)}, not {str(v).lower()}.")
@@ -145,6 +146,19 @@ def _check_value(key: str, value: Any, action: argparse.Action) -> None:
                 raise StepArgError(key, f"must be {_type_name(action)} (got {v!r}).") from None
         if action.choices is not None and conv not in action.choices:
             raise StepArgError(key, f"must be one of {', '.join(map(str, action.choices))} (got {v!r}).")
+
+
+def check_content(key: str, items: list[Any]) -> None:
+    """What a value may contain, whatever its flag: no text starting with ``-`` (argparse would read it as an
+    option: ``arg: [k=1, --ckpt=/elsewhere]`` would set the rule's own --ckpt), no non-finite number."""
+    import math
+
+    for v in items:
+        if isinstance(v, str) and v.lstrip().startswith("-"):
+            raise StepArgError(key, f"a value may not begin with '-' (got {v!r}): it would be read as another "
+                               "option; give a negative number as a number (-1, not '-1').")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise StepArgError(key, f"must be a finite number (got {v!r}).")
 
 
 # ------------------------------------------------------------------------------- ranges (the steps' own checks)
@@ -207,16 +221,17 @@ def _baseline(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     import baselines
     from axformer.cliargs import parse_kv
 
+    from axformer.cliargs import BASELINE_FLAGS
+    from baselines._args import check_cfg
+
     baselines.get(ns.method)  # unknown name: ConfigError listing the registered ones
-    parse_kv(ns.arg)
-    for key in ("n_heads", "k", "target_params", "batch_size"):
-        v = getattr(ns, key, None)
-        if v is not None and v < (0 if key in ("n_heads", "k") else 1):
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= {0 if key in ('n_heads', 'k') else 1} (got {v}).")
-    for key in ("epochs", "lr"):
-        v = getattr(ns, key, None)
-        if v is not None and not v > 0:
-            raise ConfigError(f"--{key} must be > 0 (got {v}).")
+    extra = parse_kv(ns.arg)
+    # the cfg the job would build (cli.cmd_baseline), against the method's own declared keys, types and ranges
+    cfg = {k: getattr(ns, k) for k in BASELINE_FLAGS if getattr(ns, k, None) is not None}
+    clash = sorted(set(extra) & set(cfg))
+    if clash:
+        raise ConfigError(f"--arg sets {clash}, which a flag already sets; give each value once.")
+    check_cfg(ns.method, {**cfg, **extra})  # ranges of n_heads, k, epochs, lr, ...: the method's and bounds.py's
 
 
 def _measure(ns: argparse.Namespace, allow_hub: bool | None) -> None:
@@ -234,9 +249,12 @@ VALIDATORS: dict[str, Callable[[argparse.Namespace, bool | None], None]] = {
 
 def check_namespace(cli_step: str, ns: argparse.Namespace, allow_hub: bool | None = None) -> None:
     """The value checks of ``axformer <cli_step>`` on parsed arguments; ConfigError before any work."""
+    from axformer.bounds import check_flags
+
     fn = VALIDATORS.get(cli_step)
     if fn is not None:
         fn(ns, allow_hub)
+    check_flags(cli_step, ns)  # then every number finite and within its declared range (axformer/bounds.py)
 
 
 def _parse(p: argparse.ArgumentParser, args: dict[str, Any]) -> argparse.Namespace:

@@ -46,9 +46,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "lr"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)}).")
-        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):  # NaN / inf refused too (axformer/bounds.py has the upper bounds)
+                raise ConfigError(f"train.{key} must be > 0 and finite (got {v}).")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0 and 0 <= self.warmup_ratio < 1):
             raise ConfigError(f"train.weight_decay must be >= 0 and warmup_ratio in [0, 1) (got {self.weight_decay}, "
                               f"{self.warmup_ratio}).")
 

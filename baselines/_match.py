@@ -22,6 +22,7 @@ from torch import nn
 
 from axformer import elements
 from axformer.utils import ConfigError
+from baselines._args import MATCH_ARGS
 
 MATCH_BY = ("heads", "params")
 
@@ -81,9 +82,8 @@ def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
 
 
 def _as_count(v: Any, key: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or int(v) != v:
-        raise ConfigError(f"{key} must be a non-negative integer parameter count (got {v!r}).")
-    return int(v)
+    """A parameter count, by the declared rule of ``target_params`` (baselines._args)."""
+    return MATCH_ARGS["target_params"].parse("match", key, v)
 
 
 def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str) -> dict[str, Any] | None:

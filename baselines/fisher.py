@@ -56,11 +56,27 @@ from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
+from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
 from baselines._match import load_decisions, resolve_target
 
-DEFAULTS: dict[str, Any] = {"max_rows": 2048, "batch_size": 32, "seq_len": "mean", "rearrange": True, "tune": True,
-                            "damp": 0.1, "split": "search"}
-KNOWN_KEYS = {"match", "match_by", "match_params", "target_params", "flops_frac", "seed", "progress", *DEFAULTS}
+# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+ARGS: dict[str, ArgSpec] = {
+    "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the head + FFN FLOPs"),
+    "max_rows": ArgSpec(int, 1, 10_000_000, default=2048, help="rows of the sample (the paper's 2048)"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="gradient / tuning batch size"),
+    "seq_len": ArgSpec(float, 1.0, 1_000_000.0, default="mean", words=("mean",),
+                       help="cost length: 'mean' (of the sample) or a number"),
+    "rearrange": ArgSpec(bool, default=True, help="mask rearrangement"),
+    "tune": ArgSpec(bool, default=True, help="mask tuning"),
+    "damp": ArgSpec(float, 0.0, 1e6, default=0.1, help="damping of the tuning solve (x mean normal diagonal)"),
+    "split": ArgSpec(str, choices=("search", "train"), default="search", help="the data the sample comes from",
+                     note="dev is for reporting only."),
+    **MATCH_ARGS,
+    "match_by": ArgSpec(str, choices=("params", "flops"), help="match AxFormer's parameters or FLOPs"),
+    **COMMON_ARGS,
+}
+DEFAULTS: dict[str, Any] = {k: s.default for k, s in ARGS.items() if s.default is not None}
+KNOWN_KEYS = set(ARGS)
 SCALE_BOUND = 10.0  # a tuned scale beyond +-10 means a degenerate solve: keep the binary mask (authors' code)
 PAPER = ("Kwon, Kim, Mahoney, Hassoun, Keutzer & Gholami 2022, A Fast Post-Training Pruning Framework for "
          "Transformers (NeurIPS 2022, arXiv 2204.09656)")
@@ -470,22 +486,6 @@ def apply_plan(model: nn.Module, head_scale: dict[int, torch.Tensor], neuron_sca
 
 
 # ---------------------------------------------------------------------------------------------- the baseline
-def _int(cfg: dict[str, Any], key: str, minimum: int) -> int:
-    v = cfg.get(key, DEFAULTS[key])
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < minimum:
-        raise ConfigError(f"fisher: {key} must be an integer >= {minimum} (got {v!r}).")
-    return int(v)
-
-
-def _bool(cfg: dict[str, Any], key: str) -> bool:
-    v = cfg.get(key, DEFAULTS[key])
-    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
-        v = v.lower() in ("true", "1", "yes")
-    if not isinstance(v, bool):
-        raise ConfigError(f"fisher: {key} must be true or false (got {v!r}).")
-    return v
-
-
 def _sample(ds, max_rows: int, seed: int):
     """At most ``max_rows`` rows (seeded), ordered by length so that batches carry little padding."""
     idx = np.arange(len(ds))
@@ -522,8 +522,6 @@ def _target(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any]:
     if frac is not None:
         if given:
             raise ConfigError(f"fisher: give either flops_frac or a match target ({', '.join(given)}), not both.")
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-            raise ConfigError(f"fisher: flops_frac must be a number in (0, 1] (got {frac!r}).")
         return {"by": "flops_frac", "frac": float(frac)}
     if by == "flops":
         if cfg.get("match") is None or cfg.get("target_params") is not None or cfg.get("match_params"):
@@ -545,27 +543,16 @@ def _target(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any]:
 def fisher(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg: dict[str, Any]):
     """Kwon et al. 2022: Fisher mask search + rearrangement + mask tuning under a size / FLOPs constraint."""
     t0 = time.perf_counter()
-    unknown = sorted(set(cfg) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"fisher: unknown config keys {unknown}; known: {sorted(KNOWN_KEYS)}.")
-    max_rows = _int(cfg, "max_rows", 1)
-    batch_size = _int(cfg, "batch_size", 1)
-    do_rearrange, do_tune = _bool(cfg, "rearrange"), _bool(cfg, "tune")
-    damp = cfg.get("damp", DEFAULTS["damp"])
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp >= 0:
-        raise ConfigError(f"fisher: damp must be a number >= 0 (got {damp!r}).")
-    seq_len_cfg = cfg.get("seq_len", DEFAULTS["seq_len"])
-    if seq_len_cfg != "mean" and (isinstance(seq_len_cfg, bool) or not isinstance(seq_len_cfg, (int, float))
-                                  or seq_len_cfg < 1):
-        raise ConfigError(f"fisher: seq_len must be 'mean' or a number >= 1 (got {seq_len_cfg!r}).")
-    split = cfg.get("split", DEFAULTS["split"])
+    cfg = parse_args("fisher", ARGS, cfg)
+    max_rows, batch_size, damp = cfg["max_rows"], cfg["batch_size"], cfg["damp"]
+    do_rearrange, do_tune = cfg["rearrange"], cfg["tune"]
+    seq_len_cfg, split = cfg["seq_len"], cfg["split"]
     if split not in splits_tokenized or split == "dev":
         raise ConfigError(f"fisher: split must be 'search' or 'train' (got {split!r}); dev is for reporting only.")
     target = _target(model, cfg)  # before any work: a bad decisions file fails here
     if len(splits_tokenized[split]) == 0:
         raise ConfigError(f"fisher: the {split} split is empty; nothing to score masks on.")
-    progress = bool(cfg.get("progress", False))
-    seed = int(cfg.get("seed", 0) or 0)
+    progress, seed = cfg["progress"], cfg["seed"]
 
     def say(msg: str) -> None:
         if progress:

@@ -30,10 +30,20 @@ from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
+from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
 from baselines._match import resolve_target
 
-KNOWN_KEYS = {"n_heads", "match", "match_by", "match_params", "target_params", "batch_size", "normalize", "split",
-              "step_heads", "seed", "progress"}
+# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+ARGS: dict[str, ArgSpec] = {
+    "n_heads": ArgSpec(int, 0, 100_000, help="heads to remove"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="scoring batch size"),
+    "normalize": ArgSpec(bool, default=True, help="L2-normalise the scores per layer"),
+    "split": ArgSpec(str, choices=("search", "train"), default="search",
+                     help="the data the scores come from", note="dev is for reporting only."),
+    "step_heads": ArgSpec(int, 0, 100_000, default=0, help="0 = one-shot; k > 0 = re-score after every k removals"),
+    **MATCH_ARGS, **COMMON_ARGS,
+}
+KNOWN_KEYS = set(ARGS)
 
 
 def _present_heads(model: nn.Module) -> dict[int, list[int]]:
@@ -114,30 +124,12 @@ def _json_scores(scores: dict[int, dict[int, float]]) -> dict[str, dict[str, flo
     return {f"L{i}": {f"head{h}": s for h, s in row.items()} for i, row in scores.items()}
 
 
-def _get_int(cfg: dict[str, Any], key: str, default: int, minimum: int) -> int:
-    v = cfg.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < minimum:
-        raise ConfigError(f"headprune: {key} must be an integer >= {minimum} (got {v!r}).")
-    return int(v)
-
-
 @register("headprune")
 def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg: dict[str, Any]):
     """Michel et al. 2019: remove the globally least important heads (gradient of a head gate), no re-training."""
     t0 = time.perf_counter()
-    unknown = sorted(set(cfg) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"headprune: unknown config keys {unknown}; known: {sorted(KNOWN_KEYS)}.")
-    batch_size = _get_int(cfg, "batch_size", 32, 1)
-    step_heads = _get_int(cfg, "step_heads", 0, 0)
-    normalize = cfg.get("normalize", True)
-    if isinstance(normalize, str) and normalize.lower() in ("true", "false", "1", "0", "yes", "no"):
-        normalize = normalize.lower() in ("true", "1", "yes")
-    if not isinstance(normalize, bool):
-        raise ConfigError(f"headprune: normalize must be true or false (got {normalize!r}).")
-    split = cfg.get("split", "search")
+    cfg = parse_args("headprune", ARGS, cfg)
+    batch_size, step_heads, normalize, split = cfg["batch_size"], cfg["step_heads"], cfg["normalize"], cfg["split"]
     if split not in splits_tokenized or split == "dev":
         raise ConfigError(f"headprune: split must be 'search' or 'train' (got {split!r}); dev is for reporting only.")
     ds = splits_tokenized[split]
@@ -149,7 +141,7 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
         if target is not None:
             raise ConfigError("headprune: give either n_heads or a match target (match / match_params / "
                               "target_params), not both.")
-        target = {"by": "heads", "n_heads": _get_int(cfg, "n_heads", 0, 0), "source": "n_heads"}
+        target = {"by": "heads", "n_heads": cfg["n_heads"], "source": "n_heads"}
     if target is None:
         raise ConfigError("headprune needs an amount: n_heads (--n-heads N), match (--match DECISIONS.json) or "
                           "target_params (--target-params N).")

@@ -28,10 +28,18 @@ from axformer import elements, families, hard_attention, train
 from axformer.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
+from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
 from baselines._match import resolve_target
 
-KNOWN_KEYS = {"k", "match", "match_by", "match_params", "target_params", "epochs", "lr", "batch_size", "seed",
-              "progress"}
+# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+ARGS: dict[str, ArgSpec] = {
+    "k": ArgSpec(int, 0, 10_000, help="top layers to drop"),
+    "epochs": ArgSpec(float, 0.0, 1000.0, default=3.0, help="re-training epochs (0 = none)"),
+    "lr": ArgSpec(float, 0.0, 1.0, exclusive_low=True, default=5e-5, help="re-training learning rate"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="re-training batch size"),
+    **MATCH_ARGS, **COMMON_ARGS,
+}
+KNOWN_KEYS = set(ARGS)
 _LAYER_KEY = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")  # DistilBERT: transformer
 
 
@@ -67,22 +75,11 @@ def drop_top_layers(model: nn.Module, k: int) -> nn.Module:
     return small
 
 
-def _number(cfg: dict[str, Any], key: str, default: float, positive: bool) -> float:
-    v = cfg.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (positive and v == 0):
-        raise ConfigError(f"layerdrop: {key} must be a number {'> 0' if positive else '>= 0'} (got {v!r}).")
-    return v
-
-
 @register("layerdrop")
 def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg: dict[str, Any]):
     """Sajjad et al.: drop the top k layers, fine-tune the rest on train'."""
     t0 = time.perf_counter()
-    unknown = sorted(set(cfg) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"layerdrop: unknown config keys {unknown}; known: {sorted(KNOWN_KEYS)}.")
+    cfg = parse_args("layerdrop", ARGS, cfg)
     layers = families.of(model).layers(model)
     n = len(layers)
     if cfg.get("match_by") == "heads":
@@ -93,8 +90,6 @@ def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
         if target is not None:
             raise ConfigError("layerdrop: give either k or a match target (match / match_params / target_params).")
         k = cfg["k"]
-        if isinstance(k, float) and k.is_integer():
-            k = int(k)
     elif target is not None:
         k = next((k for k in range(n) if sum(per_layer[: n - k]) <= target["params_encoder"]), None)
         if k is None:
@@ -105,12 +100,11 @@ def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
 
     params_before = elements.count_encoder_params(model)
     small = drop_top_layers(model, k)
-    epochs = _number(cfg, "epochs", 3.0, positive=False)
+    epochs = cfg["epochs"]
     log = None
     if epochs > 0:
-        tcfg = train.TrainConfig(epochs=epochs, lr=_number(cfg, "lr", 5e-5, positive=True),
-                                 batch_size=int(_number(cfg, "batch_size", 32, positive=True)),
-                                 seed=int(cfg.get("seed", 0) or 0), progress=bool(cfg.get("progress", True)))
+        tcfg = train.TrainConfig(epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+                                 progress=cfg["progress"])
         log = train.train(small, splits_tokenized["train"], tokenizer, task, tcfg)
     info: dict[str, Any] = {
         "paper": "Sajjad et al. 2020/2023, On the Effect of Dropping Layers of Pre-trained Transformer Models "

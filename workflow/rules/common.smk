@@ -9,10 +9,12 @@ import json
 import os
 import re
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from axformer.bounds import check_finite_tree
 from axformer.data import check_task_files, load_split_index, task_file
 from axformer.models import check_model_spec
 from axformer.results import model_name
@@ -25,7 +27,11 @@ SCHEMA = "../schemas/config.schema.yaml"
 
 # ------------------------------------------------------------------------------------------ validation
 def _config_error(key, msg):
-    raise WorkflowError(f"config key '{key}': {msg}")
+    # One line and exit status 1: raising WorkflowError here would make Snakemake print its own frames of this
+    # file after the message. Every call is at parse time, before the DAG, locks or any job, so nothing needs
+    # cleaning up.
+    print(f"config key '{key}': {msg}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def _schema_path(err):
@@ -80,6 +86,13 @@ def _typed_cli_values():
 
 
 _typed_cli_values()
+
+# JSON Schema's minimum / maximum let NaN through (every comparison with NaN is false) and YAML has .inf / .nan:
+# refuse a non-finite number anywhere in the config first, naming its key (axformer/bounds.py, the numeric rule)
+_non_finite = check_finite_tree(config)
+if _non_finite:
+    _config_error(_non_finite[0], f"must be a finite number (got {_non_finite[1]}); see the key's range in "
+                  "workflow/schemas/config.schema.yaml.")
 
 try:
     validate(config, schema=SCHEMA)
@@ -199,6 +212,9 @@ def _check_config():
     if not config["data_dir"]:
         _config_error("data_dir", "not set: set it in the profile, with --config data_dir=PATH, or set AXFORMER_DATA.")
     data_dir = os.path.abspath(os.path.expanduser(config["data_dir"]))
+    if not re.match(r"^[A-Za-z0-9_./][A-Za-z0-9_./+-]*$", data_dir):  # AXFORMER_DATA too: it reaches job commands
+        _config_error("data_dir", f"{data_dir!r} has characters other than letters, digits and _ . / + -; use a "
+                      "plain path (it is repeated in every job's command line).")
     if not os.path.isdir(data_dir):
         _config_error("data_dir", f"{data_dir} is not a folder; point it at the folder that holds glue/.")
     config["data_dir"] = data_dir
