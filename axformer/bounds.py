@@ -78,6 +78,9 @@ FLAG_BOUNDS: dict[str, Bound] = {
     "temperature": Bound(0, 1000, exclusive_low=True), "alpha": Bound(0, 1), "layers": Bound(1, 10_000),
     "k": Bound(0, 10_000), "n_heads": Bound(0, 100_000), "target_params": Bound(0, 10**12),
     "resamples": Bound(1, 10_000_000),
+    "passes": Bound(1, 100), "pass_retries": Bound(0, 100),  # timing passes (axformer/timing.py)
+    "noise_max_other_cpu": Bound(0, 1), "noise_max_steal": Bound(0, 1),
+    "weight_decay": Bound(0, 10), "warmup_ratio": Bound(0, 1, exclusive_high=True),  # the released recipe's keys
 }
 # text flags that may hold a number (parsed by the step): checked when they parse as one
 NUMERIC_TEXT = {"topk": Bound(0, 1_000_000, exclusive_low=True)}
