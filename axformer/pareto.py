@@ -1,4 +1,4 @@
-"""The peers' frontier: is AxFormer above what a peer method buys at any budget? (issue 36; DESIGN §11)
+"""The peers' frontier: is AxFormer above what a peer method buys at any budget? (issue 36; DESIGN §13)
 
 Each peer method (baselines/: fisher, kprune, headprune, layerdrop, ...) run straight on the fine-tuned model at
 several budgets traces a line of (speedup, Δ dev metric) and (encoder size, Δ dev metric) points. This module
@@ -294,7 +294,7 @@ def render(df: pd.DataFrame, vt: pd.DataFrame, csv_path: str | os.PathLike, figu
         atomic_write_text(md, "# AxFormer against the peers' frontier\n\n" + R.to_markdown(disp) + "\n"
                           "Frontier at a variant's speed (size): the best Δ a peer method reaches at that speedup or "
                           "faster (that encoder size or smaller), linear between a method's budgets, with its "
-                          "interval; above / below: the intervals do not overlap; on: they do (DESIGN §11).\n")
+                          "interval; above / below: the intervals do not overlap; on: they do (DESIGN §13).\n")
         out.append(md)
     return out
 
