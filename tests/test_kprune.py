@@ -162,3 +162,23 @@ def test_cli_kprune_step(tmp_path, data_dir):
     assert set(info["timing"]) == {"measure_s", "tune_s"} and rec["baseline"]["wall_s"] > 0
     back, _ = models.load_checkpoint(out / "ck")
     assert rec["size"]["params_encoder"] == elements.count_encoder_params(back) == info["params_encoder_after"]
+
+
+def test_sweep_budgets_of_fisher_and_headprune(rows, tokenizer):
+    """The other peers' sweep budgets: Fisher's params_frac (kept fraction of the head + FFN parameters) and
+    head pruning's params_frac (kept fraction of the heads: 4 of 8 at 0.5, 2 of 8 at 0.3)."""
+    model = tiny_pretrained(TASK)
+    _m, info = baselines.get("fisher")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
+                                       {"params_frac": 0.5, "batch_size": 8, "rearrange": False, "tune": False})
+    c_h, c_n = info["cost_head"], info["cost_neuron"]
+    assert info["cost_by"] == "params" and info["target"] == {"by": "params_frac", "frac": 0.5}
+    assert info["heads_after"] * c_h + info["neurons_after"] * c_n <= 0.5 * (8 * c_h + 256 * c_n)
+    assert info["params_encoder_after"] < info["params_encoder_before"]
+    for frac, kept in ((0.5, 4), (0.3, 2), (1.0, 8)):
+        _m, info = baselines.get("headprune")(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
+                                              {"params_frac": frac, "batch_size": 8})
+        assert info["heads_after"] == kept and info["target"]["source"] == "params_frac"
+    with pytest.raises(ConfigError, match="either params_frac or another amount"):
+        baselines.get("headprune")(model, tokenizer, TASK, same_splits(rows), {"params_frac": 0.5, "n_heads": 2})
+    with pytest.raises(ConfigError, match="params_frac must be"):
+        baselines.get("headprune")(model, tokenizer, TASK, same_splits(rows), {"params_frac": 2})
