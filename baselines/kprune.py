@@ -29,7 +29,7 @@ FFN part, or AxFormer's size through ``match``) comes from :func:`baselines.fish
 Fisher are held to the same constraint. The kept cost never exceeds the budget (each target keeps at most
 what the remaining budget buys).
 
-Deviations from the reference code (docs/DESIGN.md §K-prune): the predictive knowledge squares *per-sample*
+Deviations from the reference code (docs/DESIGN.md §12): the predictive knowledge squares *per-sample*
 gradients (the empirical Fisher; the code squares the gradient of each batch's mean loss); the mask search keeps
 the prefix of the score ranking whose cost fits (the code searches a score threshold with a strict "<"); the
 sample size is ``num_tokens`` real tokens drawn without replacement from the search split (the code draws rows
