@@ -269,7 +269,8 @@ def render(df: pd.DataFrame, vt: pd.DataFrame, csv_path: str | os.PathLike, figu
     notes = notes if notes is not None else []
     pts = points(df, vt)
     if not has_budgets(pts):
-        notes.append("pareto: no peer method has runs at two or more budgets; no frontier report written")
+        if (pts["kind"] == "peer").any():  # peers measured at one budget each: say why there is no frontier
+            notes.append("pareto: no peer method has runs at two or more budgets; no frontier report written")
         return []
     pts = with_verdicts(pts)
     csv = Path(csv_path)
