@@ -30,7 +30,7 @@ BaselineFn = Callable[..., tuple[Any, dict[str, Any]]]
 
 _REGISTRY: dict[str, BaselineFn] = {}
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-BUILTIN = ("headprune", "layerdrop", "fisher")
+BUILTIN = ("headprune", "layerdrop", "fisher", "kprune")
 
 __all__ = ["register", "unregister", "get", "available", "BUILTIN"]
 

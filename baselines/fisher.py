@@ -33,8 +33,8 @@ in the last layer of a sequence classifier only the [CLS] position is reconstruc
 reads); no latency look-up-table constraint (FLOPs and parameters only).
 
 Config (``cfg``): the amount — ``match`` (AxFormer's decisions.json; ``match_by`` ``params`` [default] or
-``flops``) | ``target_params`` / ``match_params`` | ``flops_frac`` (kept fraction of the parent's head + FFN
-FLOPs); ``max_rows`` (2048, the paper's sample), ``batch_size`` (32), ``seq_len`` (``"mean"`` = mean real
+``flops``) | ``target_params`` / ``match_params`` | ``flops_frac`` / ``params_frac`` (kept fraction of the
+parent's head + FFN FLOPs / parameters: the budget of a sweep); ``max_rows`` (2048, the paper's sample), ``batch_size`` (32), ``seq_len`` (``"mean"`` = mean real
 length of the sample, or an int), ``rearrange`` (true), ``tune`` (true), ``damp`` (0.1, relative to the mean
 diagonal of the normal matrix), ``split`` ("search"), ``seed``, ``progress``.
 """
@@ -62,6 +62,7 @@ from baselines._match import load_decisions, resolve_target
 # the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the head + FFN FLOPs"),
+    "params_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the head + FFN parameters"),
     "max_rows": ArgSpec(int, 1, 10_000_000, default=2048, help="rows of the sample (the paper's 2048)"),
     "batch_size": ArgSpec(int, 1, 65_536, default=32, help="gradient / tuning batch size"),
     "seq_len": ArgSpec(float, 1.0, 1_000_000.0, default="mean", words=("mean",),
@@ -513,30 +514,64 @@ def _flops(model: nn.Module, seq_len: float) -> float:
     return f[0] * (u - 1) * (u - 2) / 2 - f[1] * u * (u - 2) + f[2] * u * (u - 1) / 2
 
 
-def _target(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any]:
+def _target(model: nn.Module, cfg: dict[str, Any], name: str = "fisher") -> dict[str, Any]:
     """The constraint: ``{"by": "params", "params_encoder": P}``, ``{"by": "flops", "arch": ..., "source"}``
-    (AxFormer's FLOPs, evaluated at the sample's length) or ``{"by": "flops_frac", "frac": f}``."""
-    frac = cfg.get("flops_frac")
+    (AxFormer's FLOPs, evaluated at the sample's length), ``{"by": "flops_frac", "frac": f}`` or
+    ``{"by": "params_frac", "frac": f}`` (kept fraction of the parent's head + FFN FLOPs / parameters).
+    ``name`` is the method named in errors (baselines.kprune shares this)."""
+    fracs = [k for k in ("flops_frac", "params_frac") if cfg.get(k) is not None]
     by = cfg.get("match_by")
     given = [k for k in ("match", "target_params", "match_params") if cfg.get(k) not in (None, False)]
-    if frac is not None:
+    if fracs:
+        if len(fracs) > 1:
+            raise ConfigError(f"{name}: give either flops_frac or params_frac, not both.")
         if given:
-            raise ConfigError(f"fisher: give either flops_frac or a match target ({', '.join(given)}), not both.")
-        return {"by": "flops_frac", "frac": float(frac)}
+            raise ConfigError(f"{name}: give either {fracs[0]} or a match target ({', '.join(given)}), not both.")
+        frac = cfg[fracs[0]]
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+            raise ConfigError(f"{name}: {fracs[0]} must be a number in (0, 1] (got {frac!r}).")
+        return {"by": fracs[0], "frac": float(frac)}
     if by == "flops":
         if cfg.get("match") is None or cfg.get("target_params") is not None or cfg.get("match_params"):
-            raise ConfigError("fisher: match_by=flops needs --match DECISIONS.json (and no parameter target).")
+            raise ConfigError(f"{name}: match_by=flops needs --match DECISIONS.json (and no parameter target).")
         dec = load_decisions(cfg["match"])
         if not isinstance(dec.get("arch"), dict):
             raise ConfigError(f"{cfg['match']} has no 'arch' record, needed to match by FLOPs.")
         return {"by": "flops", "arch": dec["arch"], "source": str(cfg["match"])}
     if by == "heads":
-        raise ConfigError("fisher prunes heads and FFN neurons: match_by must be 'params' or 'flops' (got 'heads').")
+        raise ConfigError(f"{name} prunes heads and FFN neurons: match_by must be 'params' or 'flops' (got 'heads').")
     target = resolve_target(model, cfg, default_by="params")
     if target is None:
-        raise ConfigError("fisher needs an amount: match (--match DECISIONS.json; match_by params or flops), "
-                          "target_params (--target-params N) or flops_frac (--arg flops_frac=0.5).")
+        raise ConfigError(f"{name} needs an amount: match (--match DECISIONS.json; match_by params or flops), "
+                          "target_params (--target-params N), flops_frac (--arg flops_frac=0.5) or params_frac "
+                          "(--arg params_frac=0.5).")
     return target
+
+
+def budget_of(model: nn.Module, target: dict[str, Any], units: Units, seq_len: float,
+              name: str = "fisher") -> tuple[str, float, float, float]:
+    """``(cost_by, cost_head, cost_neuron, budget)``: the cost of the kept heads + neurons may not exceed
+    ``budget`` (:func:`unit_costs` units). The rest of the model (embeddings, LayerNorms, biases) is fixed cost.
+    A FLOPs match fills in ``target["flops_per_seq"]`` (AxFormer's FLOPs at ``seq_len``)."""
+    by = "params" if target["by"] in ("params", "params_frac") else "flops"
+    c_h, c_n = unit_costs(model, by, seq_len)
+    prunable = units.n_heads() * c_h + units.n_neurons() * c_n
+    if target["by"] in ("flops_frac", "params_frac"):
+        return by, c_h, c_n, target["frac"] * prunable
+    if target["by"] == "params":
+        fixed = elements.count_encoder_params(model) - prunable
+        budget = target["params_encoder"] - fixed
+        if budget < 0:
+            raise ConfigError(f"{name}: even removing every head and FFN neuron leaves {int(fixed)} encoder "
+                              f"parameters, above the target {target['params_encoder']}.")
+        return by, c_h, c_n, budget
+    fixed = _flops(model, seq_len) - prunable
+    target["flops_per_seq"] = _shell_flops(model, target.pop("arch"), seq_len)
+    budget = target["flops_per_seq"] - fixed
+    if budget < 0:
+        raise ConfigError(f"{name}: AxFormer's FLOPs ({target['flops_per_seq']:.4g}) are below what remains "
+                          f"with every head and neuron removed ({fixed:.4g}).")
+    return by, c_h, c_n, budget
 
 
 @register("fisher")
@@ -574,24 +609,7 @@ def fisher(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
     # 2. constraint -> budget on the prunable part -> search -> rearrangement
     t = time.perf_counter()
     seq_len = float(g["mean_len"] if seq_len_cfg == "mean" else seq_len_cfg)
-    by = "params" if target["by"] == "params" else "flops"
-    c_h, c_n = unit_costs(model, by, seq_len)
-    prunable = units.n_heads() * c_h + units.n_neurons() * c_n
-    if target["by"] == "flops_frac":
-        budget = target["frac"] * prunable
-    elif target["by"] == "params":
-        fixed = elements.count_encoder_params(model) - prunable
-        budget = target["params_encoder"] - fixed
-        if budget < 0:
-            raise ConfigError(f"fisher: even removing every head and FFN neuron leaves {int(fixed)} encoder "
-                              f"parameters, above the target {target['params_encoder']}.")
-    else:
-        fixed = _flops(model, seq_len) - prunable
-        target["flops_per_seq"] = _shell_flops(model, target.pop("arch"), seq_len)
-        budget = target["flops_per_seq"] - fixed
-        if budget < 0:
-            raise ConfigError(f"fisher: AxFormer's FLOPs ({target['flops_per_seq']:.4g}) are below what remains "
-                              f"with every head and neuron removed ({fixed:.4g}).")
+    by, c_h, c_n, budget = budget_of(model, target, units, seq_len)
     keep_h, keep_n, kept_imp = search(fh, fn, c_h, c_n, budget)
     timing["search_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -669,5 +687,5 @@ def fisher(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
     return model, info
 
 
-__all__ = ["fisher", "Units", "mask_gradients", "fisher_diag", "unit_costs", "search", "rearrange", "block_loss",
+__all__ = ["fisher", "Units", "budget_of", "mask_gradients", "fisher_diag", "unit_costs", "search", "rearrange", "block_loss",
            "tune_masks", "apply_plan"]

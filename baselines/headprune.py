@@ -11,7 +11,8 @@ family adapter, :mod:`axformer.families`, says it is) reshapes its input, the he
 row per sample makes ``dL_total/dg[b, h] = dL(x_b)/dg_h`` exactly (samples do not interact in an encoder), so
 the absolute value is taken per sample, as in the paper, at the cost of one backward pass per batch.
 
-Config (``cfg``): ``n_heads`` (int) | ``match`` (decisions.json; ``match_by`` heads [default] or params) |
+Config (``cfg``): ``n_heads`` (int) | ``params_frac`` (kept fraction of the parent's attention-head parameters,
+i.e. of its heads: the budget of a sweep) | ``match`` (decisions.json; ``match_by`` heads [default] or params) |
 ``match_params`` / ``target_params`` (see baselines._match); ``batch_size`` (32); ``normalize`` (true);
 ``split`` ("search"; the data the scores come from); ``step_heads`` (0 = one-shot ranking; k > 0 = re-score
 after every k removals, the iterative variant).
@@ -19,6 +20,7 @@ after every k removals, the iterative variant).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -36,6 +38,7 @@ from baselines._match import resolve_target
 # the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "n_heads": ArgSpec(int, 0, 100_000, help="heads to remove"),
+    "params_frac": ArgSpec(float, 0.0, 1.0, help="kept fraction of the attention-head parameters (a sweep budget)"),
     "batch_size": ArgSpec(int, 1, 65_536, default=32, help="scoring batch size"),
     "normalize": ArgSpec(bool, default=True, help="L2-normalise the scores per layer"),
     "split": ArgSpec(str, choices=("search", "train"), default="search",
@@ -142,11 +145,22 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
             raise ConfigError("headprune: give either n_heads or a match target (match / match_params / "
                               "target_params), not both.")
         target = {"by": "heads", "n_heads": cfg["n_heads"], "source": "n_heads"}
-    if target is None:
-        raise ConfigError("headprune needs an amount: n_heads (--n-heads N), match (--match DECISIONS.json) or "
-                          "target_params (--target-params N).")
-
     total_heads = sum(len(h) for h in _present_heads(model).values())
+    if cfg.get("params_frac") is not None:
+        # a sweep budget: keep at most this fraction of the parent's attention-head parameters (every head has
+        # the same Q/K/V/output slices, so the fraction of heads kept; a removed block also drops its bias)
+        frac = cfg["params_frac"]
+        if target is not None:
+            raise ConfigError("headprune: give either params_frac or another amount (n_heads / match / "
+                              "target_params), not both.")
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
+            raise ConfigError(f"headprune: params_frac must be a number in [0, 1] (got {frac!r}).")
+        target = {"by": "heads", "n_heads": total_heads - int(math.floor(frac * total_heads + 1e-9)),
+                  "source": "params_frac", "frac": float(frac)}
+    if target is None:
+        raise ConfigError("headprune needs an amount: n_heads (--n-heads N), params_frac (--arg params_frac=0.5), "
+                          "match (--match DECISIONS.json) or target_params (--target-params N).")
+
     params_before = elements.count_encoder_params(model)
     if target["by"] == "heads" and target["n_heads"] > total_heads:
         raise ConfigError(f"headprune: asked to remove {target['n_heads']} heads but the model has {total_heads}.")
