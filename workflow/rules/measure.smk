@@ -14,8 +14,8 @@ QUANT_KEYS = ("quantize", "quantize_backend", "quantize_compute_dtype")
 
 
 def timed_variants(task, model, seed):
-    """The variants of the profile that have a run at ``seed`` (majority is not timed)."""
-    return [v for v in config["variants"] if int(seed) in variant_seeds(v)]
+    """The variants of the profile that have a run of ``model`` on ``task`` at ``seed`` (majority is not timed)."""
+    return [v for v in config["variants"] if variant_runs_on(v, task) and int(seed) in variant_seeds(v, model)]
 
 
 def timing_entries(wildcards):
