@@ -298,6 +298,27 @@ def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
     assert res.returncode != 0 and "config key 'steps.finetune.gpu'" in err and "device cpu" in err, err[-2000:]
 
 
+@pytest.mark.parametrize("where, device, key", [("finetune", "auto", "steps.finetune.gpu"),
+                                                ("axformer", "cuda", "steps.axformer.gpu"),
+                                                ("measure", "cuda", "measure.gpu")])
+def test_gpu_device_without_a_gpu_booking_is_refused(tmp_path, data_dir, where, device, key):
+    """Issue 35 D: a step (or measure) on cuda / auto with gpu 0 would take cuda:0 on a GPU host unaccounted."""
+    cfg = load_profile("smoke")
+    (cfg["measure"] if where == "measure" else cfg["steps"][where]).update(device=device, gpu=0)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--configfile", str(path), "-n", data_dir=data_dir)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0 and f"config key '{key}'" in err and "set gpu: 1" in err, err[-2000:]
+
+
+def test_cpu_profile_steps_run_on_cpu(tmp_path, data_dir):
+    """Issue 35 D: a CPU profile's steps (no `device` key) are told --device cpu, never auto."""
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n", "-p", data_dir=data_dir)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "--device cpu" in res.stdout and "--device auto" not in res.stdout and "--device cuda" not in res.stdout
+
+
 # ------------------------------------------------------------------------------------------------ (5)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_validate_against_schema(profile):

@@ -215,6 +215,9 @@ def _check_config():
         if st["device"] == "cpu" and st["gpu"] > 0:
             _config_error(f"steps.{name}.gpu", f"step {name!r} runs on device cpu but books {st['gpu']} GPU(s); "
                           "set gpu: 0, or device: cuda (or auto) to use the GPU.")
+        if st["device"] != "cpu" and st["gpu"] < 1 and st["command"] != "quantize":
+            _config_error(f"steps.{name}.gpu", f"step {name!r} runs on device {st['device']} but books no GPU: "
+                          "it would run on cuda:0 unaccounted (many jobs at once); set gpu: 1, or device: cpu.")
         if st["command"] == "baseline" and "method" not in st["args"]:
             _config_error(f"steps.{name}.args.method", "baseline steps need args.method (the baselines/ method name).")
         _check_step_args(name, st)
@@ -222,6 +225,9 @@ def _check_config():
     if config["measure"]["device"] == "cpu" and config["measure"]["gpu"] > 0:
         _config_error("measure.gpu", f"measure.device is cpu but measure.gpu is {config['measure']['gpu']}; "
                       "set gpu: 0, or device: cuda.")
+    if config["measure"]["device"] != "cpu" and config["measure"]["gpu"] < 1:
+        _config_error("measure.gpu", f"measure.device is {config['measure']['device']} but measure.gpu is 0: a "
+                      "timing on the GPU must book it; set gpu: 1, or device: cpu.")
 
     for variant in config["variants"]:
         parts = variant.split("+")
