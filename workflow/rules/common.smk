@@ -283,10 +283,14 @@ def variant_seeds(variant):
         n = max([n, *extra.values()])
     return list(range(n))
 
-RES = config["results_dir"].rstrip("/")
+# A measure.dtype other than fp32 (e.g. --config 'measure={dtype: fp16}') measures every run in that dtype:
+# its results, logs and figures go to <dir>/<dtype>/, so they never overwrite the fp32 ones (the checkpoints
+# are shared: steps do not depend on the measure dtype). Per-variant dtypes: a measure-time step's `dtype` arg.
+_DTYPE_DIR = "" if config["measure"]["dtype"] == "fp32" else f"/{config['measure']['dtype']}"
+RES = config["results_dir"].rstrip("/") + _DTYPE_DIR
 CKPTS = config["checkpoints_dir"].rstrip("/")
-LOGS = config["logs_dir"].rstrip("/")
-FIGS = config["figures_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/") + _DTYPE_DIR
+FIGS = config["figures_dir"].rstrip("/") + _DTYPE_DIR
 
 # Path patterns ({variant} may contain '+').
 RUN = "{task}/{model}/{variant}/seed{seed}"
@@ -437,7 +441,8 @@ def match_flag(wildcards, input):
 def quantize_flags(wildcards):
     """--quantize int8 ... for X+int8 (the quantize step's args), nothing otherwise."""
     name = variant_steps(wildcards.variant)[-1]
-    return cli_flags(STEPS[name]["args"]) if name in QUANT_STEPS else ""
+    args = {k: v for k, v in STEPS[name]["args"].items() if k != "dtype"}  # dtype: measure_flags
+    return cli_flags(args) if name in QUANT_STEPS else ""
 
 
 def task_def_input(wildcards):
@@ -485,10 +490,15 @@ def measure_threads(wildcards):
     return max(m["threads"], cores) if m["exclusive"] and cores else m["threads"]
 
 
-def measure_flags():
+def measure_flags(wildcards=None):
+    """measure.* as CLI flags; a measure-time (quantize-command) last step's own `dtype` arg replaces
+    measure.dtype for that variant (finetune+axformer+fp16, int8 against fp16: DESIGN §6)."""
     m = config["measure"]
     keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype")
-    return cli_flags({k: m[k] for k in keys}) + " --memory-isolation " + ("on" if m["memory_isolation"] else "off")
+    values = {k: m[k] for k in keys}
+    if wildcards is not None and variant_steps(wildcards.variant)[-1] in QUANT_STEPS:
+        values["dtype"] = STEPS[variant_steps(wildcards.variant)[-1]]["args"].get("dtype", values["dtype"])
+    return cli_flags(values) + " --memory-isolation " + ("on" if m["memory_isolation"] else "off")
 
 
 def step_device(wildcards):

@@ -20,7 +20,7 @@ rule measure:
         profile=config["profile"],
         data_dir=data_dir,
         quantize=quantize_flags,
-        measure=measure_flags(),
+        measure=measure_flags,
     threads: measure_threads
     resources:
         mem_mb=config["measure"]["mem_mb"],
