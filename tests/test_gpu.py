@@ -394,3 +394,26 @@ def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
     res = prune.search(model, ds, tiny_tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
                                                                      progress=False))
     assert res.passes > 1 and next(model.parameters()).device.type == "cuda"
+
+
+@pytest.mark.cuda
+def test_cuda_cli_latency_aware_search(tmp_path, data_dir):
+    """Issue 35 A on a real GPU: `axformer approximate --latency-aware --device cuda` times its candidates on the
+    GPU the search runs on (the guard's device is the model's) and finishes without a device mismatch."""
+    from axformer import models
+    from axformer.cli import main
+
+    assert main(["finetune", "--task", "sst2", "--model", models.TINY, "--train-max", "64", "--search-max", "32",
+                 "--dev-max", "16", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--no-progress",
+                 "--data-dir", str(data_dir), "--ckpt", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
+                 "--device", "cuda"]) == 0
+    assert main(["approximate", "--parent", str(tmp_path / "ck"), "--ckpt", str(tmp_path / "ax"), "--metrics",
+                 str(tmp_path / "ax.json"), "--decisions", str(tmp_path / "dec.json"), "--latency-aware",
+                 "--mode", "hardattn", "--topk", "2", "--accept-rule", "metric", "--lat-batch-size", "8",
+                 "--lat-seq-len", "32", "--lat-min-iters", "4", "--lat-seconds", "0", "--no-progress",
+                 "--data-dir", str(data_dir), "--device", "cuda"]) == 0
+    dec = json.loads((tmp_path / "dec.json").read_text())
+    assert dec["latency"]["device"].startswith("cuda") and dec["latency"]["rows_longer_than_k"] > 0
+    timed = [c["latency"] for c in dec["candidates"] if c["kind"] == "hardattn"]
+    assert timed and all(t["timed"] and t["current_p50_ms"] > 0 for t in timed)
+    assert json.loads((tmp_path / "ax.json").read_text())["search"]["device"].startswith("cuda")
