@@ -467,7 +467,7 @@ def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: Measu
                    iters: int = 3) -> dict[str, Any]:
     """The ``memory`` block of ``model`` alone (memory.py): the caller has moved every other model off the GPU.
 
-    CUDA: weights (``memory_allocated`` before the forwards), activation peak and NVML as a secondary figure.
+    CUDA: weights (the model's tensor bytes on the device), activation peak and NVML as a secondary figure.
     CPU: with ``cfg.memory_isolation`` the model's RSS in a subprocess of its own, else only the exact tensor
     bytes of its state (``peak_bytes`` None). Every block keeps the measuring process's own peak RSS as
     ``process_peak_rss_bytes`` (secondary: it includes everything the process ever held).
