@@ -15,6 +15,11 @@ After pruning, every kept hard-attention layer is timed again (the model with vs
 where it no longer pays; then all kept layers together are timed against none of them, since rises that each
 stay inside the noise add up (``_Search.recheck_joint`` in :mod:`axformer.prune`).
 
+Device: the guard times on the search's own device (``from_texts(device=...)``, the device the searched
+model and its cached batches live on), so the decisions rest on that device's timings, and it never moves a
+model: a model found elsewhere is a device mismatch and raises (:meth:`LatencyGuard._time`) instead of being
+copied across (``measure.time_interleaved`` moves what it times to its config's device, in place).
+
 Deterministic where it can be: if no row of the timing batch is longer than K, a hard-attention layer runs
 the ordinary attention on every row of that batch (per-sequence fallback), so nothing is timed and the
 candidate passes.
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from axformer import hard_attention, measure, stats
+from axformer.device import model_device
 
 
 RESAMPLES = 1000  # bootstrap resamples of one timing's rise (a few ms over its >= lat_min_iters rounds)
@@ -47,20 +53,32 @@ class LatencyGuard:
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts_a: Sequence[str], texts_b: Sequence[str] | None, batch_size: int,
-                   seq_len: int, k: int | float, **timing: Any) -> "LatencyGuard":
-        """The measurement batch (``measure.make_inputs``: cycled texts padded to ``seq_len``) and its timing."""
-        cfg = measure.MeasureConfig(batch_sizes=[batch_size], seq_len=seq_len, **timing)
+                   seq_len: int, k: int | float, device: str | torch.device = "cpu",
+                   **timing: Any) -> "LatencyGuard":
+        """The measurement batch (``measure.make_inputs``: cycled texts padded to ``seq_len``) and its timing on
+        ``device``: the search's device (the searched model's), never a default."""
+        cfg = measure.MeasureConfig(batch_sizes=[batch_size], seq_len=seq_len, device=str(torch.device(device)),
+                                    **timing)
         return cls(measure.make_inputs(tokenizer, texts_a, texts_b, batch_size, seq_len), cfg, k)
 
     def describe(self) -> dict[str, Any]:
         """The timing setup and the A/A noise, for decisions.json."""
-        return {"batch_size": int(self.inputs["input_ids"].shape[0]), "seq_len": int(self.inputs["input_ids"].shape[1]),
+        return {"device": self.cfg.device, "batch_size": int(self.inputs["input_ids"].shape[0]), "seq_len": int(self.inputs["input_ids"].shape[1]),
                 "threads": int(self.cfg.threads), "warmup": self.cfg.warmup, "min_iters": self.cfg.min_iters,
                 "min_seconds": self.cfg.min_seconds, "rows_longer_than_k": self.n_rows_topk, "aa": self.aa}
 
     def _time(self, a: nn.Module, b: nn.Module) -> dict[str, Any]:
         """Interleaved timing of ``a`` and ``b``: their medians and the rise of ``b`` over ``a`` with its
-        bootstrap interval over the rounds (round i of both models resampled together)."""
+        bootstrap interval over the rounds (round i of both models resampled together).
+
+        Both models must already be on the guard's device: timing moves models in place, and the searched
+        model must stay where its cached evaluation expects it."""
+        want = torch.device(self.cfg.device)
+        for name, m in (("current", a), ("candidate", b)):
+            got = model_device(m)
+            if got.type != want.type or (want.index is not None and got.index != want.index):
+                raise RuntimeError(f"latency guard: the {name} model is on {got} but the guard times on "
+                                   f"{self.cfg.device}; build the guard with the search's device (from_texts(device=...)).")
         t = measure.time_interleaved({"a": a, "b": b}, self.inputs, self.cfg)
         sa, sb = t["a"].samples_ms, t["b"].samples_ms
         out = {"a_p50_ms": t["a"].p50_ms, "b_p50_ms": t["b"].p50_ms, "rounds": min(len(sa), len(sb))}

@@ -463,12 +463,13 @@ def compare(
 
 def nvml_info(device: str | torch.device | None = None) -> dict[str, Any]:
     """GPU name and driver version from NVML for the GPU of ``device`` (found by UUID, nvml.py):
-    ``{"driver", "gpu_name", "uuid", "reason"}``. Where NVML cannot be used the values are None and ``reason``
-    says why; NVML never raises out of here."""
+    ``{"driver", "gpu_name", "uuid", "found_by", "reason"}``. Where NVML cannot be used the values are None and
+    ``reason`` says why; NVML never raises out of here."""
     from axformer import nvml
 
     q = nvml.query(device, processes=False)
-    return {"driver": q["driver"], "gpu_name": q["gpu_name"], "uuid": q["uuid"], "reason": q["reason"]}
+    return {"driver": q["driver"], "gpu_name": q["gpu_name"], "uuid": q["uuid"], "found_by": q["found_by"],
+            "reason": q["reason"]}
 
 
 def nvml_process_used_bytes(pid: int | None = None, device: str | torch.device | None = None
@@ -494,7 +495,7 @@ def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: Measu
                    iters: int = 3) -> dict[str, Any]:
     """The ``memory`` block of ``model`` alone (memory.py): the caller has moved every other model off the GPU.
 
-    CUDA: weights (``memory_allocated`` before the forwards), activation peak and NVML as a secondary figure.
+    CUDA: weights (the model's tensor bytes on the device), activation peak and NVML as a secondary figure.
     CPU: with ``cfg.memory_isolation`` the model's RSS in a subprocess of its own, else only the exact tensor
     bytes of its state (``peak_bytes`` None). Every block keeps the measuring process's own peak RSS as
     ``process_peak_rss_bytes`` (secondary: it includes everything the process ever held).
@@ -524,19 +525,23 @@ def measure_memory(model: nn.Module, inputs: dict[str, torch.Tensor], cfg: Measu
 
 
 def env_block(device: str | torch.device | None = None) -> dict[str, Any]:
-    """``utils.env_info()`` plus NVML driver / GPU name of ``device``'s GPU, determinism and TF32 settings and
-    the git commit."""
+    """``utils.env_info()`` plus NVML driver / GPU name / UUID of ``device``'s GPU, determinism and TF32 settings
+    and the git commit. A run on the CPU (or with no device given) names no GPU: NVML is not queried and
+    ``gpu_name`` / ``gpu_uuid`` / ``driver`` stay None, even on a host that has one (issue 35 F)."""
     from axformer.device import determinism_state, tf32_state
 
     env = env_info()
     dev = torch.device(device) if device is not None else None
     if dev is not None and dev.type == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name(dev)
-    info = nvml_info(dev if dev is not None and dev.type == "cuda" else None)
+        info = nvml_info(dev)
+    else:
+        env["gpu_name"] = None  # env_info names CUDA device 0 whenever torch sees one; not this run's device
+        info = {"driver": None, "uuid": None, "found_by": None,
+                "reason": f"measured on {dev if dev is not None else 'no device'}: no GPU queried"}
     env["driver"] = info["driver"]
-    if env.get("gpu_name") is None and info["gpu_name"] is not None and torch.cuda.is_available():
-        env["gpu_name"] = info["gpu_name"]
     env["gpu_uuid"] = info.get("uuid")
+    env["nvml_found_by"] = info.get("found_by")  # how NVML's device was matched to the CUDA one (nvml.py)
     env["nvml_reason"] = info["reason"]
     env["device"] = str(dev) if dev is not None else None
     env["determinism"] = determinism_state()

@@ -4,9 +4,10 @@ A process's peak memory mixes everything it ever held: the baseline model timed 
 libraries, the evaluation data. So each model gets a phase of its own:
 
 - CUDA: the other model is moved off the GPU, caches are emptied and the peak counters reset; then
-  ``weights_bytes`` = ``torch.cuda.memory_allocated`` before any forward (the model's parameters, buffers and,
-  for LLM.int8, its quantisation state) and ``activation_peak_bytes`` = ``max_memory_allocated`` over a few
-  forwards minus that. NVML's per-process figure is kept as a secondary number (it includes the CUDA context
+  ``weights_bytes`` = the bytes of the model's own tensors on the device (parameters, buffers and, for LLM.int8,
+  its quantisation state: :func:`tensor_bytes`; not ``memory_allocated``, which also holds what earlier work left
+  there, e.g. the cuBLAS workspace; that figure is kept as ``allocated_before_bytes``) and
+  ``activation_peak_bytes`` = ``max_memory_allocated`` over a few forwards minus ``memory_allocated`` before them. NVML's per-process figure is kept as a secondary number (it includes the CUDA context
   and the caching allocator's reserve, see nvml.NOTE).
 - CPU: the model is pickled into a fresh subprocess (``python -m axformer.memory``) that has imported torch,
   transformers and the modules of the model's classes first (unpickling would import them: library memory);

@@ -76,7 +76,7 @@ def _handle(pynvml, uuid: str | None, fallback_index: int | None):
                 continue
         raise LookupError(f"no NVML device has the CUDA device's UUID {uuid}")
     if fallback_index is None:
-        raise LookupError("no CUDA device UUID to look up (torch without CUDA)")
+        raise LookupError("torch sees no CUDA device: no GPU to look up")
     return pynvml.nvmlDeviceGetHandleByIndex(fallback_index), f"NVML index {fallback_index} (no UUID)"
 
 
@@ -125,14 +125,18 @@ def query(device=None, pid: int | None = None, processes: bool = True) -> dict[s
         uuid = cuda_uuid(device if device is not None else "cuda")
         idx = None
         if uuid is None:
+            # torch exposes no UUID: fall back to the CUDA index (recorded in found_by) only while torch sees a
+            # CUDA device at all; without one there is no GPU of this run to name (issue 35 F)
             try:
                 import torch
 
-                idx = torch.device(device).index if device is not None else None
+                if torch.cuda.is_available():
+                    idx = torch.device(device).index if device is not None else None
+                    idx = torch.cuda.current_device() if idx is None else idx
             except Exception:  # noqa: BLE001
                 idx = None
         try:
-            handle, out["found_by"] = _handle(pynvml, uuid, idx if idx is not None else (0 if uuid is None else None))
+            handle, out["found_by"] = _handle(pynvml, uuid, idx)
         except Exception as exc:  # noqa: BLE001
             out["reason"] = out["reason"] or f"device lookup: {_why(exc)}"
             return out

@@ -54,6 +54,7 @@ from torch import nn
 
 from axformer import elements, families, hard_attention
 from axformer.batches import make_loader
+from axformer.device import model_device
 from axformer.losses import concat_logits, output_logits
 from axformer.taskkinds import kind_of
 from axformer.tasks import Task
@@ -455,7 +456,7 @@ def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
         from axformer.latency_guard import LatencyGuard
 
         lat = LatencyGuard.from_texts(tokenizer, timing_texts[0], timing_texts[1], cfg.lat_batch_size,
-                                      cfg.lat_seq_len, cfg.topk, warmup=cfg.lat_warmup,
+                                      cfg.lat_seq_len, cfg.topk, device=model_device(model), warmup=cfg.lat_warmup,
                                       min_iters=cfg.lat_min_iters, min_seconds=cfg.lat_seconds)
     t0 = time.perf_counter()
     model.eval()

@@ -89,7 +89,8 @@ class QuantizeConfig:
     skip_modules: name fragments of Linear layers kept fp32 (see ``DEFAULT_SKIP``).
     threshold: LLM.int8() outlier threshold (bitsandbytes only; 0 disables the fp16 outlier path).
     compute_dtype: "float32" keeps non-Linear parts and activations fp32; "float16" (bitsandbytes only)
-        casts the rest of the model to fp16 first, LLM.int8()'s native setting, which also avoids
+        casts the rest of the model to fp16 first (the skipped head stays fp32: its Linear layers are cast
+        back and take their input as fp32), LLM.int8()'s native setting, which also avoids
         bitsandbytes' per-call "inputs will be cast from float32 to float16" log line.
     per_channel: torch_dynamic only: one weight scale per output row (default) or one per tensor.
     inplace: quantize ``model`` itself instead of a deep copy (saves memory; the fp32 model is lost).
@@ -265,6 +266,22 @@ def _import_bnb():
     return bnb
 
 
+def _to_fp32_inputs(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _keep_fp32(model: nn.Module, names: list[str]) -> None:
+    """Cast the Linear layers ``names`` (the skipped head: classifier, qa_outputs, pooler.dense) back to fp32
+    after ``model.half()``, with a pre-hook that casts their fp16 input up: the task head keeps fp32 weights and
+    gives fp32 logits, as ``skipped_modules`` records."""
+    for name in names:
+        mod = model.get_submodule(name)
+        mod.float()
+        if not getattr(mod, "_axformer_fp32_inputs", False):
+            mod.register_forward_pre_hook(_to_fp32_inputs)
+            mod._axformer_fp32_inputs = True
+
+
 def _quantize_bitsandbytes(model: nn.Module, targets: list[str], cfg: QuantizeConfig, dev: torch.device):
     bnb = _import_bnb()
     # Int8Params quantizes when a CPU-resident fp weight is moved with .to(device), so build every new
@@ -273,6 +290,8 @@ def _quantize_bitsandbytes(model: nn.Module, targets: list[str], cfg: QuantizeCo
     model.to("cpu")
     if cfg.compute_dtype == "float16":
         model.half()  # before the swap: .half() on an Int8Params would turn the int8 codes into floats
+        _keep_fp32(model, [n for n, m in model.named_modules()
+                           if isinstance(m, nn.Linear) and n not in targets])  # the skipped head stays fp32
     for name in targets:
         old = model.get_submodule(name)
         new = bnb.nn.Linear8bitLt(

@@ -27,20 +27,24 @@ ID: tuple[str, ...] = ("task", "model", "variant", "seed")
 # One row per run. Names say which reference a number is against: `finetune_*` is the finetune run timed in
 # the same job (the speedup's denominator); `peer_*` is the peer compression method of a baseline step.
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    *ID, "profile", "family", "commands", "peer_method", "quantize_dtype",
+    *ID, "profile", "family", "commands", "peer_method", "quantize_compute_dtype",
     "metric_name", "metric_dev", "metric_search", "metric2_name", "metric2_dev", "dev_loss", "search_loss",
     "n_dev", "n_search", "n_train",
     "params_total", "params_encoder", "bytes_on_disk",
-    "latency_device", "latency_batch", "latency_p50_ms", "latency_finetune_p50_ms",
+    "latency_device", "measure_dtype", "tf32", "latency_batch", "latency_p50_ms", "latency_finetune_p50_ms",
     "speedup_vs_finetune", "forward_gflops", "memory_peak_bytes",
     "train_wall_s", "search_wall_s", "search_n_removed", "search_n_hard_attention_layers", "distill_layers",
-    "peer_wall_s", "env_torch", "env_device", "git_commit", "created", "run_dir",
+    "peer_wall_s", "env_torch", "env_device", "git_commit",
 )
+# Issue 35 made room for the dtype columns (measure_dtype, tf32, quantize_compute_dtype) by dropping three that
+# said nothing new: quantize_dtype (always "int8"; `commands` ends in quantize), run_dir (<task>/<model>/
+# <variant>/seed<seed> of the ID columns) and created (in every metrics.json; git_commit stays).
 assert len(SUMMARY_COLUMNS) <= 40, "summary.csv is narrow by contract (issue 18): <= 40 columns"
 
 LATENCY_COLUMNS: tuple[str, ...] = (
     *ID, "device", "batch_size", "seq_len", "threads", "n_iters", "p50_ms", "p90_ms", "mean_ms", "std_ms",
     "finetune_p50_ms", "finetune_p90_ms", "speedup", "forward_gflops", "floor_ms",
+    "measure_dtype", "finetune_dtypes", "variant_dtypes", "tf32", "compute_dtype",
 )
 ELEMENT_COLUMNS: tuple[str, ...] = (
     *ID, "phase", "element", "layer", "kind", "index", "accepted", "class", "loss", "metric", "gain", "margin",
@@ -64,6 +68,21 @@ def _flops_at(run: Run, batch_size: int | None) -> dict[str, Any]:
     return {}
 
 
+def _dtypes(entry: Any, run: Run) -> dict[str, Any]:
+    """The dtypes a latency entry was timed in (``dtypes`` of its block; the run's ``measure.dtype`` where an
+    older block lacks them): ``{"measure", "finetune", "variant"}``, lists joined with ``|``."""
+    held = (entry.extra.get("dtypes") if entry is not None else None) or {}
+    join = lambda v: "|".join(v) if isinstance(v, (list, tuple)) else None  # noqa: E731
+    return {"measure": held.get("measure_dtype", _block_get(run.block("measure"), "dtype")),
+            "finetune": join(held.get("baseline")), "variant": join(held.get("variant"))}
+
+
+def _tf32(entry: Any) -> bool | None:
+    """Whether fp32 matmuls could use TF32 during the timing (``tf32.matmul_allow_tf32`` of the block)."""
+    t = entry.extra.get("tf32") if entry is not None else None
+    return t.get("matmul_allow_tf32") if isinstance(t, dict) else None
+
+
 def headline_batch(run: Run, preferred: int) -> int | None:
     """The batch size summary.csv reports: ``preferred`` if the run timed it, else the smallest timed."""
     sizes = sorted({e.batch_size for e in run.latency or []})
@@ -81,13 +100,14 @@ def summary_row(run: Run, run_dir: str, batch_size: int = 32) -> dict[str, Any]:
     row = {
         "task": run.task, "model": run.model, "variant": run.variant, "seed": run.seed, "profile": run.profile,
         "family": run.family(), "commands": ">".join(run.commands()), "peer_method": run.peer_method(),
-        "quantize_dtype": _block_get(run.block("quantize"), "dtype"),
+        "quantize_compute_dtype": _block_get(run.block("quantize"), "compute_dtype"),
         "metric_name": m.name, "metric_dev": m.dev, "metric_search": m.search,
         "metric2_name": second[0], "metric2_dev": second[1], "dev_loss": m.dev_loss, "search_loss": m.search_loss,
         "n_dev": m.n_dev, "n_search": m.n_search, "n_train": run.data.n_train if run.data else None,
         "params_total": size.params_total if size else None, "params_encoder": size.params_encoder if size else None,
         "bytes_on_disk": size.bytes_on_disk if size else None,
         "latency_device": lat.device if lat else None,
+        "measure_dtype": _dtypes(lat, run)["measure"], "tf32": _tf32(lat),
         "latency_batch": b, "latency_p50_ms": lat.p50_ms if lat else None,
         "latency_finetune_p50_ms": lat.baseline_p50_ms if lat else None,
         "speedup_vs_finetune": lat.speedup if lat else None,
@@ -100,7 +120,7 @@ def summary_row(run: Run, run_dir: str, batch_size: int = 32) -> dict[str, Any]:
         "distill_layers": _block_get(distill, "n_layers"),
         "peer_wall_s": _block_get(peer, "wall_s"),
         "env_torch": env.torch, "env_device": env.gpu_name or env.cpu,
-        "git_commit": run.git_commit, "created": run.created, "run_dir": run_dir,
+        "git_commit": run.git_commit,
     }
     return {c: row[c] for c in SUMMARY_COLUMNS}
 
@@ -110,13 +130,16 @@ def latency_rows(run: Run) -> list[dict[str, Any]]:
     rows = []
     for e in run.latency or []:
         f = _flops_at(run, e.batch_size)
+        dt = _dtypes(e, run)
         rows.append({
             "task": run.task, "model": run.model, "variant": run.variant, "seed": run.seed, "device": e.device,
             "batch_size": e.batch_size, "seq_len": e.seq_len, "threads": e.threads, "n_iters": e.n_iters,
             "p50_ms": e.p50_ms, "p90_ms": e.p90_ms, "mean_ms": e.mean_ms, "std_ms": e.std_ms,
             "finetune_p50_ms": e.baseline_p50_ms, "finetune_p90_ms": e.baseline_p90_ms, "speedup": e.speedup,
             "forward_gflops": None if f.get("forward_flops") is None else f["forward_flops"] / 1e9,
-            "floor_ms": f.get("floor_ms"),
+            "floor_ms": f.get("floor_ms"), "measure_dtype": dt["measure"], "finetune_dtypes": dt["finetune"],
+            "variant_dtypes": dt["variant"], "tf32": _tf32(e),
+            "compute_dtype": _block_get(run.block("quantize"), "compute_dtype"),
         })
     return rows
 

@@ -23,6 +23,7 @@ Entry points: ``time_group`` (the parent: prepares runtime int8 graphs once, run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -198,12 +199,16 @@ def run_pass(spec: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(int(cfg.threads))
-    baseline, btok = models.load_checkpoint(spec["baseline"])
-    measure.cast_for_measure(baseline.to(device), cfg)
-    timed: dict[str, Any] = {BASELINE: baseline.eval()}
-    toks: dict[str, Any] = {BASELINE: btok}
+    timed: dict[str, Any] = {}
+    toks: dict[str, Any] = {}
+    # one baseline per measure dtype of the group (a variant measured in fp16 is paired with finetune in fp16)
+    for dtype in sorted({entry_dtype(e, cfg.dtype) for e in spec["entries"]} | {cfg.dtype}):
+        baseline, btok = models.load_checkpoint(spec["baseline"])
+        measure.cast_for_measure(baseline.to(device), dataclasses.replace(cfg, dtype=dtype))
+        timed[baseline_key(dtype, cfg.dtype)] = baseline.eval()
+        toks[baseline_key(dtype, cfg.dtype)] = btok
     for entry in spec["entries"]:
-        model, tok, refs = _build_entry(entry, cfg, device)
+        model, tok, refs = _build_entry(entry, dataclasses.replace(cfg, dtype=entry_dtype(entry, cfg.dtype)), device)
         timed[entry["variant"]] = model
         toks[entry["variant"]] = tok
         for rname, rmodel in refs.items():
@@ -225,6 +230,16 @@ def run_pass(spec: Mapping[str, Any]) -> dict[str, Any]:
         "threading": threading_state(cfg.threads),
         "pid": os.getpid(),
     }
+
+
+def entry_dtype(entry: Mapping[str, Any], default: str) -> str:
+    """The float dtype an entry is timed in: its own (a measure-time step's `dtype` arg), else the group's."""
+    return entry.get("dtype") or default
+
+
+def baseline_key(dtype: str, group_dtype: str) -> str:
+    """The name of the baseline an entry of ``dtype`` is paired with: ``BASELINE`` in the group's dtype."""
+    return BASELINE if dtype == group_dtype else f"{BASELINE}@{dtype}"
 
 
 def threading_state(threads: int) -> dict[str, Any]:
@@ -296,19 +311,21 @@ def run_passes(spec: Mapping[str, Any], cfg, workdir: str | os.PathLike, pass_se
 
 
 def aggregate(passes: Sequence[Mapping[str, Any]], names: Sequence[str], batch_sizes: Sequence[int],
-              resamples: int = PASS_RESAMPLES) -> dict[str, dict[str, Any]]:
-    """Per variant and batch size: each pass's figures and the figures over the counted passes."""
+              resamples: int = PASS_RESAMPLES, baselines: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per variant and batch size: each pass's figures and the figures over the counted passes. ``baselines``:
+    the baseline key each name is paired with (default ``BASELINE``)."""
     from axformer import stats
 
     out: dict[str, dict[str, Any]] = {}
     for name in names:
+        bkey = (baselines or {}).get(name, BASELINE)
         per_bs = {}
         for bs in batch_sizes:
             key = str(bs)
             rows, counted = [], []
             for p in passes:
                 smp = p["samples"][key]
-                b, v = np.asarray(smp[BASELINE]), np.asarray(smp[name])
+                b, v = np.asarray(smp[bkey]), np.asarray(smp[name])
                 boot = stats.speedup_interval(b, v, resamples=resamples, seed=0)
                 row = {"pass": p["pass"], "pass_set": p["pass_set"], "speedup": boot.estimate,
                        "speedup_ci": [boot.low, boot.high], "p50_ms": float(np.median(v)),
@@ -374,11 +391,14 @@ def time_group(plan: Mapping[str, Any], log=None) -> tuple[dict[str, Any], dict[
                 "texts_b": list(texts_b) if texts_b is not None else None, "measure": asdict(cfg)}
         passes = run_passes(spec, cfg, work, pass_set, log)
     names = [e["variant"] for e in plan["entries"]]
-    agg = aggregate(passes, names, cfg.batch_sizes)
+    dtypes = {e["variant"]: entry_dtype(e, cfg.dtype) for e in plan["entries"]}
+    bkeys = {n: baseline_key(d, cfg.dtype) for n, d in dtypes.items()}
+    agg = aggregate(passes, names, cfg.batch_sizes, baselines=bkeys)
     record = {
         "task": plan["task"], "model": plan.get("model"), "seed": plan["seed"], "profile": plan.get("profile"),
         "pass_set": pass_set, "git_commit": git_commit(), "created": datetime.now(timezone.utc).isoformat(),
         "measure": asdict(cfg), "baseline": plan["baseline"], "variants": names, "wall_s": time.perf_counter() - t0,
+        "variant_dtypes": dtypes, "variant_baselines": bkeys,
         "passes": [{k: p[k] for k in ("pass", "pass_set", "host", "noisy", "superseded_by", "threading", "pid")}
                    for p in passes],
         "dtypes": passes[-1]["dtypes"], "tf32": passes[-1]["tf32"], "library_log": passes[-1]["library_log"],
@@ -386,7 +406,7 @@ def time_group(plan: Mapping[str, Any], log=None) -> tuple[dict[str, Any], dict[
     }
     samples: dict[str, np.ndarray] = {}
     for bs in cfg.batch_sizes:
-        for name in [BASELINE, *names]:
+        for name in [*sorted(set(bkeys.values())), *names]:
             samples[f"b{bs}/{name}"] = np.concatenate([np.asarray(p["samples"][str(bs)][name], np.float32)
                                                        for p in passes])
         samples[f"b{bs}/pass"] = np.concatenate([np.full(len(p["samples"][str(bs)][BASELINE]), p["pass"], np.int16)
@@ -457,7 +477,8 @@ def latency_blocks(group: Mapping[str, Any], variant: str, path: str = "timing f
                  **{k: r[k] for k in ("p50_ms", "p90_ms", "mean_ms", "std_ms", "n_iters", "baseline_p50_ms",
                                       "baseline_p90_ms", "speedup", "speedup_ci", "ci_method", "n_passes", "passes")},
                  "pass_set": group["pass_set"],
-                 "dtypes": {"measure_dtype": m["dtype"], "baseline": group["dtypes"].get(BASELINE),
+                 "dtypes": {"measure_dtype": group.get("variant_dtypes", {}).get(variant, m["dtype"]),
+                            "baseline": group["dtypes"].get(group.get("variant_baselines", {}).get(variant, BASELINE)),
                             "variant": group["dtypes"].get(variant)},
                  "tf32": group["tf32"], "library_log": group["library_log"]}
         if "references" in r:
@@ -466,11 +487,13 @@ def latency_blocks(group: Mapping[str, Any], variant: str, path: str = "timing f
     return blocks
 
 
-def iter_ms(group_npz: str | os.PathLike, variant: str, batch_sizes: Sequence[int]) -> dict[int, dict[str, Any]]:
+def iter_ms(group_npz: str | os.PathLike, variant: str, batch_sizes: Sequence[int],
+            baseline: str | None = None) -> dict[int, dict[str, Any]]:
     """Per batch size the per-round ms of the baseline and ``variant`` over every pass (round order) and the pass
     index of each round, for predictions.npz."""
     with np.load(group_npz, allow_pickle=False) as z:
-        return {int(bs): {"baseline": z[f"b{bs}/{BASELINE}"], "variant": z[f"b{bs}/{variant}"],
+        base = BASELINE if baseline is None else baseline
+        return {int(bs): {"baseline": z[f"b{bs}/{base}"], "variant": z[f"b{bs}/{variant}"],
                           "pass": z[f"b{bs}/pass"]} for bs in batch_sizes}
 
 

@@ -157,12 +157,34 @@ def test_nvml_init_failure_and_missing_binding_never_raise(use_fake, monkeypatch
     assert info["gpu_name"] is None and "not importable" in info["reason"] and "12.535.108" in info["reason"]
 
 
-def test_nvml_name_and_driver_through_env_block(use_fake, monkeypatch):
+def test_cpu_env_block_names_no_gpu(use_fake, monkeypatch):
+    """Issue 35 F: a CPU run on a host with a GPU (NVML works, torch even sees CUDA) names no GPU: no name, UUID
+    or driver, and NVML is not asked; before, NVML's index-0 fallback put a GPU's UUID into CPU runs."""
+    fake = use_fake(fake_pynvml())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU 0")
+    for dev in (None, "cpu"):
+        env = M.env_block(dev)
+        assert env["gpu_name"] is None and env["gpu_uuid"] is None and env["driver"] is None
+        assert env["nvml_found_by"] is None and "no GPU queried" in env["nvml_reason"]
+    assert fake.calls == []
+
+
+def test_nvml_without_torch_cuda_does_not_fall_back_to_index_0(use_fake, monkeypatch):
+    """torch without CUDA exposes no UUID: NVML must not name GPU 0 as the run's GPU."""
+    fake = use_fake(fake_pynvml(), uuid=None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    q = nvml.query(None)
+    assert q["gpu_name"] is None and q["uuid"] is None and "no CUDA device" in q["reason"]
+    assert not any(c[0] == "index" for c in fake.calls)
+
+
+def test_cuda_env_block_keeps_nvml_found_by(use_fake, monkeypatch):
     use_fake(fake_pynvml())
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU run, also on a GPU host
-    env = M.env_block()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU 1")
+    env = M.env_block("cuda:0")
     assert env["driver"] == "580.65.06" and env["gpu_uuid"] == "GPU-bbbb" and env["nvml_reason"] is None
-    assert env["gpu_name"] is None  # torch sees no GPU here: NVML's name is not claimed for a CPU run
+    assert env["gpu_name"] == "Fake GPU 1" and env["nvml_found_by"] == "uuid GPU-bbbb"
 
 
 # ------------------------------------------------------------------------------------------ device / modes
@@ -372,3 +394,26 @@ def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
     res = prune.search(model, ds, tiny_tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
                                                                      progress=False))
     assert res.passes > 1 and next(model.parameters()).device.type == "cuda"
+
+
+@pytest.mark.cuda
+def test_cuda_cli_latency_aware_search(tmp_path, data_dir):
+    """Issue 35 A on a real GPU: `axformer approximate --latency-aware --device cuda` times its candidates on the
+    GPU the search runs on (the guard's device is the model's) and finishes without a device mismatch."""
+    from axformer import models
+    from axformer.cli import main
+
+    assert main(["finetune", "--task", "sst2", "--model", models.TINY, "--train-max", "64", "--search-max", "32",
+                 "--dev-max", "16", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--no-progress",
+                 "--data-dir", str(data_dir), "--ckpt", str(tmp_path / "ck"), "--metrics", str(tmp_path / "m.json"),
+                 "--device", "cuda"]) == 0
+    assert main(["approximate", "--parent", str(tmp_path / "ck"), "--ckpt", str(tmp_path / "ax"), "--metrics",
+                 str(tmp_path / "ax.json"), "--decisions", str(tmp_path / "dec.json"), "--latency-aware",
+                 "--mode", "hardattn", "--topk", "2", "--accept-rule", "metric", "--lat-batch-size", "8",
+                 "--lat-seq-len", "32", "--lat-min-iters", "4", "--lat-seconds", "0", "--no-progress",
+                 "--data-dir", str(data_dir), "--device", "cuda"]) == 0
+    dec = json.loads((tmp_path / "dec.json").read_text())
+    assert dec["latency"]["device"].startswith("cuda") and dec["latency"]["rows_longer_than_k"] > 0
+    timed = [c["latency"] for c in dec["candidates"] if c["kind"] == "hardattn"]
+    assert timed and all(t["timed"] and t["current_p50_ms"] > 0 for t in timed)
+    assert json.loads((tmp_path / "ax.json").read_text())["search"]["device"].startswith("cuda")

@@ -343,7 +343,7 @@ def test_latency_guard_rejects_a_consistent_rise_inside_a_wide_aa_noise(tokenize
     """One A/A pair read 3 % (a noisy draw); the candidate is 1 % slower in every round: inside the A/A
     noise, but its own interval excludes 0, so it is rejected."""
     g = _guard_with_rounds(tokenizer, monkeypatch, aa_rise=0.03, cand_rise=0.01)
-    r = g.compare(object(), object())
+    r = g.compare(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
     assert r["noise"] == pytest.approx(0.03, abs=0.005) and r["rise"] == pytest.approx(0.01, abs=0.003)
     assert not r["beyond_noise"] and r["significant"] and r["rise_low"] > 0 and not r["ok"]
     assert r["rounds"] == 16 and g.describe()["aa"]["rise_low"] > 0
@@ -351,13 +351,13 @@ def test_latency_guard_rejects_a_consistent_rise_inside_a_wide_aa_noise(tokenize
 
 def test_latency_guard_passes_a_candidate_that_changes_nothing(tokenizer, monkeypatch):
     g = _guard_with_rounds(tokenizer, monkeypatch, aa_rise=0.0, cand_rise=0.0)
-    r = g.compare(object(), object())
+    r = g.compare(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
     assert abs(r["rise"]) < 0.003 and r["rise_low"] <= 0 <= r["rise_high"] and not r["significant"] and r["ok"]
 
 
 def test_latency_guard_rejects_a_rise_beyond_the_aa_noise(tokenizer, monkeypatch):
     g = _guard_with_rounds(tokenizer, monkeypatch, aa_rise=0.005, cand_rise=0.02)
-    r = g.compare(object(), object())
+    r = g.compare(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
     assert r["beyond_noise"] and not r["ok"]
 
 
@@ -535,3 +535,71 @@ def test_cli_official_on_the_released_rte_split(tmp_path, data_dir):
     bad = ft[:6] + [str(other)] + ft[7:]
     bad[bad.index("--ckpt") + 1] = str(tmp_path / "ft2")
     assert main(bad) == 2 and not (tmp_path / "ft2").exists()
+
+
+# ------------------------------------------------------------- latency guard: the search's device (issue 35 A)
+class _FakeCudaModel(torch.nn.Module):
+    """A module whose parameters report cuda:0 (no GPU needed): stands in for a model the search holds on CUDA."""
+
+    class _P:
+        device = torch.device("cuda", 0)
+
+    def parameters(self, recurse=True):
+        yield self._P()
+
+
+def test_latency_guard_times_on_the_search_device_and_never_moves_models(tokenizer, monkeypatch):
+    """Built with the search's device, the guard hands time_interleaved a config on that device, so nothing is
+    moved; before issue 35 the config defaulted to cpu and time_interleaved moved the searched model there."""
+    from axformer import latency_guard, measure
+
+    seen = []
+
+    def fake(models, inputs, cfg):
+        for m in models.values():  # what time_interleaved would do: move to cfg.device, here a failure instead
+            assert str(next(m.parameters()).device) == cfg.device, "the guard would move a model"
+        seen.append(cfg.device)
+        return {n: measure.LatencyStats.from_values([10.0, 10.0]) for n in models}
+
+    monkeypatch.setattr(measure, "time_interleaved", fake)
+    g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30,
+                                              device=torch.device("cuda", 0))
+    g.n_rows_topk = 1
+    assert g.compare(_FakeCudaModel(), _FakeCudaModel())["ok"]
+    assert seen == ["cuda:0", "cuda:0"] and g.describe()["device"] == "cuda:0"
+
+
+def test_latency_guard_refuses_a_model_on_another_device(tokenizer, monkeypatch):
+    """The pre-fix wiring (guard on the default cpu, searched model on CUDA) is a device mismatch, raised before
+    any timing, not a silent move of the searched model."""
+    from axformer import latency_guard, measure
+
+    monkeypatch.setattr(measure, "time_interleaved", lambda *a: pytest.fail("timed across devices"))
+    g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30)
+    g.n_rows_topk = 1
+    with pytest.raises(RuntimeError, match="cuda:0 but the guard times on cpu"):
+        g.compare(_FakeCudaModel(), _FakeCudaModel())
+
+
+def test_latency_aware_search_builds_its_guard_on_the_model_device(fitted, data_dir, monkeypatch):
+    """prune.search takes the guard's device from the searched model (model_device), and the real interleaved
+    timing leaves the searched model's tensors where they were (same storage)."""
+    from axformer import latency_guard
+
+    task, model, tok, ds = fitted
+    m = copy.deepcopy(model)
+    ptrs = {n: p.data_ptr() for n, p in m.named_parameters()}
+    built = []
+    orig = latency_guard.LatencyGuard.from_texts.__func__
+
+    def spy(cls, *a, **kw):
+        g = orig(cls, *a, **kw)
+        built.append((kw["device"], g.cfg.device))
+        return g
+
+    monkeypatch.setattr(latency_guard.LatencyGuard, "from_texts", classmethod(spy))
+    res = prune.search(m, ds, tok, task, _cfg(latency_aware=True, mode="hardattn", topk=2, accept_rule="metric",
+                                              lat_batch_size=4, lat_seq_len=16, lat_warmup=0, lat_min_iters=2,
+                                              lat_seconds=0.0), _texts(data_dir))
+    assert built == [(next(model.parameters()).device, "cpu")] and res.latency["device"] == "cpu"
+    assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs

@@ -239,6 +239,11 @@ def test_bitsandbytes_fp16_compute(inputs):
     assert info["compute_dtype"] == "float16"
     assert qmodel.bert.embeddings.word_embeddings.weight.dtype == torch.float16
     assert qmodel.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.int8
+    # issue 35 E: the head that skipped_modules lists stays fp32, and the logits with it
+    assert info["skipped_modules"] and all(qmodel.get_submodule(n).weight.dtype == torch.float32
+                                           for n in info["skipped_modules"])
+    with torch.inference_mode():
+        assert qmodel(input_ids=x).logits.dtype == torch.float32
     agree = (logits(qmodel, x).argmax(-1) == ref).float().mean().item()
     assert agree >= 0.95
 

@@ -144,6 +144,28 @@ def test_baseline_scores_long(tree: Path, tmp_path: Path) -> None:
     assert peer["family"] == "peer" and peer["peer_method"] == "headprune" and peer["peer_wall_s"] == 3.0
 
 
+def test_tidy_tables_carry_dtype_tf32_and_compute_dtype() -> None:
+    """Issue 35 B: an LLM.int8 run timed against an fp16 finetune says so in summary.csv and latency.csv."""
+    from axformer import tidy
+    from axformer.record import Run
+
+    m = _metrics("sst2", "finetune+axformer", 0)
+    m["variant"] = "finetune+int8"
+    for e in m["latency"]:
+        e["dtypes"] = {"measure_dtype": "fp16", "baseline": ["float16"], "variant": ["float16", "float32"]}
+        e["tf32"] = {"matmul_allow_tf32": False, "cudnn_allow_tf32": True, "float32_matmul_precision": "highest"}
+    m["measure"] = {"dtype": "fp16"}
+    m["quantize"] = {"dtype": "int8", "compute_dtype": "float16", "backend": "bitsandbytes"}
+    old = _metrics("sst2", "finetune", 0)  # a record from before the dtype keys: cells stay empty
+    tabs = tidy.tables([("a", Run.from_json(m), None), ("b", Run.from_json(old), None)])
+    s, lat = tabs["summary"], tabs["latency"]
+    assert list(s.iloc[0][["measure_dtype", "tf32", "quantize_compute_dtype"]]) == ["fp16", False, "float16"]
+    assert s.iloc[1][["measure_dtype", "tf32", "quantize_compute_dtype"]].isna().all()
+    row = lat[lat["variant"] == "finetune+int8"].iloc[0]
+    assert (row["measure_dtype"], row["finetune_dtypes"], row["variant_dtypes"], row["tf32"], row["compute_dtype"]) \
+        == ("fp16", "float16", "float16|float32", False, "float16")
+
+
 def test_committed_summaries_share_the_columns() -> None:
     """Every profile's committed summary.csv is the narrow one (regenerated with `axformer report`)."""
     from axformer import tidy

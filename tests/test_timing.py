@@ -145,3 +145,15 @@ def test_per_model_inputs():
 def test_measure_config_refuses_bad_pass_settings(key, value):
     with pytest.raises(ConfigError, match=f"measure.{key}"):
         _cfg(**{key: value})
+
+
+def test_a_variant_in_another_dtype_is_paired_with_the_baseline_in_that_dtype():
+    """gpu profile: finetune+axformer+fp16 is timed against finetune cast to fp16, not the group's fp32 one."""
+    assert timing.baseline_key("fp32", "fp32") == timing.BASELINE
+    assert timing.baseline_key("fp16", "fp32") == f"{timing.BASELINE}@fp16"
+    assert timing.entry_dtype({"dtype": None}, "fp32") == "fp32" and timing.entry_dtype({"dtype": "bf16"}, "fp32") == "bf16"
+    base32, base16, v16 = [10.0, 10.2, 10.1], [5.0, 5.1, 5.05], [2.5, 2.55, 2.525]
+    p = {"samples": {"1": {timing.BASELINE: base32, f"{timing.BASELINE}@fp16": base16, "v16": v16}}, "pass": 0,
+         "pass_set": "ps", "host": {}, "noisy": False, "superseded_by": None}
+    agg = timing.aggregate([p], ["v16"], [1], resamples=100, baselines={"v16": f"{timing.BASELINE}@fp16"})
+    assert agg["v16"]["1"]["speedup"] == pytest.approx(2.0)  # against fp16 finetune, not 4.0 against fp32

@@ -311,6 +311,27 @@ def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
     assert res.returncode != 0 and "config key 'steps.finetune.gpu'" in err and "device cpu" in err, err[-2000:]
 
 
+@pytest.mark.parametrize("where, device, key", [("finetune", "auto", "steps.finetune.gpu"),
+                                                ("axformer", "cuda", "steps.axformer.gpu"),
+                                                ("measure", "cuda", "measure.gpu")])
+def test_gpu_device_without_a_gpu_booking_is_refused(tmp_path, data_dir, where, device, key):
+    """Issue 35 D: a step (or measure) on cuda / auto with gpu 0 would take cuda:0 on a GPU host unaccounted."""
+    cfg = load_profile("smoke")
+    (cfg["measure"] if where == "measure" else cfg["steps"][where]).update(device=device, gpu=0)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--configfile", str(path), "-n", data_dir=data_dir)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0 and f"config key '{key}'" in err and "set gpu: 1" in err, err[-2000:]
+
+
+def test_cpu_profile_steps_run_on_cpu(tmp_path, data_dir):
+    """Issue 35 D: a CPU profile's steps (no `device` key) are told --device cpu, never auto."""
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n", "-p", data_dir=data_dir)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "--device cpu" in res.stdout and "--device auto" not in res.stdout and "--device cuda" not in res.stdout
+
+
 # ------------------------------------------------------------------------------------------------ (5)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_validate_against_schema(profile):
@@ -424,3 +445,52 @@ def test_variant_tasks_and_seeds_per_model(tmp_path, data_dir):
                     data_dir=data_dir)
     err = bad.stdout + bad.stderr
     assert bad.returncode != 0 and f"config key 'variant_tasks.{variant}'" in err, err[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ gpu profile (issue 35)
+@pytest.mark.slow
+def test_gpu_profile_plans_on_a_cpu_host(tmp_path, data_dir):
+    """`snakemake -n --cores all --configfile workflow/config/gpu.yaml` plans here: every step on cuda with a GPU
+    booked, the fp16 / bf16 / int8 measure-time steps set their measure dtype, results in results/gpu_dag."""
+    cfg = load_profile("gpu")
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "gpu.yaml"), "--cores", "all", "-n", "-p",
+                    data_dir=data_dir)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    stats = job_stats(res.stdout)
+    runs = len(cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
+    assert stats["finetune"] == runs and stats["measure"] == runs * len(cfg["variants"]) and stats["report"] == 1
+    assert {"finetune+axformer_lat", "finetune+distill", "finetune+headprune"} <= set(cfg["variants"])
+    for name, st in cfg["steps"].items():
+        if st["command"] != "quantize":
+            assert st["device"] == "cuda" and st["gpu"] >= 1, name
+    assert cfg["measure"]["device"] == "cuda" and cfg["measure"]["gpu"] >= 1
+    jobs = [ln.split("Shell command: ", 1)[-1] for ln in res.stdout.splitlines()
+            if ln.split("Shell command: ", 1)[-1].startswith("axformer ")]
+    assert jobs and "--device cpu" not in res.stdout and "--device auto" not in res.stdout
+    steps = [j for j in jobs if j.split()[1] in ("finetune", "approximate", "distill", "baseline")]
+    assert len(steps) == stats["finetune"] + stats["approximate"] + stats["distill"] + stats["baseline"]
+    assert all("--device cuda" in j for j in steps)
+    dtype = {m.group(1): re.search(r"--dtype (\w+)", j).group(1)
+             for j in jobs if (m := re.search(r"--variant-name (\S+) .*--metrics results/gpu_dag/sst2/", j))}
+    assert dtype["finetune"] == dtype["finetune+axformer"] == "fp32"
+    assert dtype["finetune+fp16"] == dtype["finetune+axformer+fp16"] == dtype["finetune+int8"] == "fp16"
+    assert dtype["finetune+bf16"] == dtype["finetune+axformer+bf16"] == "bf16"
+    int8 = next(j for j in jobs if "--variant-name finetune+int8 " in j)
+    assert "--quantize-backend bitsandbytes" in int8 and "--quantize-compute-dtype float16" in int8
+    assert int8.count("--dtype") == 1
+
+
+@pytest.mark.slow
+def test_measure_dtype_override_gets_its_own_results_folder(tmp_path, data_dir):
+    """Issue 35 B: --config 'measure={dtype: fp16}' on a profile plans into <results_dir>/fp16, never over the
+    fp32 results; checkpoints are shared."""
+    cfg = load_profile("smoke")
+    res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "smoke.yaml"), "--config", "measure={dtype: fp16}",
+                    "-n", data_dir=data_dir)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    res_dir = cfg["results_dir"].rstrip("/")
+    metrics = set(re.findall(r"(\S+/metrics\.json)", res.stdout))
+    assert metrics and all(p.startswith(f"{res_dir}/fp16/") for p in metrics), sorted(metrics)[:3]
+    assert f"{res_dir}/fp16/summary.csv" in res.stdout
+    assert f"{cfg['checkpoints_dir'].rstrip('/')}/" in res.stdout and "/fp16/" not in \
+        "".join(re.findall(r"output: (\S*ckpt\S*)", res.stdout))

@@ -248,6 +248,9 @@ def _check_config():
         if st["device"] == "cpu" and st["gpu"] > 0:
             _config_error(f"steps.{name}.gpu", f"step {name!r} runs on device cpu but books {st['gpu']} GPU(s); "
                           "set gpu: 0, or device: cuda (or auto) to use the GPU.")
+        if st["device"] != "cpu" and st["gpu"] < 1 and st["command"] != "quantize":
+            _config_error(f"steps.{name}.gpu", f"step {name!r} runs on device {st['device']} but books no GPU: "
+                          "it would run on cuda:0 unaccounted (many jobs at once); set gpu: 1, or device: cpu.")
         if st["command"] == "baseline" and "method" not in st["args"]:
             _config_error(f"steps.{name}.args.method", "baseline steps need args.method (the baselines/ method name).")
         _check_step_args(name, st)
@@ -255,6 +258,9 @@ def _check_config():
     if config["measure"]["device"] == "cpu" and config["measure"]["gpu"] > 0:
         _config_error("measure.gpu", f"measure.device is cpu but measure.gpu is {config['measure']['gpu']}; "
                       "set gpu: 0, or device: cuda.")
+    if config["measure"]["device"] != "cpu" and config["measure"]["gpu"] < 1:
+        _config_error("measure.gpu", f"measure.device is {config['measure']['device']} but measure.gpu is 0: a "
+                      "timing on the GPU must book it; set gpu: 1, or device: cpu.")
 
     for variant in config["variants"]:
         parts = variant.split("+")
@@ -326,10 +332,14 @@ def variant_runs_on(variant, task):
     """variant_tasks limits a variant to some tasks (e.g. a rule only defined for some); default every task."""
     return task in config["variant_tasks"].get(variant, TASK_NAMES)
 
-RES = config["results_dir"].rstrip("/")
+# A measure.dtype other than fp32 (e.g. --config 'measure={dtype: fp16}') measures every run in that dtype:
+# its results, logs and figures go to <dir>/<dtype>/, so they never overwrite the fp32 ones (the checkpoints
+# are shared: steps do not depend on the measure dtype). Per-variant dtypes: a measure-time step's `dtype` arg.
+_DTYPE_DIR = "" if config["measure"]["dtype"] == "fp32" else f"/{config['measure']['dtype']}"
+RES = config["results_dir"].rstrip("/") + _DTYPE_DIR
 CKPTS = config["checkpoints_dir"].rstrip("/")
-LOGS = config["logs_dir"].rstrip("/")
-FIGS = config["figures_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/") + _DTYPE_DIR
+FIGS = config["figures_dir"].rstrip("/") + _DTYPE_DIR
 
 # Path patterns ({variant} may contain '+').
 RUN = "{task}/{model}/{variant}/seed{seed}"
@@ -480,7 +490,8 @@ def match_flag(wildcards, input):
 def quantize_flags(wildcards):
     """--quantize int8 ... for X+int8 (the quantize step's args), nothing otherwise."""
     name = variant_steps(wildcards.variant)[-1]
-    return cli_flags(STEPS[name]["args"]) if name in QUANT_STEPS else ""
+    args = {k: v for k, v in STEPS[name]["args"].items() if k != "dtype"}  # dtype: measure_flags
+    return cli_flags(args) if name in QUANT_STEPS else ""
 
 
 def task_def_input(wildcards):
@@ -528,11 +539,24 @@ def measure_threads(wildcards):
     return max(m["threads"], cores) if m["exclusive"] and cores else m["threads"]
 
 
-def measure_flags():
+def measure_flags(wildcards=None):
+    """measure.* as CLI flags; a measure-time (quantize-command) last step's own `dtype` arg replaces
+    measure.dtype for that variant (finetune+axformer+fp16, int8 against fp16: DESIGN §6)."""
     m = config["measure"]
     keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype", "passes",
             "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process")
-    return cli_flags({k: m[k] for k in keys}) + " --memory-isolation " + ("on" if m["memory_isolation"] else "off")
+    values = {k: m[k] for k in keys}
+    if wildcards is not None:
+        values["dtype"] = variant_dtype(wildcards.variant)
+    return cli_flags(values) + " --memory-isolation " + ("on" if m["memory_isolation"] else "off")
+
+
+def variant_dtype(variant):
+    """The float dtype a variant is measured and timed in: its measure-time last step's `dtype` arg, else
+    measure.dtype."""
+    last = variant_steps(variant)[-1]
+    default = config["measure"]["dtype"]
+    return STEPS[last]["args"].get("dtype", default) if last in QUANT_STEPS else default
 
 
 def step_device(wildcards):

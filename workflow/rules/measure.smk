@@ -25,7 +25,7 @@ def timing_entries(wildcards):
         last = variant_steps(v)[-1]
         q = STEPS[last]["args"] if last in QUANT_STEPS else {}
         out.append({"variant": v, "ckpt": run_path(CKPT_DIR, wildcards, checkpoint_variant(v)),
-                    **{k: q.get(k) for k in QUANT_KEYS}})
+                    **{k: q.get(k) for k in QUANT_KEYS}, "dtype": variant_dtype(v)})
     for e in out:
         e["quantize"] = e["quantize"] or "none"
     return out
@@ -86,7 +86,7 @@ rule measure:
         profile=config["profile"],
         data_dir=data_dir,
         quantize=quantize_flags,
-        measure=measure_flags(),
+        measure=measure_flags,
     threads: measure_threads
     resources:
         mem_mb=config["measure"]["mem_mb"],
