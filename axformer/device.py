@@ -27,9 +27,16 @@ CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS' documented deterministic workspace setti
 # torch's inter-op pool (torch.jit.fork, some parallel ops) is not used by any step; one thread keeps it from
 # adding workers next to the intra-op OpenMP threads. torch only accepts it before its first parallel work.
 TORCH_INTEROP_THREADS = 1
-# OpenMP environment read by libgomp when torch loads it (so it must be set before ``import torch``);
-# OMP_ENV_WHY says why each value. setdefault: a value the user exported wins and is recorded as such.
-OMP_ENV: dict[str, str] = {}
+# OpenMP environment read by libgomp when torch loads it (so it must be set before ``import torch``).
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep when a parallel region ends instead of spinning for
+# GOMP_SPINCOUNT (300,000 iterations by default). Measured (issue 31, docs/RUNTIME_THREADS.md): after every MiniLM
+# forward the default burns 5-8 ms of CPU per 50 ms of idle time in the spinning worker (PASSIVE: 0.04 ms), CPU
+# the next model in the interleaved timing loop (OpenVINO's TBB threads, ORT's) and other processes on a shared
+# host then lack; on a loaded 2-core host the spinning also made torch itself 2-10x slower (batch 1 p50 0.8-2.2 s
+# vs 0.18 s) by an amount that follows the load, so every speedup against it did too. ORT, which does not spin
+# (session.intra_op.allow_spinning 0), was the stable runtime. setdefault: a value the user exported wins and is
+# recorded as such.
+OMP_ENV: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 # the state prepare_process left, for torch_threading()
 _PROCESS: dict[str, Any] = {}
 

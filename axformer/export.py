@@ -91,6 +91,11 @@ __all__ = [
     "file_bytes",
     "text_batches",
     "runtime_variant",
+    "ort_settings",
+    "ort_session_threading",
+    "ov_config",
+    "ov_compiled_threading",
+    "runtime_threading",
 ]
 
 
@@ -391,6 +396,7 @@ def ort_session_threading(sess: Any) -> dict[str, Any]:
     import onnxruntime as ort
 
     opts = sess.get_session_options()
+    level = str(opts.graph_optimization_level).rsplit(".", 1)[-1]
     mode = {ort.ExecutionMode.ORT_SEQUENTIAL: "sequential", ort.ExecutionMode.ORT_PARALLEL: "parallel"}
     return {"runtime": "onnxruntime", "version": ort.__version__,
             "intra_op_num_threads": int(opts.intra_op_num_threads),
@@ -398,7 +404,9 @@ def ort_session_threading(sess: Any) -> dict[str, Any]:
             "execution_mode": mode.get(opts.execution_mode, str(opts.execution_mode)),
             "intra_op_allow_spinning": opts.get_session_config_entry("session.intra_op.allow_spinning") == "1",
             "inter_op_allow_spinning": opts.get_session_config_entry("session.inter_op.allow_spinning") == "1",
-            "graph_optimization_level": str(opts.graph_optimization_level).rsplit(".", 1)[-1],
+            "graph_optimization_level": {"ORT_ENABLE_ALL": "all", "ORT_ENABLE_EXTENDED": "extended",
+                                         "ORT_ENABLE_BASIC": "basic", "ORT_DISABLE_ALL": "disabled"}.get(
+                level, level),
             "providers": list(sess.get_providers())}
 
 
@@ -471,9 +479,13 @@ class OrtModel(_RuntimeModel):
         return ort_session_threading(self.session)
 
 
-# OpenVINO threading properties set explicitly (they were the plugin's defaults before issue 31)
+# OpenVINO threading properties set explicitly: until issue 31 they were the CPU plugin's defaults, and these are
+# the values OpenVINO 2026.4 chose on this 2-core host (read back from the compiled model). Pinning and the static
+# TBB partitioner were kept: with pinning off and the AUTO partitioner the int8 MiniLM was not faster or steadier
+# in the interleaved loop (docs/RUNTIME_THREADS.md); what they are now is in every record (OvModel.threading()).
 OV_THREADING: dict[str, Any] = {"ENABLE_CPU_PINNING": True, "SCHEDULING_CORE_TYPE": "ANY_CORE",
-                                "ENABLE_HYPER_THREADING": False}
+                                "ENABLE_HYPER_THREADING": False, "TBB_PARTITIONER": "STATIC",
+                                "CPU_DENORMALS_OPTIMIZATION": False}
 
 # OpenVINO CPU properties read back from a compiled model for the record (:func:`ov_compiled_threading`)
 OV_READBACK = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
@@ -482,7 +494,7 @@ OV_READBACK = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFE
 
 
 def ov_config(threads: int, **overrides: Any) -> dict[str, Any]:
-    """OpenVINO CPU plugin settings, every threading property explicit (OV_DEFAULTS_WHY).
+    """OpenVINO CPU plugin settings, every threading property explicit (:data:`OV_THREADING`).
 
     ``threads`` inference threads in one stream (``PERFORMANCE_HINT`` LATENCY: one request at a time), fp32
     for every op that is not int8 (on CPUs with AMX / AVX-512 BF16 the plugin otherwise runs fp32 graphs in
@@ -542,6 +554,19 @@ class OvModel(_RuntimeModel):
 
     def threading(self) -> dict[str, Any]:
         return ov_compiled_threading(self.compiled)
+
+
+def runtime_threading(model: nn.Module | None = None) -> dict[str, Any]:
+    """The effective threading of a timing process, for a timing pass's record: torch's (always: the fp32
+    baseline is a torch model; :func:`axformer.device.torch_threading`) and, when ``model`` is an ORT / OpenVINO
+    model, that runtime's settings read back from its session / compiled model (key ``onnxruntime`` /
+    ``openvino``)."""
+    from axformer.device import torch_threading
+
+    out: dict[str, Any] = {"torch": torch_threading()}
+    if isinstance(model, _RuntimeModel):
+        out[model.runtime] = model.threading()
+    return out
 
 
 def quantize_ov(
@@ -636,10 +661,11 @@ def runtime_variant(
     else:
         int8_path = work / f"model_{mode}.onnx"
         info = quantize_onnx(fp32_path, int8_path, ORT_MODES[mode], calibration=calibration)
-        info.update(inter_op_threads=1, allow_spinning=False)
+        info.update(inter_op_threads=1, allow_spinning=False, ort_settings=ort_settings(threads))
     info.update(requested_backend=mode, device="cpu", threads=threads, fp32_bytes=exp["bytes"], export=exp)
     qmodel = cls.like(int8_path, model, threads, sample)
     fmodel = cls.like(fp32_path, model, threads, sample)
+    info["threading"] = qmodel.threading()  # read back from the session / compiled model, not the request
     return qmodel, {f"{runtime}_fp32": fmodel}, info
 
 

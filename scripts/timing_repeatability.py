@@ -142,7 +142,7 @@ class HostNoise:
 
 def settings_of(name: str, threads: int) -> dict[str, Any]:
     """The threading settings of ``name`` ("before" / "after") as the worker applies them."""
-    from axformer import device, export
+    from axformer import device, export, quantize
 
     if name == "before":  # the code before issue 31 (axformer/export.py, device.py at 16911be)
         return {"omp_env": {}, "interop_threads": None,
@@ -154,7 +154,7 @@ def settings_of(name: str, threads: int) -> dict[str, Any]:
     if name == "after":
         return {"omp_env": dict(device.OMP_ENV), "interop_threads": device.TORCH_INTEROP_THREADS,
                 "ort": export.ort_settings(threads), "ov": export.ov_config(threads), "ov_plugin_defaults": False,
-                "quantized_engine": getattr(__import__("axformer.quantize").quantize, "TORCH_INT8_ENGINE", None)}
+                "quantized_engine": quantize.TORCH_INT8_ENGINE}
     raise SystemExit(f"timing_repeatability: unknown setting {name!r} (before, after)")
 
 
