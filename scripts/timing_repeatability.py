@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -184,7 +183,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from axformer import device
 
     interop = None
-    if st["interop_threads"] is not None:  # first thing in the process, like the CLI entry's prepare_process
+    if spec["setting_name"] == "after":  # first thing in the process, like the CLI entry
+        device.prepare_process()
+    elif st["interop_threads"] is not None:
         interop = device.set_interop_threads(st["interop_threads"])
     import torch
 
@@ -231,7 +232,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 m(**x)
                 first[name] = (time.perf_counter() - t0) * 1e3
         cfg = measure.MeasureConfig(batch_sizes=[bs], seq_len=spec["seq_len"], warmup=spec["warmup"],
-                                    min_iters=spec["iters"] * (1 if bs >= 8 else 5), min_seconds=0.0, threads=spec["threads"],
+                                    min_iters=spec["iters"] * (1 if bs >= 8 else 5), min_seconds=0.0,
+                                    threads=spec["threads"],
                                     memory_isolation=False)
         pair = {"baseline": base, "variant": variant}
         if spec.get("order") == "variant_first":
@@ -321,9 +323,10 @@ def summarise(runs: list[dict[str, Any]], batch_sizes: list[int]) -> dict[str, A
             for pb in b["per_batch"].values():
                 sp = pb["speedup_per_process"]
                 pb["median_speedup"] = round(statistics.median(sp), 4)
-                pb["cv_speedup"] = None if cv(sp) is None else round(cv(sp), 4)
-                pb["cv_baseline_p50"] = None if cv(pb["baseline_p50_ms"]) is None else round(cv(pb["baseline_p50_ms"]), 4)
-                pb["cv_variant_p50"] = None if cv(pb["variant_p50_ms"]) is None else round(cv(pb["variant_p50_ms"]), 4)
+                for key, xs in (("cv_speedup", sp), ("cv_baseline_p50", pb["baseline_p50_ms"]),
+                                ("cv_variant_p50", pb["variant_p50_ms"])):
+                    c = cv(xs)
+                    pb[key] = None if c is None else round(c, 4)
     return out
 
 
