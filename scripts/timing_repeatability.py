@@ -34,7 +34,9 @@ commit a file taken on a loaded host; the ``host`` block says how loaded it was.
 ``--background-load N`` adds N busy-loop processes during every timing window (a controlled stand-in for
 other tenants of the host, to see which runtime's speedup depends on foreign load).
 
-Usage (default: 5 processes x 5 backends x 2 settings, batch 32 and 1, seq 128, ~8-10 min on 2 idle cores):
+Usage (default: 5 processes x 5 backends x 2 settings, batch 32 and 1, seq 128; estimated 10-12 min on 2 idle
+cores -- about 12 s a process, most of it start-up and loading -- not yet measured on a quiet host; ``--settings
+after`` halves it, ``--batch-sizes 32`` saves a little):
     PYTHONPATH=. python scripts/timing_repeatability.py
 Quick check that it runs end to end:
     PYTHONPATH=. python scripts/timing_repeatability.py --processes 2 --iters 3 --batch-sizes 2 --seq-len 16 \\
@@ -338,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=",".join(SETTINGS), help="before,after (or one of them)")
     ap.add_argument("--batch-sizes", default="32,1")
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--iters", type=int, default=6, help="timed rounds per batch size of batch >= 8 (x5 below 8)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5, help="timed rounds per batch size of batch >= 8 (x5 below 8)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds after the timed first call of each model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--order", choices=("baseline_first", "variant_first"), default="baseline_first")
     ap.add_argument("--background-load", type=int, default=0, help="busy-loop processes during the timing")
