@@ -24,9 +24,64 @@ DTYPES = ("fp32", "fp16", "bf16")
 CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS' documented deterministic workspace setting (8 buffers of 4 MiB)
 
 
+# torch's inter-op pool (torch.jit.fork, some parallel ops) is not used by any step; one thread keeps it from
+# adding workers next to the intra-op OpenMP threads. torch only accepts it before its first parallel work.
+TORCH_INTEROP_THREADS = 1
+# OpenMP environment read by libgomp when torch loads it (so it must be set before ``import torch``).
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep when a parallel region ends instead of spinning for
+# GOMP_SPINCOUNT (300,000 iterations by default). Measured (issue 31, docs/RUNTIME_THREADS.md): after every MiniLM
+# forward the default burns 5-8 ms of CPU per 50 ms of idle time in the spinning worker (PASSIVE: 0.04 ms), CPU
+# the next model in the interleaved timing loop (OpenVINO's TBB threads, ORT's) and other processes on a shared
+# host then lack; on a loaded 2-core host the spinning also made torch itself 2-10x slower (batch 1 p50 0.8-2.2 s
+# vs 0.18 s) by an amount that follows the load, so every speedup against it did too. ORT, which does not spin
+# (session.intra_op.allow_spinning 0), was the stable runtime. setdefault: a value the user exported wins and is
+# recorded as such.
+OMP_ENV: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+# the state prepare_process left, for torch_threading()
+_PROCESS: dict[str, Any] = {}
+
+
 def prepare_process() -> None:
-    """Process-wide settings that must precede CUDA's initialisation (call before any CUDA work)."""
+    """Process-wide settings that must precede CUDA's initialisation and torch's first parallel work: call
+    first in a process (the CLI entry does), before anything imports torch (OMP_ENV is read by libgomp when
+    torch loads it)."""
+    import sys
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    _PROCESS["omp_env_before_torch"] = "torch" not in sys.modules
+    for k, v in OMP_ENV.items():
+        os.environ.setdefault(k, v)
+    _PROCESS["interop"] = set_interop_threads(TORCH_INTEROP_THREADS)
+
+
+def set_interop_threads(n: int = TORCH_INTEROP_THREADS) -> dict[str, Any]:
+    """``torch.set_num_interop_threads(n)``; torch refuses it once its inter-op pool has started (any parallel
+    work), which is recorded instead of raised: ``{"requested": n, "applied": bool, "reason": str | None}``."""
+    import torch
+
+    try:
+        torch.set_num_interop_threads(int(n))
+    except RuntimeError as exc:  # "Error: cannot set number of interop threads after parallel work has started"
+        return {"requested": int(n), "applied": torch.get_num_interop_threads() == int(n),
+                "reason": str(exc).strip().splitlines()[0]}
+    return {"requested": int(n), "applied": True, "reason": None}
+
+
+def torch_threading() -> dict[str, Any]:
+    """torch's CPU threading as it is now: intra-op and inter-op threads, parallel backend, quantized engine,
+    the OpenMP / MKL environment, and what :func:`prepare_process` did."""
+    import torch
+
+    info = torch.__config__.parallel_info()
+    backend = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("ATen parallel backend")),
+                   None)
+    env_keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
+                "OMP_PROC_BIND", "GOMP_CPU_AFFINITY")
+    return {"runtime": "torch", "version": torch.__version__, "intra_op_threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "parallel_backend": backend,
+            "quantized_engine": torch.backends.quantized.engine,
+            "env": {k: os.environ.get(k) for k in env_keys},
+            "prepare_process": dict(_PROCESS) or None}
 
 
 def resolve_device(spec: str | None, what: str = "--device"):

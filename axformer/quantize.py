@@ -218,9 +218,17 @@ def _reemit(caught: list[warnings.WarningMessage]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- backends
 
 
+# The quantized engine torch_dynamic packs its int8 weights for (and so runs with): set explicitly rather than
+# left to whatever an earlier import chose. "x86" (torch's default on x86) dispatches to fbgemm; on this host's
+# AVX2 EPYC oneDNN was not faster for the dynamic int8 MiniLM (issue 31, docs/RUNTIME_THREADS.md).
+TORCH_INT8_ENGINE = "x86"
+
+
 def _quantize_torch_dynamic(model: nn.Module, targets: list[str], per_channel: bool) -> dict[str, Any]:
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
+    if TORCH_INT8_ENGINE in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = TORCH_INT8_ENGINE
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
 
     # quantize_dynamic / torch.quantize_per_channel warn as deprecated in torch 2.13 (see module

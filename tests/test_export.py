@@ -200,3 +200,116 @@ def test_workflow_stops_before_any_job_without_the_extra(tmp_path, data_dir):
     # the first offending step (sorted) is named: int8_ort before int8_ov
     assert "config key 'steps.int8_ort.args.quantize'" in err and 'pip install -e ".[ort]"' in err, err[-2000:]
     assert "Building DAG" not in err
+
+
+# ------------------------------------------------------------------------------------------------ threading
+
+
+def tiny_matmul_onnx(path) -> str:
+    """A one-MatMul ONNX graph (dynamic batch): enough for a session / compiled model to carry settings."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32).tolist())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+def test_ort_session_carries_the_threading_settings(tmp_path):
+    path = tiny_matmul_onnx(tmp_path / "t.onnx")
+    got = export.ort_session_threading(export.session(path, 3))
+    assert {k: got[k] for k in export.ort_settings(3)} == export.ort_settings(3)
+    assert (got["intra_op_num_threads"], got["inter_op_num_threads"], got["execution_mode"]) == (3, 1, "sequential")
+    assert got["intra_op_allow_spinning"] is False and got["inter_op_allow_spinning"] is False
+    # an override reaches the session (the "before" settings of scripts/timing_repeatability.py use this path)
+    other = export.ort_session_threading(export.session(path, 2, {"intra_op_allow_spinning": True,
+                                                                  "execution_mode": "parallel",
+                                                                  "inter_op_num_threads": 2}))
+    assert other["intra_op_allow_spinning"] is True and other["execution_mode"] == "parallel"
+    assert (other["intra_op_num_threads"], other["inter_op_num_threads"]) == (2, 2)
+    with pytest.raises(ConfigError, match="unknown ORT setting"):
+        export.ort_settings(2, spin=True)
+    with pytest.raises(ConfigError, match="execution_mode"):
+        export.ort_settings(2, execution_mode="fast")
+    with pytest.raises(ConfigError, match="threads must be an integer"):
+        export.session(path, 0)
+
+
+def test_openvino_compiled_model_carries_the_threading_settings(tmp_path):
+    ov = pytest.importorskip("openvino", reason='the `ov` extra: pip install -e ".[ov]"')
+    path = tiny_matmul_onnx(tmp_path / "t.onnx")
+    cfg = export.ov_config(1)
+    assert {"INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "ENABLE_CPU_PINNING", "SCHEDULING_CORE_TYPE",
+            "ENABLE_HYPER_THREADING"} <= set(cfg)
+    got = export.ov_compiled_threading(ov.Core().compile_model(path, "CPU", cfg))
+    assert got["INFERENCE_NUM_THREADS"] == 1 and got["NUM_STREAMS"] == 1 and got["PERFORMANCE_HINT"] == "LATENCY"
+    assert got["INFERENCE_PRECISION_HINT"] == "f32"
+    for key, value in export.OV_THREADING.items():
+        assert got[key] == value, key
+    flipped = export.ov_config(2, ENABLE_CPU_PINNING=not export.OV_THREADING["ENABLE_CPU_PINNING"],
+                               TBB_PARTITIONER="AUTO")
+    got2 = export.ov_compiled_threading(ov.Core().compile_model(path, "CPU", flipped))
+    assert got2["INFERENCE_NUM_THREADS"] == 2 and got2["TBB_PARTITIONER"] == "AUTO"
+    assert got2["ENABLE_CPU_PINNING"] is (not export.OV_THREADING["ENABLE_CPU_PINNING"])
+    with pytest.raises(ConfigError, match="unknown OpenVINO setting"):
+        export.ov_config(1, PINNING=False)
+
+
+def test_runtime_models_report_their_threading(tmp_path):
+    m = pruned_model(False)
+    export.export_onnx(m, tmp_path / "f.onnx", batch(2, 8, 0))
+    ort_model = export.OrtModel.like(tmp_path / "f.onnx", m, 2, batch(2, 8, 0))
+    thr = export.runtime_threading(ort_model)
+    assert thr["onnxruntime"]["intra_op_num_threads"] == 2 and thr["onnxruntime"]["intra_op_allow_spinning"] is False
+    assert thr["torch"]["intra_op_threads"] == torch.get_num_threads()
+    assert set(export.runtime_threading(m)) == {"torch"}  # a torch model: torch's settings only
+    if pytest.importorskip("openvino") is not None:
+        ov_model = export.OvModel.like(tmp_path / "f.onnx", m, 1, batch(2, 8, 0), {"ENABLE_CPU_PINNING": False})
+        got = ov_model.threading()
+        assert got["INFERENCE_NUM_THREADS"] == 1 and got["ENABLE_CPU_PINNING"] is False
+
+
+def test_prepare_process_sets_interop_threads_and_omp_env_before_torch():
+    """In a fresh process (torch's inter-op pool can only be sized before parallel work, libgomp reads its
+    environment when torch loads it)."""
+    import subprocess
+
+    code = ("import os, json\n"
+            "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+            "from axformer import device\n"
+            "device.prepare_process()\n"
+            "import torch\n"
+            "torch.ones(64, 64) @ torch.ones(64, 64)\n"
+            "late = device.set_interop_threads(2)\n"
+            "print(json.dumps({'thr': device.torch_threading(), 'late': late}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    thr = res["thr"]
+    from axformer.device import OMP_ENV, TORCH_INTEROP_THREADS
+
+    assert thr["interop_threads"] == TORCH_INTEROP_THREADS
+    assert thr["prepare_process"]["interop"]["applied"] is True
+    assert thr["prepare_process"]["omp_env_before_torch"] is True
+    assert all(thr["env"][k] == v for k, v in OMP_ENV.items())
+    # torch refuses a late change; it is recorded, not raised, and the pool keeps its size
+    assert res["late"]["applied"] is False and res["late"]["reason"]
+
+
+def test_torch_int8_uses_the_explicit_engine():
+    from axformer.quantize import TORCH_INT8_ENGINE, QuantizeConfig, quantize
+
+    prev = torch.backends.quantized.engine
+    other = next((e for e in torch.backends.quantized.supported_engines if e not in (TORCH_INT8_ENGINE, "none")), None)
+    if other is None:
+        pytest.skip("only one quantized engine in this torch build")
+    torch.backends.quantized.engine = other  # an earlier import left another engine set
+    try:
+        _, info = quantize(pruned_model(False), QuantizeConfig(backend="torch_dynamic", device="cpu"))
+    finally:
+        torch.backends.quantized.engine = prev
+    assert info["engine"] == TORCH_INT8_ENGINE
