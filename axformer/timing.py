@@ -227,7 +227,7 @@ def run_pass(spec: Mapping[str, Any]) -> dict[str, Any]:
         "library_log": ({"logger": "bitsandbytes", "first": flt.first, "silenced": flt.dropped}
                         if flt.first is not None else None),
         "tf32": tf32_state(),
-        "threading": threading_state(cfg.threads),
+        "threading": threading_state(timed),
         "pid": os.getpid(),
     }
 
@@ -242,12 +242,21 @@ def baseline_key(dtype: str, group_dtype: str) -> str:
     return BASELINE if dtype == group_dtype else f"{BASELINE}@{dtype}"
 
 
-def threading_state(threads: int) -> dict[str, Any]:
-    """The thread settings a pass ran with (torch intra/inter-op; runtime wrappers record their own)."""
-    import torch
+def threading_state(timed: Mapping[str, Any]) -> dict[str, Any]:
+    """The thread settings a pass ran with: torch's (intra / inter-op, OpenMP wait policy, quantized engine) and,
+    per runtime model, its session's settings read back (export.runtime_threading)."""
+    from axformer.export import runtime_threading
 
-    return {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
-            "requested": int(threads), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    out: dict[str, Any] = runtime_threading()
+    runtimes = {}
+    for name, model in timed.items():
+        rt = runtime_threading(model)
+        rt.pop("torch", None)
+        if rt:
+            runtimes[name] = rt
+    if runtimes:
+        out["runtimes"] = runtimes
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
