@@ -366,3 +366,30 @@ def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
     lat = cfg["steps"]["axformer_lat"]["args"]
     assert lat["lat_batch_size"] in cfg["measure"]["batch_sizes"] and lat["lat_seq_len"] == cfg["measure"]["seq_len"]
     assert cfg["report_batch_size"] in cfg["measure"]["batch_sizes"]
+
+
+# ------------------------------------------------------------------------------------------------ issue 33
+def test_relative_axformer_data_is_made_absolute():
+    """conftest turns the README's relative form (`export AXFORMER_DATA=../shared/data`) into an absolute path
+    against the directory pytest runs in, before any fixture hands it to a run in another directory."""
+    from conftest import absolute_data_env
+
+    env = {"AXFORMER_DATA": "../shared/data"}
+    absolute_data_env(env)
+    assert env["AXFORMER_DATA"] == str((Path.cwd() / ".." / "shared" / "data").resolve())
+    env = {"AXFORMER_DATA": "/abs/data"}
+    absolute_data_env(env)
+    assert env == {"AXFORMER_DATA": "/abs/data"}
+
+
+def test_workflow_tests_pass_with_a_relative_axformer_data(data_dir):
+    """The failure issue 33 found: with a relative $AXFORMER_DATA a workflow test's Snakemake run (in pytest's
+    temp folder) read `<tmp>/shared/data is not a folder`. Runs one such test in a fresh pytest, from the repo
+    root, with the data folder given relative to it."""
+    rel = os.path.relpath(data_dir, REPO)
+    assert not Path(rel).is_absolute()
+    env = {**os.environ, "AXFORMER_DATA": rel}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_workflow.py::test_default_paper_and_base_dry_run[default]"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "1 passed" in res.stdout, (res.stdout + res.stderr)[-3000:]
