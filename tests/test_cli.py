@@ -110,6 +110,7 @@ def test_finetune_select_records_epochs_and_keeps_the_best(tmp_path, data_dir, c
     assert exc.value.code == 2 and "invalid choice: 'dev'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_real_minilm_few_rows(tmp_path, data_dir):
     """The embedded MiniLM, offline, on a few dozen real SST-2 rows."""

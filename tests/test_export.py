@@ -176,6 +176,7 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
         assert 0.0 <= rec["metric"]["dev"] <= 1.0 and rec["metric"]["n_dev"] == 24
 
 
+@pytest.mark.slow
 def test_workflow_stops_before_any_job_without_the_extra(tmp_path, data_dir):
     """bench.yaml has int8_ort variants: with onnxruntime hidden, snakemake fails at config check time."""
     import os

@@ -199,6 +199,7 @@ def _tiny_mpnet_folder(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_whole_check_on_cpu_with_tiny_models(tmp_path, data_dir):
     mpnet = _tiny_mpnet_folder(tmp_path / "tiny-mpnet")

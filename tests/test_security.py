@@ -74,6 +74,7 @@ def test_every_rule_shell_substitution_is_quoted():
     assert seen > 40
 
 
+@pytest.mark.slow
 @needs_cli
 @pytest.mark.parametrize("override, key", [
     ("profile=smoke$(touch PWNED_profile)", "profile"),
@@ -88,6 +89,7 @@ def test_injection_in_config_value_refused(tmp_path, data_dir, override, key):
     _assert_refused(res, key, tmp_path)
 
 
+@pytest.mark.slow
 @needs_cli
 @pytest.mark.parametrize("steps, key", [
     ({"axformer": {"command": "approximate", "args": {"topk$(touch PWNED_arg)": 1}}}, "steps.axformer.args"),
@@ -110,6 +112,7 @@ def hostile_data_dir(tmp_path, data_dir) -> Path:
     return link
 
 
+@pytest.mark.slow
 @needs_cli
 def test_hostile_data_dir_every_rule_passes_it_as_one_word(tmp_path, data_dir, hostile_data_dir):
     extra = _override(tmp_path, {"data_dir": str(hostile_data_dir)})
@@ -122,6 +125,7 @@ def test_hostile_data_dir_every_rule_passes_it_as_one_word(tmp_path, data_dir, h
         assert argv[argv.index("--data-dir") + 1] == str(hostile_data_dir)
 
 
+@pytest.mark.slow
 @needs_cli
 def test_hostile_data_dir_real_job_runs_nothing_injected(tmp_path, data_dir, hostile_data_dir):
     work = tmp_path / "run"
@@ -135,6 +139,7 @@ def test_hostile_data_dir_real_job_runs_nothing_injected(tmp_path, data_dir, hos
 
 
 # ------------------------------------------------------------------- 2. step arguments, before any job
+@pytest.mark.slow
 @needs_cli
 @pytest.mark.parametrize("cfg, key", [
     ({"steps": {"axformer": {"command": "approximate", "args": {"topk": -5}}}}, "steps.axformer.args.topk"),
@@ -180,6 +185,7 @@ def test_rule_set_flag_is_not_a_step_arg():
     assert exc.value.key == "max_length"
 
 
+@pytest.mark.slow
 @needs_cli
 def test_nested_config_value_is_typed(tmp_path, data_dir):
     res = _snakemake(tmp_path, "--configfile", str(SMOKE), "--config", "split={search_frac: 0.2, search_max: 8}",
@@ -189,6 +195,7 @@ def test_nested_config_value_is_typed(tmp_path, data_dir):
     assert "--search-frac 0.2 --search-max 8 --train-max 32" in ft  # train_max: the profile's, kept
 
 
+@pytest.mark.slow
 @needs_cli
 def test_nested_config_bad_value_named(tmp_path, data_dir):
     res = _snakemake(tmp_path, "--configfile", str(SMOKE), "--config", "steps={axformer: {args: {topk: -5}}}",

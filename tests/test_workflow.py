@@ -100,6 +100,7 @@ def _fail_msg(res: subprocess.CompletedProcess, workdir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ (1)
+@pytest.mark.slow
 def test_smoke_dag_end_to_end(tmp_path, data_dir):
     cfg = load_profile("smoke")
     variants, left_out = runnable_variants(cfg)
@@ -186,6 +187,7 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ (2)
+@pytest.mark.slow
 def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
     base = snakemake(tmp_path / "base", "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n", "-p", data_dir=data_dir)
     assert base.returncode == 0, base.stderr[-3000:]
@@ -220,6 +222,7 @@ def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ (3)
+@pytest.mark.slow
 def test_slurm_profile_dry_run(tmp_path, data_dir):
     # with the hub alternative (bert-base-uncased), so that CI, which lacks the MPNet parts, plans it too
     res = snakemake(tmp_path, "--workflow-profile", str(SLURM_PROFILE), "--configfile", str(CONFIG_DIR / "paper.yaml"),
@@ -249,6 +252,7 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ (4)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -269,6 +273,7 @@ def test_bad_config_fails_before_any_job(tmp_path, data_dir, override, key):
     assert not (tmp_path / "smoke").exists()  # no job ran, no output folder was made
 
 
+@pytest.mark.slow
 def test_seeds_per_variant(tmp_path, data_dir):
     extra = tmp_path / "seeds.yaml"
     extra.write_text(yaml.safe_dump({"seeds_per_variant": {"finetune+headprune": 2, "majority": 3}}))
@@ -288,6 +293,9 @@ def test_seeds_per_variant(tmp_path, data_dir):
                     data_dir=data_dir)
     err = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "config key 'seeds_per_variant.finetune+nosuchvariant'" in err, err[-2000:]
+
+
+@pytest.mark.slow
 def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
     cfg = load_profile("smoke")
     cfg["steps"]["finetune"].update(device="cpu", gpu=1)
@@ -320,6 +328,7 @@ def test_schema_documents_every_key():
         assert {"type", "description", "default"} <= set(sub), f"measure.{key}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["default", "paper", "paper-on-hub", "base"])
 def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
     name, extra = ("paper", PAPER_ON_HUB) if profile == "paper-on-hub" else (profile, ())
@@ -339,6 +348,7 @@ def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
     assert stats["majority"] == glue_runs and stats["report"] == 1  # span QA (squad) has no majority row
 
 
+@pytest.mark.slow
 def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
     """The base profile (MPNet-base on CPU): results and figures under results/base and figures/base, the
     cross-family chain distils into the pretrained MiniLM, every timed shape is one the report can headline.
@@ -382,6 +392,7 @@ def test_relative_axformer_data_is_made_absolute():
     assert env == {"AXFORMER_DATA": "/abs/data"}
 
 
+@pytest.mark.slow
 def test_workflow_tests_pass_with_a_relative_axformer_data(data_dir):
     """The failure issue 33 found: with a relative $AXFORMER_DATA a workflow test's Snakemake run (in pytest's
     temp folder) read `<tmp>/shared/data is not a folder`. Runs one such test in a fresh pytest, from the repo
@@ -389,7 +400,7 @@ def test_workflow_tests_pass_with_a_relative_axformer_data(data_dir):
     rel = os.path.relpath(data_dir, REPO)
     assert not Path(rel).is_absolute()
     env = {**os.environ, "AXFORMER_DATA": rel}
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow",
                           "tests/test_workflow.py::test_default_paper_and_base_dry_run[default]"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "1 passed" in res.stdout, (res.stdout + res.stderr)[-3000:]
