@@ -282,6 +282,7 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
 
 
 # ------------------------------------------------------------------------------------------ CLI pipeline
+@pytest.mark.slow
 def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
     from axformer import report
 
