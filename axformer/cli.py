@@ -347,9 +347,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     summary = args.summary or str(Path(args.results) / "summary.csv")
     verdicts = args.verdicts or str(Path(summary).with_name("verdicts.csv"))
     runs.check_writable(summary, verdicts, str(Path(args.figures) / "README.md"))
+    if args.readme is not None:  # its markers are checked before anything renders
+        from axformer import readme_block
+
+        readme_block.check(args.readme)
     kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
     written = report.render(args.results, args.figures, summary, verdicts_csv=verdicts, resamples=args.resamples,
-                            bootstrap_seed=args.bootstrap_seed, **kw)
+                            bootstrap_seed=args.bootstrap_seed, readme=args.readme, **kw)
     print(f"report: {len(written)} files written (summary {summary}, figures in {args.figures})")
 
 

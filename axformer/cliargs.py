@@ -341,6 +341,9 @@ def report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=None,
                    help="bootstrap resamples of the verdict intervals, >= 1000 (default 2000)")
     p.add_argument("--bootstrap-seed", type=int, default=None, help="seed of the verdict bootstrap (default 0)")
+    p.add_argument("--readme", default=None,
+                   help="README whose verdict block (between its verdicts:begin / verdicts:end markers) is rewritten "
+                        "from the verdict table (axformer.readme_block; the default profile passes README.md)")
 
 
 DISTILL_NAMES = ["n_layers", "strategy", "init", "pretrained", "temperature", "alpha"]

@@ -101,7 +101,7 @@ def resolve_device(spec: str | None, what: str = "--device"):
         if not torch.cuda.is_available():
             raise ConfigError(f"{what} {spec!r} but torch {torch.__version__} sees no CUDA GPU "
                               f"(torch.version.cuda={torch.version.cuda}); use --device cpu or auto, or install "
-                              "a CUDA build of torch (README: GPU install).")
+                              "a CUDA build of torch (docs/USAGE.md: GPU environment).")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"{what} {spec!r} but only {torch.cuda.device_count()} CUDA device(s) are visible.")
     return dev

@@ -337,7 +337,7 @@ def _in_frame_order(found: list[tuple[str, Run]], df: pd.DataFrame) -> list[tupl
 
 def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summary_csv: str | os.PathLike,
            batch_size: int = 32, verdicts_csv: str | os.PathLike | None = None, resamples: int | None = None,
-           bootstrap_seed: int | None = None) -> list[Path]:
+           bootstrap_seed: int | None = None, readme: str | os.PathLike | None = None) -> list[Path]:
     """Collect results and write summary.csv with the long tables beside it (:mod:`axformer.tidy`), the tables,
     figures and ``figures/README.md``.
 
@@ -345,6 +345,7 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
     no latency are skipped in latency plots with a log line (also listed under Notes in the README).
     The verdict table (axformer.verdicts) goes to ``verdicts_csv`` (default: verdicts.csv beside the summary),
     its bootstrap drawing ``resamples`` resamples seeded with ``bootstrap_seed`` (axformer.stats defaults).
+    ``readme``: a README whose verdict block is rewritten from that table (:mod:`axformer.readme_block`).
     Returns every file written.
     """
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
@@ -423,5 +424,9 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
     for files in produced.values():
         out.extend(files)
     out.append(_write_index(figures_dir, produced, notes))
+    if readme is not None:
+        from axformer import readme_block
+
+        out.append(readme_block.update(readme, vfiles[0]))
     return out
 

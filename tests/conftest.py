@@ -16,6 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def absolute_data_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Make a relative $AXFORMER_DATA (the README's `export AXFORMER_DATA=../shared/data`) absolute against the
+    directory pytest runs in: tests hand it to Snakemake runs and subprocesses in other directories."""
+    env = environ.get("AXFORMER_DATA")
+    if env and not Path(env).is_absolute():
+        environ["AXFORMER_DATA"] = str(Path(env).resolve())
+
+
+absolute_data_env()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real GLUE folder: $AXFORMER_DATA, else ../shared/data beside the repo."""

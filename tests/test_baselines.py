@@ -121,6 +121,7 @@ def test_match_decisions_removes_same_number_of_heads(rows, tokenizer, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ layerdrop
+@pytest.mark.slow
 def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_path):
     parent = tiny_pretrained(TASK)
     elements.remove_heads(parent, 0, [1])  # an edited parent with hard attention: the records are trimmed
@@ -180,6 +181,7 @@ def parent(tmp_path_factory, data_dir):
     return ck
 
 
+@pytest.mark.slow
 def test_cli_registered_baseline_and_match(parent, tmp_path):
     calls = []
 

@@ -76,6 +76,7 @@ def test_checkpoint_without_weights_and_corrupt(tmp_path, tokenizer):
         models.load_checkpoint(tmp_path)
 
 
+@pytest.mark.slow
 def test_tiny_finetune_end_to_end_schema(tmp_path, data_dir):
     """Through the installed console script, as a workflow rule calls it."""
     env = {**os.environ, "AXFORMER_DATA": str(data_dir)}
@@ -93,6 +94,7 @@ def test_tiny_finetune_end_to_end_schema(tmp_path, data_dir):
     assert m.config.num_labels == 2
 
 
+@pytest.mark.slow
 def test_finetune_select_records_epochs_and_keeps_the_best(tmp_path, data_dir, capsys):
     """--select metric: one search-split score per epoch in metrics.json, and the kept epoch is the best one."""
     assert main(_ft(tmp_path, "--data-dir", str(data_dir), "--epochs", "3", "--lr", "1e-3",
@@ -110,6 +112,7 @@ def test_finetune_select_records_epochs_and_keeps_the_best(tmp_path, data_dir, c
     assert exc.value.code == 2 and "invalid choice: 'dev'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_real_minilm_few_rows(tmp_path, data_dir):
     """The embedded MiniLM, offline, on a few dozen real SST-2 rows."""

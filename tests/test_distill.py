@@ -111,6 +111,7 @@ def test_kd_loss_matches_hand_computation():
     assert sg.grad is not None and tg.grad is None
 
 
+@pytest.mark.slow
 def test_student_learns_and_round_trips(data_dir, tmp_path):
     task = get_task("sst2")
     teacher, tok = _teacher(4)
@@ -134,6 +135,7 @@ def test_student_learns_and_round_trips(data_dir, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_cli_distill_then_approximate(tmp_path, data_dir):
     from axformer.cli import main
 

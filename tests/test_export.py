@@ -43,6 +43,7 @@ def batch(b: int, t: int, seed: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hard", [False, True])
 def test_pruned_export_matches_pytorch_and_int8_is_close(tmp_path, hard):
     m = pruned_model(hard)
@@ -93,6 +94,7 @@ def test_static_int8_calibrates_on_given_rows(tmp_path):
         export.quantize_onnx(tmp_path / "f.onnx", tmp_path / "t.onnx", "static")
 
 
+@pytest.mark.slow
 def test_openvino_int8_of_a_pruned_hard_attention_model(tmp_path):
     pytest.importorskip("openvino", reason='the `ov` extra: pip install -e ".[ov]"')
     pytest.importorskip("nncf", reason='the `ov` extra: pip install -e ".[ov]"')
@@ -139,6 +141,7 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
     """finetune (tiny random BERT, real SST-2 rows) -> pruned + hard attention checkpoint -> measure int8_ort."""
     common = ["--data-dir", str(data_dir), "--threads", "1"]
@@ -179,6 +182,7 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
         assert 0.0 <= rec["metric"]["dev"] <= 1.0 and rec["metric"]["n_dev"] == 24
 
 
+@pytest.mark.slow
 def test_workflow_stops_before_any_job_without_the_extra(tmp_path, data_dir):
     """bench.yaml has int8_ort variants: with onnxruntime hidden, snakemake fails at config check time."""
     import os

@@ -416,12 +416,14 @@ def _real_checks(spec, data_dir, tmp_path):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_real_minilm_prunes_and_reloads(data_dir, tmp_path):
     model = _real_checks("minilm", data_dir, tmp_path)
     assert model.config.model_type == "bert"
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(not mpnet_parts.available(),
                     reason=f"the all-mpnet-base-v2 PyPI parts are not installed (CI does not): {mpnet_parts.INSTALL}")

@@ -238,6 +238,7 @@ def test_quiet_logger_keeps_the_first_line_and_drops_the_rest(caplog):
         assert caplog.records[-1].getMessage() == "MatMul8bitLt: after"
 
 
+@pytest.mark.slow
 def test_dtype_recorded_and_applied(tiny_tokenizer):
     base, var = tiny_model(0), tiny_model(1)
     res = M.measure_pair(base, var, tiny_tokenizer, TEXTS_A, None, tiny_cfg(dtype="bf16"))
@@ -323,6 +324,7 @@ def test_cuda_memory_phase_order_and_arithmetic(monkeypatch):
     assert block["nvml_used_bytes"] is None and "fake: no NVML" in block["reason"] and block["nvml_note"]
 
 
+@pytest.mark.slow
 def test_cpu_memory_per_model_differs_for_a_pruned_variant():
     """The subprocess figure tells a smaller model from a bigger one; the process peak cannot."""
     x = {"input_ids": torch.randint(1, 500, (8, 64)), "attention_mask": torch.ones(8, 64, dtype=torch.long)}
@@ -342,6 +344,7 @@ def test_cpu_memory_per_model_differs_for_a_pruned_variant():
 
 
 # ------------------------------------------------------------------------------------------ CLI --device
+@pytest.mark.slow
 def test_cli_device_refused_without_cuda_and_recorded(tmp_path, data_dir, capsys):
     from axformer import models
     from axformer.cli import main

@@ -151,6 +151,7 @@ def _run(tmp_path, data_dir, *extra, timeout=900):
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_failed_stage_is_logged_and_the_summary_still_written(tmp_path, data_dir):
     proc = _run(tmp_path, data_dir, "--model", str(tmp_path / "no-such-model"), "--mpnet", str(tmp_path / "no-mpnet"))
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -169,6 +170,7 @@ def test_failed_stage_is_logged_and_the_summary_still_written(tmp_path, data_dir
     assert summary["env"]["models"]["mpnet-base"]["spec"] is None
 
 
+@pytest.mark.slow
 def test_absent_mpnet_is_skipped_with_the_reason(tmp_path, data_dir):
     proc = _run(tmp_path, data_dir, "--model", str(tmp_path / "no-such-model"), "--dtypes", "fp32")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -199,6 +201,7 @@ def _tiny_mpnet_folder(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_whole_check_on_cpu_with_tiny_models(tmp_path, data_dir):
     mpnet = _tiny_mpnet_folder(tmp_path / "tiny-mpnet")

@@ -208,6 +208,7 @@ def tiny_qa(data_dir):
     return task, model, tok, tk
 
 
+@pytest.mark.slow
 def test_evaluate_per_question_and_batch_invariant(tiny_qa):
     task, model, tok, tk = tiny_qa
     a = train.evaluate(model, tk["dev"], tok, task, batch_size=64)
@@ -248,6 +249,7 @@ def test_minilm_qa_head_offline_and_checkpoint_roundtrip(tmp_path):
     assert torch.equal(back.qa_outputs.weight, small.qa_outputs.weight)
 
 
+@pytest.mark.slow
 def test_distill_headprune_int8_on_qa(tiny_qa):
     from axformer import distill, quantize
     from baselines.headprune import head_importance
@@ -280,6 +282,7 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
 
 
 # ------------------------------------------------------------------------------------------ CLI pipeline
+@pytest.mark.slow
 def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
     from axformer import report
 

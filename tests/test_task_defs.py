@@ -49,6 +49,7 @@ def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 600) -
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_declared_tasks_run_every_variant_end_to_end(tmp_path):
     """The three-class CSV task through every step kind (distillation, AxFormer on the student, int8, a peer
     baseline, the majority row, the report); the TSV and JSON Lines tasks through finetune -> measure. Two runs
@@ -110,6 +111,7 @@ def _bad(root: Path, task: str, **change) -> Path:
     return cfgfile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, change, key, what", [
     ("nli3", {"label": "gold_label"}, "label", "no column 'gold_label'"),
     ("senti", {"dev": "mine/missing.tsv"}, "dev", "missing data file"),

@@ -17,6 +17,7 @@ def _tiny(task_name, data_dir, n=48, seed=0):
     return task, model, tok, data.tokenize(ds, tok, task, max_length=32)
 
 
+@pytest.mark.slow
 def test_finetune_tiny_lowers_loss_on_real_sst2(data_dir):
     task, model, tok, ds = _tiny("sst2", data_dir, n=32)
     before = train.evaluate(model, ds, tok, task).mean_loss
@@ -26,6 +27,7 @@ def test_finetune_tiny_lowers_loss_on_real_sst2(data_dir):
     assert log["steps"] == 30 * 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss_curve(data_dir):
     curves = []
     for _ in range(2):

@@ -100,6 +100,7 @@ def _fail_msg(res: subprocess.CompletedProcess, workdir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ (1)
+@pytest.mark.slow
 def test_smoke_dag_end_to_end(tmp_path, data_dir):
     cfg = load_profile("smoke")
     variants, left_out = runnable_variants(cfg)
@@ -199,6 +200,7 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ (2)
+@pytest.mark.slow
 def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
     base = snakemake(tmp_path / "base", "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n", "-p", data_dir=data_dir)
     assert base.returncode == 0, base.stderr[-3000:]
@@ -233,6 +235,7 @@ def test_config_entry_adds_variant_and_baseline_jobs(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ (3)
+@pytest.mark.slow
 def test_slurm_profile_dry_run(tmp_path, data_dir):
     # with the hub alternative (bert-base-uncased), so that CI, which lacks the MPNet parts, plans it too
     res = snakemake(tmp_path, "--workflow-profile", str(SLURM_PROFILE), "--configfile", str(CONFIG_DIR / "paper.yaml"),
@@ -262,6 +265,7 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
 
 
 # ------------------------------------------------------------------------------------------------ (4)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -282,6 +286,7 @@ def test_bad_config_fails_before_any_job(tmp_path, data_dir, override, key):
     assert not (tmp_path / "smoke").exists()  # no job ran, no output folder was made
 
 
+@pytest.mark.slow
 def test_seeds_per_variant(tmp_path, data_dir):
     extra = tmp_path / "seeds.yaml"
     extra.write_text(yaml.safe_dump({"seeds_per_variant": {"finetune+headprune": 2, "majority": 3}}))
@@ -301,6 +306,9 @@ def test_seeds_per_variant(tmp_path, data_dir):
                     data_dir=data_dir)
     err = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "config key 'seeds_per_variant.finetune+nosuchvariant'" in err, err[-2000:]
+
+
+@pytest.mark.slow
 def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
     cfg = load_profile("smoke")
     cfg["steps"]["finetune"].update(device="cpu", gpu=1)
@@ -311,6 +319,7 @@ def test_cpu_step_booking_a_gpu_is_refused(tmp_path, data_dir):
     assert res.returncode != 0 and "config key 'steps.finetune.gpu'" in err and "device cpu" in err, err[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, device, key", [("finetune", "auto", "steps.finetune.gpu"),
                                                 ("axformer", "cuda", "steps.axformer.gpu"),
                                                 ("measure", "cuda", "measure.gpu")])
@@ -325,6 +334,7 @@ def test_gpu_device_without_a_gpu_booking_is_refused(tmp_path, data_dir, where, 
     assert res.returncode != 0 and f"config key '{key}'" in err and "set gpu: 1" in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_cpu_profile_steps_run_on_cpu(tmp_path, data_dir):
     """Issue 35 D: a CPU profile's steps (no `device` key) are told --device cpu, never auto."""
     res = snakemake(tmp_path, "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n", "-p", data_dir=data_dir)
@@ -354,6 +364,7 @@ def test_schema_documents_every_key():
         assert {"type", "description", "default"} <= set(sub), f"measure.{key}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["default", "paper", "paper-on-hub", "base"])
 def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
     name, extra = ("paper", PAPER_ON_HUB) if profile == "paper-on-hub" else (profile, ())
@@ -373,6 +384,7 @@ def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
     assert stats["majority"] == glue_runs and stats["report"] == 1  # span QA (squad) has no majority row
 
 
+@pytest.mark.slow
 def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
     """The base profile (MPNet-base on CPU): results and figures under results/base and figures/base, the
     cross-family chain distils into the pretrained MiniLM, every timed shape is one the report can headline.
@@ -402,6 +414,7 @@ def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
     assert cfg["report_batch_size"] in cfg["measure"]["batch_sizes"]
 
 
+@pytest.mark.slow
 def test_official_profile_plans_the_released_split_and_recipe(tmp_path, data_dir):
     """official.yaml: MiniLM at 3 seeds and MPNet-base at 1 (seeds_per_model), CoLA / RTE on the released split
     index files, the released recipe. Without the MPNet parts (CI) the plan is narrowed to MiniLM, which
@@ -426,6 +439,7 @@ def test_official_profile_plans_the_released_split_and_recipe(tmp_path, data_dir
     assert "--accept-rule official" in res.stdout
 
 
+@pytest.mark.slow
 def test_variant_tasks_and_seeds_per_model(tmp_path, data_dir):
     extra = tmp_path / "extra.yaml"
     cfg = load_profile("smoke")
@@ -494,3 +508,31 @@ def test_measure_dtype_override_gets_its_own_results_folder(tmp_path, data_dir):
     assert f"{res_dir}/fp16/summary.csv" in res.stdout
     assert f"{cfg['checkpoints_dir'].rstrip('/')}/" in res.stdout and "/fp16/" not in \
         "".join(re.findall(r"output: (\S*ckpt\S*)", res.stdout))
+
+
+# ------------------------------------------------------------------------------------------------ issue 33
+def test_relative_axformer_data_is_made_absolute():
+    """conftest turns the README's relative form (`export AXFORMER_DATA=../shared/data`) into an absolute path
+    against the directory pytest runs in, before any fixture hands it to a run in another directory."""
+    from conftest import absolute_data_env
+
+    env = {"AXFORMER_DATA": "../shared/data"}
+    absolute_data_env(env)
+    assert env["AXFORMER_DATA"] == str((Path.cwd() / ".." / "shared" / "data").resolve())
+    env = {"AXFORMER_DATA": "/abs/data"}
+    absolute_data_env(env)
+    assert env == {"AXFORMER_DATA": "/abs/data"}
+
+
+@pytest.mark.slow
+def test_workflow_tests_pass_with_a_relative_axformer_data(data_dir):
+    """The failure issue 33 found: with a relative $AXFORMER_DATA a workflow test's Snakemake run (in pytest's
+    temp folder) read `<tmp>/shared/data is not a folder`. Runs one such test in a fresh pytest, from the repo
+    root, with the data folder given relative to it."""
+    rel = os.path.relpath(data_dir, REPO)
+    assert not Path(rel).is_absolute()
+    env = {**os.environ, "AXFORMER_DATA": rel}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow",
+                          "tests/test_workflow.py::test_default_paper_and_base_dry_run[default]"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "1 passed" in res.stdout, (res.stdout + res.stderr)[-3000:]

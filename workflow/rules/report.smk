@@ -3,6 +3,8 @@
 # verdict table results/verdicts.csv with its rendering (axformer.verdicts; intervals from predictions.npz).
 # Every figure and table is flagged for `snakemake --report report.html`, captioned from workflow/report/.
 
+import shlex
+
 from axformer.figures import slug as _fig_slug
 
 CAPTIONS = "../report"
@@ -38,10 +40,12 @@ rule report:
         figures=lambda wildcards, output: os.path.dirname(output.index),
         batch_size=config["report_batch_size"],
         bootstrap=f"--resamples {int(config['bootstrap_resamples'])} --bootstrap-seed {int(config['bootstrap_seed'])}",
+        readme=f"--readme {shlex.quote(config['readme'])}" if config.get("readme") else "",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
         "axformer report --results {params.results:q} --figures {params.figures:q} --summary {output.summary:q}"
-        " --batch-size {params.batch_size:q} --verdicts {output.verdicts:q} {params.bootstrap} > {log:q} 2>&1"
+        " --batch-size {params.batch_size:q} --verdicts {output.verdicts:q} {params.bootstrap} {params.readme}"
+        " > {log:q} 2>&1"
