@@ -227,17 +227,21 @@ def slurm_smoke(tmp_path_factory, data_dir):
     if not cluster_up():
         pytest.skip(f"no SLURM cluster: start one with `{START}`")
     root = tmp_path_factory.mktemp("slurm_smoke")
+    # AXF_SLURM_SMOKE_RESULTS=<folder>: this run's results tree goes there (how results/slurm_smoke was made)
+    keep = os.environ.get("AXF_SLURM_SMOKE_RESULTS")
+    results = Path(keep).resolve() if keep else root / "slurm" / "smoke" / "results"
     watch = QueueWatch()
     watch.start()
     t0 = time.time()
-    res = run_snakemake(root / "slurm", *slurm_args(), data_dir=data_dir)
+    res = run_snakemake(root / "slurm", *slurm_args("--config", f"results_dir={results}"), data_dir=data_dir)
     wall = time.time() - t0
     watch.stop()
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     local = run_snakemake(root / "local", "--cores", "2", "--configfile", str(SMOKE), data_dir=data_dir)
     assert local.returncode == 0, (local.stdout + local.stderr)[-5000:]
-    print(f"smoke DAG through SLURM: {wall:.0f} s wall")
-    return {"slurm": root / "slurm" / "smoke" / "results", "local": root / "local" / "smoke" / "results",
+    print(f"smoke DAG through SLURM: {wall:.0f} s wall, "
+          f"{(res.stdout + res.stderr).count('has been submitted with SLURM jobid')} sbatch jobs")
+    return {"slurm": results, "local": root / "local" / "smoke" / "results",
             "log": res.stdout + res.stderr, "watch": watch}
 
 
