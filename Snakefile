@@ -53,10 +53,12 @@ rule all:
 onerror:
     from axformer.cluster import failure_hints
 
-    try:
-        with open(log) as fh:
-            _hints = failure_hints(fh.read())
-    except OSError:
-        _hints = []
+    _hints = []
+    for _log in [log] if isinstance(log, (str, os.PathLike)) else list(log or []):  # Snakemake 9: a list
+        try:
+            with open(_log) as fh:
+                _hints += [h for h in failure_hints(fh.read()) if h not in _hints]
+        except OSError:
+            pass
     for _hint in _hints:
         print(_hint, file=sys.stderr)

@@ -83,15 +83,15 @@ class QueueWatch(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.snapshots: list[list[tuple[str, str]]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.snapshots.append([(j, r) for j, s, r in squeue_rows() if s == "RUNNING"])
             time.sleep(0.3)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
@@ -215,9 +215,12 @@ def test_no_injection_through_sbatch(tmp_path, data_dir, where):
         assert f"data_dir={hostile_dir}" in words, script
         assert any(arg in w for w in words), script
     else:
-        assert res.returncode == 0, out[-4000:]
-        step = json.loads((work / target).read_text())
-        assert step  # the baseline ran with the hostile folder name and argument, read literally
+        # the fine-tune job read its data through the hostile folder name, taken literally
+        assert json.loads((work / FT_TARGET).read_text()), out[-4000:]
+        # the baseline got the hostile `arg:` value literally: fisher refuses it in its own check (no seq_len
+        # key of that form), or runs where that check accepts it
+        log = work / "smoke/logs/mrpc/tiny-random/finetune+fisher_50/seed0/baseline.log"
+        assert res.returncode == 0 or f"got '{arg.split('=', 1)[1]}'" in log.read_text(), out[-4000:]
 
 
 # ------------------------------------------------------------------------------------------- the smoke DAG
