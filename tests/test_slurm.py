@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -143,6 +144,20 @@ def test_failure_hints_name_rule_and_key(rule, variant, state, key):
     assert f"set-resources.{rule}.{res} in workflow/profiles/slurm/config.yaml" in hint and key in hint
     # a failure that is not about a booking gets no hint
     assert failure_hints(PLUGIN_ERROR.format(rule=rule, variant=variant, state="FAILED")) == []
+
+
+def test_failure_hints_read_slurmstepd_lines(tmp_path):
+    """Without cgroups SLURM ends a job over its memory as FAILED; slurmstepd's line in the job log tells."""
+    job_log = tmp_path / "53.log"
+    job_log.write_text("slurmstepd-vm: error: StepId=53.batch exceeded memory limit (381771776 > 314572800), "
+                       "being killed\nslurmstepd-vm: error: Exceeded job memory limit\n")
+    log = PLUGIN_ERROR.format(rule="finetune", variant="finetune", state="FAILED").replace(
+        "finetune.log (check", f"finetune.log, {job_log} (check")
+    (hint,) = failure_hints(log)
+    assert "OUT_OF_MEMORY" in hint and "steps.finetune.mem_mb" in hint
+    job_log.write_text("slurmstepd-vm: error: *** JOB 53 ON vm CANCELLED AT 2026-12-06T15:19:45 DUE TO TIME LIMIT ***\n")
+    (hint,) = failure_hints(log)
+    assert "TIMEOUT" in hint and "steps.finetune.runtime" in hint
 
 
 # ------------------------------------------------------------------------------------------- injection
@@ -275,6 +290,15 @@ def test_smoke_through_slurm_records_the_allocation(slurm_smoke):
     assert submitted >= 12, submitted  # every rule but the local ones (all, decisions) was an sbatch job
 
 
+def _untimed(obj):
+    """``obj`` without wall-clock fields (``wall_s``, ``*_seconds``): they differ between any two runs."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k != "wall_s" and not k.endswith("_seconds")}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 @needs_cluster
@@ -288,9 +312,9 @@ def test_smoke_through_slurm_matches_local_run(slurm_smoke):
         assert slurm[path]["size"] == local[path]["size"], path
     decisions = sorted(p.relative_to(slurm_smoke["slurm"]) for p in slurm_smoke["slurm"].rglob("decisions.json"))
     assert decisions
-    for rel in decisions:
-        assert json.loads((slurm_smoke["slurm"] / rel).read_text()) == \
-            json.loads((slurm_smoke["local"] / rel).read_text()), rel
+    for rel in decisions:  # the decisions, not how long the search took
+        assert _untimed(json.loads((slurm_smoke["slurm"] / rel).read_text())) == \
+            _untimed(json.loads((slurm_smoke["local"] / rel).read_text())), rel
 
 
 @pytest.mark.slow
@@ -321,28 +345,42 @@ def _complete_ckpt(work: Path) -> bool:
 @pytest.mark.slurm
 @needs_cluster
 def test_scancel_then_recovery_leaves_complete_outputs(tmp_path, data_dir):
-    """scancel of a running fine-tune job: the run stops with the job named, no partial checkpoint or record
-    is left; the documented recovery (the same command again) completes it."""
+    """scancel of a running fine-tune job: no partial checkpoint, record or temp file is left, and the documented
+    recovery (stop the run if it still waits, run the same command again) completes it.
+
+    snakemake-executor-plugin-slurm 2.8.0 compares sacct's state with 'CANCELLED', but sacct reports
+    'CANCELLED by <uid>': the run then waits on the cancelled job until it is interrupted (docs/SLURM.md)."""
     args = (FT_TARGET, *slurm_args("--retries", "0"))
     env = {**os.environ, "AXFORMER_DATA": str(data_dir), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     cancelled, deadline = None, time.time() + 600
+    log = tmp_path / "smoke/logs/mrpc/tiny-random/finetune/seed0/finetune.log"
     while cancelled is None and time.time() < deadline and proc.poll() is None:
         running = [j for j, s, r in squeue_rows() if s == "RUNNING" and r == "finetune"]
-        log = tmp_path / "smoke/logs/mrpc/tiny-random/finetune/seed0/finetune.log"
-        if running and log.is_file():  # the step's own process has started
-            time.sleep(2)
+        if running and log.is_file() and "Map" in log.read_text(errors="replace"):  # the step is loading data
             subprocess.run(["scancel", running[0]], check=True)
             cancelled = running[0]
+        time.sleep(0.2)
+    assert cancelled, "the fine-tune job was never seen running"
+    state = ""
+    for _ in range(100):  # sacct's record of the cancel
+        state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", cancelled],
+                               capture_output=True, text=True).stdout.strip()
+        if state.startswith("CANCELLED") or state == "COMPLETED":
+            break
         time.sleep(0.3)
-    out, _ = proc.communicate(timeout=600)
-    assert cancelled, out[-3000:]
-    if proc.returncode == 0:
+    if state == "COMPLETED":
         pytest.skip("the fine-tune finished before scancel reached it")
-    assert "Error in rule finetune" in out and "CANCELLED" in out, out[-3000:]
-    # only complete outputs: the checkpoint folder is absent or whole, the record absent, no temp files
+    assert state.startswith("CANCELLED"), state
+    try:
+        out, _ = proc.communicate(timeout=120)  # a plugin that knows the state stops the run by itself
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the documented recovery's first half: stop the waiting run
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    # only complete outputs: no record, the checkpoint folder absent or whole, no temp files
     assert not (tmp_path / FT_TARGET).exists()
     assert not (tmp_path / FT_CKPT).exists() or _complete_ckpt(tmp_path)
     assert not [p for p in (tmp_path / "smoke").rglob("*") if ".tmp" in p.name], list((tmp_path / "smoke").rglob("*"))
@@ -364,7 +402,7 @@ def test_job_over_its_memory_is_named_with_the_key(tmp_path, data_dir):
     res = run_snakemake(tmp_path, *args, data_dir=data_dir)
     out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert "OUT_OF_MEMORY" in out, out[-4000:]
+    # OUT_OF_MEMORY where cgroups enforce memory; FAILED + slurmstepd's "Exceeded job memory limit" otherwise
     assert "rule finetune (finetune): SLURM ended the job with OUT_OF_MEMORY" in out, out[-4000:]
     assert "set-resources.finetune.mem_mb" in out and "steps.finetune.mem_mb" in out
     assert not (tmp_path / FT_TARGET).exists()
