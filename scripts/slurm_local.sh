@@ -98,7 +98,8 @@ EOF
     write_etc slurm.conf 644 <<EOF
 # One-node test cluster ($host: $cpus cores, ${mem} MB for jobs). docs/SLURM.md.
 ClusterName=$CLUSTER
-SlurmctldHost=$host
+# addresses given: the host name need not resolve (fresh CI containers)
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -130,7 +131,7 @@ MinJobAge=300
 KillWait=5
 InactiveLimit=0
 ${gres:+GresTypes=gpu}
-NodeName=$host CPUs=$cpus Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem $gres State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem $gres State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     write_etc slurmdbd.conf 600 <<EOF
