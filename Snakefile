@@ -6,6 +6,7 @@
 #   snakemake --cores 2 --configfile workflow/config/smoke.yaml             # < 1 min smoke run
 #   snakemake --workflow-profile workflow/profiles/slurm --configfile workflow/config/paper.yaml
 import os
+import sys
 
 from snakemake.utils import min_version
 
@@ -45,3 +46,19 @@ rule all:
         all_targets(),
     default_target: True
     localrule: True
+
+
+# On a cluster, a job that SLURM ended for exceeding its mem_mb or runtime is reported by the executor plugin
+# with the SLURM state only; name the rule, the variant and the key to raise (axformer/cluster.py).
+onerror:
+    from axformer.cluster import failure_hints
+
+    _hints = []
+    for _log in [log] if isinstance(log, (str, os.PathLike)) else list(log or []):  # Snakemake 9: a list
+        try:
+            with open(_log) as fh:
+                _hints += [h for h in failure_hints(fh.read()) if h not in _hints]
+        except OSError:
+            pass
+    for _hint in _hints:
+        print(_hint, file=sys.stderr)

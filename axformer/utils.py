@@ -126,8 +126,55 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _env_int(environ: dict[str, str], key: str) -> int | None:
+    """An integer SLURM variable ('4'; SLURM_JOB_CPUS_PER_NODE may read '4(x2)': the first count), else None."""
+    value = environ.get(key, "").strip()
+    head = value.split("(", 1)[0].split(",", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+_MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def _job_tres(job_id: str) -> dict[str, str]:
+    """The allocated TRES of a running job from slurmctld (``scontrol show job``: ``TRES=cpu=1,mem=2000M,...``);
+    {} where scontrol is missing or does not answer. Snakemake's job step drops the SLURM_MEM_* variables, so
+    this is where the memory a job got is known."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    for word in out.stdout.split():
+        if word.startswith("TRES="):
+            return dict(kv.split("=", 1) for kv in word[len("TRES="):].split(",") if "=" in kv)
+    return {}
+
+
+def slurm_allocation(environ: dict[str, str] | None = None, query: bool = True) -> dict[str, Any]:
+    """What a SLURM job was given: job id, node, partition, CPUs and memory in MB, from the controller's record
+    of the job (``query``) or else the variables slurmstepd sets. Every value is None outside a SLURM job."""
+    env = dict(os.environ if environ is None else environ)
+    job_id = env.get("SLURM_JOB_ID") or None
+    if job_id is None:
+        return {"slurm_job_id": None, "slurm_node": None, "slurm_partition": None, "slurm_cpus": None,
+                "slurm_mem_mb": None}
+    cpus = _env_int(env, "SLURM_CPUS_ON_NODE") or _env_int(env, "SLURM_JOB_CPUS_PER_NODE")
+    mem = _env_int(env, "SLURM_MEM_PER_NODE")
+    if mem is None and _env_int(env, "SLURM_MEM_PER_CPU") is not None and cpus is not None:
+        mem = _env_int(env, "SLURM_MEM_PER_CPU") * cpus
+    tres = _job_tres(job_id) if query else {}
+    if tres.get("cpu", "").isdigit():
+        cpus = int(tres["cpu"])
+    unit = tres.get("mem", "")[-1:]
+    if unit in _MEM_UNITS and tres["mem"][:-1].replace(".", "", 1).isdigit():
+        mem = round(float(tres["mem"][:-1]) * _MEM_UNITS[unit])
+    return {"slurm_job_id": job_id, "slurm_node": env.get("SLURMD_NODENAME") or None,
+            "slurm_partition": env.get("SLURM_JOB_PARTITION") or None, "slurm_cpus": cpus, "slurm_mem_mb": mem}
+
+
 def env_info() -> dict[str, Any]:
-    """Library versions and host facts for the ``env`` block of metrics.json (GPU facts: measure.py)."""
+    """Library versions and host facts for the ``env`` block of metrics.json (GPU facts: measure.py), and the
+    SLURM allocation the job ran in (all None when not under SLURM)."""
     import torch
     import transformers
 
@@ -140,4 +187,5 @@ def env_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        **slurm_allocation(),
     }

@@ -247,7 +247,7 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
     paper = load_profile("paper")
     assert stats["finetune"] == len(paper["tasks"]) * len(paper["models"]) * paper["seeds"]
     # per-rule cluster resources from the profile's set-resources
-    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive=user"
+    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive\b"
     assert re.search(measure_res, res.stdout, re.S)
     # GPUs only where a step runs on CUDA: every paper step that books one says device: cuda, and the
     # rules without a model (majority, report) book none
