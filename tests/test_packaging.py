@@ -46,4 +46,5 @@ def test_ci_runs_readme_test_command_verbatim():
     assert len(cmds) == 2
     assert all("pip install torch==2.13.0" in c for c in cmds)
     assert cmds[1].strip().splitlines()[-1] in ci
-    assert "python -m pytest -q --durations=15 -m slow" in ci  # and the slow tier after it (issue 33)
+    assert "python -m pytest -q --durations=15 -m \"slow and not slurm\"" in ci  # the slow tier after it (issue 33)
+    assert "python -m pytest -q --durations=15 -m slurm" in ci  # and the slurm tier (issue 34)
