@@ -7,7 +7,7 @@
 # Timing (DESIGN §6, axformer/timing.py): one `time` job per (task, model, seed) loads finetune and every timed
 # variant of that seed in each of measure.passes fresh processes and times them round-robin; its timing.json
 # (every pass, with host noise) gives each measure job its latency blocks. Re-time every run of a profile, never
-# a hand-picked few: `snakemake --cores all --configfile P --forcerun time` (each measure job then re-reads).
+# a hand-picked few: `snakemake --cores all --configfile P --forcerun time measure` (each measure job then re-reads).
 
 TIMING = f"{RES}/{{task}}/{{model}}/timing/seed{{seed}}/timing.json"
 QUANT_KEYS = ("quantize", "quantize_backend", "quantize_compute_dtype")
@@ -50,6 +50,10 @@ def group_timing(wildcards):
     return TIMING.format(task=wildcards.task, model=wildcards.model, seed=wildcards.seed)
 
 
+def ancient_timing(wildcards):
+    return ancient(group_timing(wildcards))
+
+
 rule time:
     input:
         timing_ckpts,
@@ -75,7 +79,9 @@ rule measure:
         baseline=baseline_ckpt,
         variant=measured_ckpt,
         records=step_records,
-        timing=group_timing,
+        # ancient: a fresh clone's checkout order of the committed timing.json must not re-run measure (and so
+        # the whole DAG); re-timing forces both rules: --forcerun time measure
+        timing=ancient_timing,
     output:
         metrics=METRICS,
         predictions=PREDICTIONS,
