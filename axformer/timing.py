@@ -468,7 +468,8 @@ def read_group(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"timing file {p} cannot be read ({exc}); re-run its timing job "
                           "(snakemake --forcerun time measure).") from exc
     if not isinstance(rec, dict) or not isinstance(rec.get("results"), dict) or "measure" not in rec:
-        raise ConfigError(f"timing file {p} is not a timing record; re-run its timing job (snakemake --forcerun time measure).")
+        raise ConfigError(f"timing file {p} is not a timing record; re-run its timing job "
+                          "(snakemake --forcerun time measure).")
     return rec
 
 
