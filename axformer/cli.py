@@ -161,12 +161,12 @@ def _timed_latency(args: argparse.Namespace, cfg) -> tuple[list[dict[str, Any]],
         if group["measure"]["batch_sizes"] != list(cfg.batch_sizes) or group["measure"]["seq_len"] != cfg.seq_len:
             raise ConfigError(f"--timing {args.timing} timed batch sizes {group['measure']['batch_sizes']} at length "
                               f"{group['measure']['seq_len']}, this measure asks for {cfg.batch_sizes} at "
-                              f"{cfg.seq_len}; re-run the timing job (snakemake --forcerun time measure).")
+                              f"{cfg.seq_len}; re-run the timing job (snakemake --forcerun time, then --forcerun measure).")
         blocks = timing.latency_blocks(group, args.variant_name, args.timing)
         timed_dtype = group.get("variant_dtypes", {}).get(args.variant_name, group["measure"]["dtype"])
         if timed_dtype != cfg.dtype:
             raise ConfigError(f"--timing {args.timing} timed {args.variant_name} in {timed_dtype}, this measure runs "
-                              f"in {cfg.dtype}; re-run the timing job (snakemake --forcerun time measure).")
+                              f"in {cfg.dtype}; re-run the timing job (snakemake --forcerun time, then --forcerun measure).")
         return blocks, timing.iter_ms(Path(args.timing).with_suffix(".npz"), args.variant_name, cfg.batch_sizes,
                                       group.get("variant_baselines", {}).get(args.variant_name))
     plan = {"task": args.task, "seed": args.seed, "profile": args.profile, "baseline": args.baseline,

@@ -466,10 +466,10 @@ def read_group(path: str | os.PathLike) -> dict[str, Any]:
         rec = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"timing file {p} cannot be read ({exc}); re-run its timing job "
-                          "(snakemake --forcerun time measure).") from exc
+                          "(snakemake --forcerun time, then --forcerun measure).") from exc
     if not isinstance(rec, dict) or not isinstance(rec.get("results"), dict) or "measure" not in rec:
         raise ConfigError(f"timing file {p} is not a timing record; re-run its timing job "
-                          "(snakemake --forcerun time measure).")
+                          "(snakemake --forcerun time, then --forcerun measure).")
     return rec
 
 
@@ -478,7 +478,7 @@ def latency_blocks(group: Mapping[str, Any], variant: str, path: str = "timing f
     res = group["results"].get(variant)
     if res is None:
         raise ConfigError(f"{path} has no timing for variant {variant!r} (it timed {', '.join(group['variants'])}); "
-                          "re-run the group's timing job (snakemake --forcerun time measure).")
+                          "re-run the group's timing job (snakemake --forcerun time, then --forcerun measure).")
     m = group["measure"]
     blocks = []
     for bs in m["batch_sizes"]:

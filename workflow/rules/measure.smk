@@ -7,7 +7,7 @@
 # Timing (DESIGN §6, axformer/timing.py): one `time` job per (task, model, seed) loads finetune and every timed
 # variant of that seed in each of measure.passes fresh processes and times them round-robin; its timing.json
 # (every pass, with host noise) gives each measure job its latency blocks. Re-time every run of a profile, never
-# a hand-picked few: `snakemake --cores all --configfile P --forcerun time measure` (each measure job then re-reads).
+# a hand-picked few: `snakemake --cores all --configfile P --forcerun time`, then the same with `--forcerun measure` (each measure job then re-reads).
 
 TIMING = f"{RES}/{{task}}/{{model}}/timing/seed{{seed}}/timing.json"
 QUANT_KEYS = ("quantize", "quantize_backend", "quantize_compute_dtype")
@@ -80,7 +80,8 @@ rule measure:
         variant=measured_ckpt,
         records=step_records,
         # ancient: a fresh clone's checkout order of the committed timing.json must not re-run measure (and so
-        # the whole DAG); re-timing forces both rules: --forcerun time measure
+        # the whole DAG); re-timing runs --forcerun time, then --forcerun measure
+        # (Snakemake 9 runs only the first of two forced rules when the second's input is ancient)
         timing=ancient_timing,
     output:
         metrics=METRICS,
