@@ -514,6 +514,19 @@ def _flops(model: nn.Module, seq_len: float) -> float:
     return f[0] * (u - 1) * (u - 2) / 2 - f[1] * u * (u - 2) + f[2] * u * (u - 1) / 2
 
 
+def structure_record(before: "Units", after: "Units", arch: dict[str, Any]) -> dict[str, Any]:
+    """What a structured peer removed, for its step record (fisher and kprune share it): head / neuron counts
+    before and after, what each layer kept, the blocks removed."""
+    return {
+        "heads_before": before.n_heads(), "heads_after": after.n_heads(),
+        "neurons_before": before.n_neurons(), "neurons_after": after.n_neurons(),
+        "kept_per_layer": {f"L{i}": {"heads": len(r["heads"]), "neurons": len(r["neurons"])}
+                           for i, r in enumerate(arch["layers"])},
+        "attn_blocks_removed": [i for i, r in enumerate(arch["layers"]) if r["attn_skipped"]],
+        "ffn_blocks_removed": [i for i, r in enumerate(arch["layers"]) if r["ffn_skipped"]],
+    }
+
+
 def _target(model: nn.Module, cfg: dict[str, Any], name: str = "fisher") -> dict[str, Any]:
     """The constraint: ``{"by": "params", "params_encoder": P}``, ``{"by": "flops", "arch": ..., "source"}``
     (AxFormer's FLOPs, evaluated at the sample's length), ``{"by": "flops_frac", "frac": f}`` or
@@ -656,14 +669,7 @@ def fisher(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
         "budget": budget,
         "kept_importance": kept_imp,
         "total_importance": float(sum(v.sum() for v in fh.values()) + sum(v.sum() for v in fn.values())),
-        "heads_before": units.n_heads(),
-        "heads_after": after_units.n_heads(),
-        "neurons_before": units.n_neurons(),
-        "neurons_after": after_units.n_neurons(),
-        "kept_per_layer": {f"L{i}": {"heads": len(r["heads"]), "neurons": len(r["neurons"])}
-                           for i, r in enumerate(arch["layers"])},
-        "attn_blocks_removed": [i for i, r in enumerate(arch["layers"]) if r["attn_skipped"]],
-        "ffn_blocks_removed": [i for i, r in enumerate(arch["layers"]) if r["ffn_skipped"]],
+        **structure_record(units, after_units, arch),
         "params_encoder_before": params_before,
         "params_encoder_after": params_after,
         "flops_per_seq_before": flops_before,

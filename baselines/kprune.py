@@ -58,7 +58,7 @@ from axformer.train import _model_inputs, make_loader, output_logits
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines.fisher import Units, _flops, _frozen, _sample, _target, budget_of
+from baselines.fisher import Units, _flops, _frozen, _sample, _target, budget_of, structure_record
 
 # The method's own arguments (baselines/_args.py: checked before any job by the workflow, and in the job)
 ARGS: dict[str, ArgSpec] = {
@@ -338,14 +338,7 @@ def kprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
         "lam_pred": a["lam_pred"], "lam_rep": a["lam_rep"], "mu": a["mu"], "temperature": a["temperature"],
         "tune": a["tune"],
         "sublayers": log,
-        "heads_before": units.n_heads(),
-        "heads_after": after.n_heads(),
-        "neurons_before": units.n_neurons(),
-        "neurons_after": after.n_neurons(),
-        "kept_per_layer": {f"L{i}": {"heads": len(r["heads"]), "neurons": len(r["neurons"])}
-                           for i, r in enumerate(arch["layers"])},
-        "attn_blocks_removed": [i for i, r in enumerate(arch["layers"]) if r["attn_skipped"]],
-        "ffn_blocks_removed": [i for i, r in enumerate(arch["layers"]) if r["ffn_skipped"]],
+        **structure_record(units, after, arch),
         "params_encoder_before": params_before,
         "params_encoder_after": elements.count_encoder_params(model),
         "flops_per_seq_before": flops_before,
