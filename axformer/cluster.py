@@ -43,8 +43,8 @@ def _state_from_logs(block: str) -> str | None:
 
 def config_key(rule: str, variant: str | None, resource: str) -> str | None:
     """The config file's key for ``resource`` of the job that ``rule`` runs for ``variant``: the last step's
-    registry entry for step rules, ``measure.<resource>`` for measure; None where the rule fixes it itself."""
-    if rule == "measure":
+    registry entry for step rules, ``measure.<resource>`` for measure and time; None where the rule fixes it."""
+    if rule in ("measure", "time"):
         return f"measure.{resource}"
     if rule == "finetune":
         return f"steps.finetune.{resource}"

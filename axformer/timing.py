@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from axformer.utils import ConfigError, git_commit
+from axformer.utils import ConfigError, git_commit, slurm_allocation
 
 BASELINE = "__baseline__"  # the fine-tuned model every speedup is relative to (timed once per round)
 REF_SEP = "::"  # "<variant>::ort_fp32": a runtime's own fp32 graph timed beside its int8 variant
@@ -406,7 +406,7 @@ def time_group(plan: Mapping[str, Any], log=None) -> tuple[dict[str, Any], dict[
         "task": plan["task"], "model": plan.get("model"), "seed": plan["seed"], "profile": plan.get("profile"),
         "pass_set": pass_set, "git_commit": git_commit(), "created": datetime.now(timezone.utc).isoformat(),
         "measure": asdict(cfg), "baseline": plan["baseline"], "variants": names, "wall_s": time.perf_counter() - t0,
-        "variant_dtypes": dtypes, "variant_baselines": bkeys,
+        "variant_dtypes": dtypes, "variant_baselines": bkeys, "slurm": slurm_allocation(),
         "passes": [{k: p[k] for k in ("pass", "pass_set", "host", "noisy", "superseded_by", "threading", "pid")}
                    for p in passes],
         "dtypes": passes[-1]["dtypes"], "tf32": passes[-1]["tf32"], "library_log": passes[-1]["library_log"],

@@ -315,7 +315,7 @@ def test_workflow_refuses_smuggled_ckpt_flag_in_arg(tmp_path, data_dir):
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(cfg))
     res = _snakemake(tmp_path, "--configfile", str(SMOKE), str(tmp_path / "o.yaml"), "--cores", "1",
                      data_dir=data_dir)
-    _assert_refused_one_line(res, "steps.fisher.args.arg", tmp_path)
+    _assert_refused_one_line(res, "steps.fisher.args.arg[1]", tmp_path)
 
 
 @pytest.mark.slow

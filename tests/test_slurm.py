@@ -34,12 +34,12 @@ START = "sudo scripts/slurm_local.sh start"
 ACCOUNT = os.environ.get("AXF_SLURM_ACCOUNT", "axformer")
 PARTITION = os.environ.get("AXF_SLURM_PARTITION", "local")
 # The profile's set-threads / set-resources are paper-scale (4-8 CPUs, 16 GB per job): on the command line they
-# are replaced, so every job books what the smoke config says (1 CPU, 2000 MB, 5 min) and measure keeps the
+# are replaced, so every job books what the smoke config says (1 CPU, 2000 MB, 5 min) and time keeps the
 # profile's whole-node booking. docs/SLURM.md gives the same command.
 LOCAL_CLUSTER_ARGS = (
     "--default-resources", f"slurm_account={ACCOUNT}", f"slurm_partition={PARTITION}",
-    "--set-threads", "finetune=1", "approximate=1", "distill=1", "baseline=1", "measure=1",
-    "--set-resources", "measure:slurm_extra='--exclusive'",
+    "--set-threads", "finetune=1", "approximate=1", "distill=1", "baseline=1", "time=1", "measure=1",
+    "--set-resources", "time:slurm_extra='--exclusive'",
     "--slurm-init-seconds-before-status-checks", "2",
 )
 
@@ -144,6 +144,14 @@ def test_failure_hints_name_rule_and_key(rule, variant, state, key):
     assert f"set-resources.{rule}.{res} in workflow/profiles/slurm/config.yaml" in hint and key in hint
     # a failure that is not about a booking gets no hint
     assert failure_hints(PLUGIN_ERROR.format(rule=rule, variant=variant, state="FAILED")) == []
+
+
+def test_failure_hint_for_a_time_job_names_the_measure_key():
+    log = ("Error in rule time:\n    message: SLURM-job '18' failed, SLURM status is: 'TIMEOUT'.\n"
+           "    output: smoke/results/mrpc/tiny-random/timing/seed0/timing.json\n")
+    (hint,) = failure_hints(log)
+    assert hint.startswith("rule time: SLURM ended the job with TIMEOUT")
+    assert "set-resources.time.runtime" in hint and "measure.runtime" in hint
 
 
 def test_failure_hints_read_slurmstepd_lines(tmp_path):
@@ -273,15 +281,20 @@ def test_smoke_through_slurm_records_the_allocation(slurm_smoke):
     for path, rec in runs.items():
         env = rec["env"]
         assert env["slurm_job_id"] and env["slurm_job_id"].isdigit(), path
-        # the smoke config books 1 CPU and 2000 MB per job (majority: 2000 MB in its rule); measure the whole node
+        # the smoke config books 1 CPU and 2000 MB per job (majority: 2000 MB in its rule)
         assert env["slurm_mem_mb"] == 2000, (path, env)
         assert env["slurm_partition"] == PARTITION and env["slurm_node"], (path, env)
-        # majority books 1 CPU; measure (--exclusive) gets every CPU of its node
-        node_cpus = subprocess.run(["sinfo", "-h", "-N", "-n", env["slurm_node"], "-o", "%c"],
-                                   capture_output=True, text=True).stdout.split()[0]
-        assert env["slurm_cpus"] == (1 if rec["variant"] == "majority" else int(node_cpus)), (path, env)
+        assert env["slurm_cpus"] == 1, (path, env)
         ids.add(env["slurm_job_id"])
     assert len(ids) == len(runs)  # one sbatch job per measure / majority run
+    timings = sorted(slurm_smoke["slurm"].rglob("timing.json"))
+    assert timings
+    for path in timings:  # the time job (--exclusive) gets every CPU of its node
+        alloc = json.loads(path.read_text())["slurm"]
+        node_cpus = subprocess.run(["sinfo", "-h", "-N", "-n", alloc["slurm_node"], "-o", "%c"],
+                                   capture_output=True, text=True).stdout.split()[0]
+        assert alloc["slurm_job_id"] not in ids and alloc["slurm_cpus"] == int(node_cpus), (path, alloc)
+        ids.add(alloc["slurm_job_id"])
     acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,AllocCPUS,ReqMem", "-j", ",".join(ids)],
                           capture_output=True, text=True).stdout
     states = {line.split("|")[0]: line.split("|")[1] for line in acct.splitlines() if line}
@@ -320,12 +333,12 @@ def test_smoke_through_slurm_matches_local_run(slurm_smoke):
 @pytest.mark.slow
 @pytest.mark.slurm
 @needs_cluster
-def test_measure_jobs_run_alone_on_the_node(slurm_smoke):
-    """The measure rule's --exclusive booking: in no squeue snapshot does another job run beside a timing."""
+def test_time_jobs_run_alone_on_the_node(slurm_smoke):
+    """The time rule's --exclusive booking: in no squeue snapshot does another job run beside a timing."""
     snaps = slurm_smoke["watch"].snapshots
-    with_measure = [s for s in snaps if any(rule == "measure" for _, rule in s)]
-    assert with_measure, f"no measure job seen running in {len(snaps)} squeue snapshots"
-    crowded = [s for s in with_measure if len(s) > 1]
+    with_time = [s for s in snaps if any(rule == "time" for _, rule in s)]
+    assert with_time, f"no time job seen running in {len(snaps)} squeue snapshots"
+    crowded = [s for s in with_time if len(s) > 1]
     assert not crowded, crowded[:3]
     # the node is shared otherwise: some snapshot shows two jobs at once (the check could fail)
     assert any(len(s) > 1 for s in snaps) or os.cpu_count() == 1
@@ -407,7 +420,7 @@ def test_scancel_then_recovery_leaves_complete_outputs(tmp_path, data_dir):
 def test_job_over_its_memory_is_named_with_the_key(tmp_path, data_dir):
     """A fine-tune booked 300 MB (torch alone needs more): SLURM ends it, the run names the rule and the key."""
     args = [FT_TARGET, *slurm_args("--retries", "0")]
-    i = args.index("measure:slurm_extra='--exclusive'")
+    i = args.index("time:slurm_extra='--exclusive'")
     args.insert(i + 1, "finetune:mem_mb=300")
     res = run_snakemake(tmp_path, *args, data_dir=data_dir)
     out = res.stdout + res.stderr

@@ -531,11 +531,16 @@ def step_resource(key):
     return lambda wildcards: last_step(wildcards)[key]
 
 
-def measure_threads(wildcards):
-    """Snakemake threads of a measure job: every local core when measure.exclusive (nothing runs beside
-    a timing), else measure.threads. SLURM profiles set it per rule (set-threads)."""
+def timing_threads(wildcards):
+    """Snakemake threads of a `time` job: every local core when measure.exclusive (nothing runs beside a
+    timing), else measure.threads. Executors that take no --cores (SLURM) get measure.threads here and the
+    profile's set-threads."""
     m = config["measure"]
-    cores = workflow.cores if isinstance(workflow.cores, int) else None
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # a remote executor has no local core count (snakemake-executor-plugin-slurm)
+        cores = None
+    cores = cores if isinstance(cores, int) else None
     return max(m["threads"], cores) if m["exclusive"] and cores else m["threads"]
 
 

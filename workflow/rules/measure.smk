@@ -1,8 +1,9 @@
 # Every variant -> metrics.json (DESIGN §4): dev + search metric, size, latency against finetune of the
 # same task/model/seed (timed interleaved in the same job), memory, FLOPs, env, and the step records'
 # blocks; predictions.npz beside it (dev predictions, labels, row ids, per-iteration times: axformer.stats).
-# Measure jobs take the resource timing=1 (cap it with --resources timing=1 so no two timings
-# share hardware) and, with measure.exclusive, all local cores, so nothing runs beside a timing.
+# Only `time` jobs time: they take the resource timing=1 (cap it with --resources timing=1 so no two timings
+# share hardware) and, with measure.exclusive, all local cores, so nothing runs beside a timing. A measure job
+# reads its group's timing.json and evaluates; it books measure.threads.
 #
 # Timing (DESIGN §6, axformer/timing.py): one `time` job per (task, model, seed) loads finetune and every timed
 # variant of that seed in each of measure.passes fresh processes and times them round-robin; its timing.json
@@ -64,7 +65,7 @@ rule time:
         f"{LOGS}/{{task}}/{{model}}/timing/seed{{seed}}/time.log",
     params:
         plan=timing_plan,
-    threads: measure_threads
+    threads: timing_threads
     resources:
         mem_mb=config["measure"]["mem_mb"],
         runtime=config["measure"]["runtime"],
@@ -94,12 +95,11 @@ rule measure:
         data_dir=data_dir,
         quantize=quantize_flags,
         measure=measure_flags,
-    threads: measure_threads
+    threads: config["measure"]["threads"]
     resources:
         mem_mb=config["measure"]["mem_mb"],
         runtime=config["measure"]["runtime"],
         gpu=config["measure"]["gpu"],
-        timing=1,
     shell:
         "axformer measure --task {wildcards.task:q} --seed {wildcards.seed:q} --profile {params.profile:q}"
         " --model {params.model} --variant-name {wildcards.variant:q} --baseline {input.baseline:q}"
