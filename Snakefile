@@ -49,9 +49,9 @@ rule all:
 
 
 # On a cluster, a job that SLURM ended for exceeding its mem_mb or runtime is reported by the executor plugin
-# with the SLURM state only; name the rule, the variant and the key to raise (axformer/cluster.py).
+# with the SLURM state only; name the rule, the variant and the key to raise (axformer/steps/cluster.py).
 onerror:
-    from axformer.cluster import failure_hints
+    from axformer.steps.cluster import failure_hints
 
     _hints = []
     for _log in [log] if isinstance(log, (str, os.PathLike)) else list(log or []):  # Snakemake 9: a list

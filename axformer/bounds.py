@@ -2,7 +2,7 @@
 
 ``FLAG_BOUNDS`` holds the range of every int / float flag of every ``axformer <step>`` (by argparse dest);
 :func:`check_flags` applies it to a parsed namespace, so the CLI and the workflow's step-argument check
-(``axformer.stepargs``, before any job) refuse a NaN, an infinity or an absurd value with the flag named. A
+(``axformer.steps.stepargs``, before any job) refuse a NaN, an infinity or an absurd value with the flag named. A
 new numeric flag without an entry here fails ``tests/test_security.py`` (it would escape the rule). The
 workflow config's own numbers have their ranges in ``workflow/schemas/config.schema.yaml`` (``maximum`` on
 every number) and ``workflow/rules/common.smk`` refuses non-finite values before the schema is consulted
@@ -78,7 +78,7 @@ FLAG_BOUNDS: dict[str, Bound] = {
     "temperature": Bound(0, 1000, exclusive_low=True), "alpha": Bound(0, 1), "layers": Bound(1, 10_000),
     "k": Bound(0, 10_000), "n_heads": Bound(0, 100_000), "target_params": Bound(0, 10**12),
     "resamples": Bound(1, 10_000_000),
-    "passes": Bound(1, 100), "pass_retries": Bound(0, 100),  # timing passes (axformer/timing.py)
+    "passes": Bound(1, 100), "pass_retries": Bound(0, 100),  # timing passes (axformer/measurement/timing.py)
     "noise_max_other_cpu": Bound(0, 1), "noise_max_steal": Bound(0, 1),
     "weight_decay": Bound(0, 10), "warmup_ratio": Bound(0, 1, exclusive_high=True),  # the released recipe's keys
 }

@@ -3,8 +3,8 @@
 Each step reads its inputs, does one thing of the paper's pipeline and writes its outputs atomically.
 Bad input ends in one line `axformer: error: ...` and exit status 2, never a traceback.
 
-This module is dispatch: the arguments are in axformer/cliargs.py (flags generated from the step config
-dataclasses), what the steps share (lineage, splits, evaluation, saving, records) in axformer/runs.py.
+This module is dispatch: the arguments are in axformer/steps/cliargs.py (flags generated from the step config
+dataclasses), what the steps share (lineage, splits, evaluation, saving, records) in axformer/steps/runs.py.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
-from axformer import cliargs, runs  # noqa: E402
-from axformer.cliargs import build_parser, config_from, given, parse_k  # noqa: E402
+from axformer.steps import cliargs, runs  # noqa: E402
+from axformer.steps.cliargs import build_parser, config_from, given, parse_k  # noqa: E402
 # part of the CLI's public surface (tests, scripts)
-from axformer.runs import Terminated, install_signal_handlers, resolve_task, search_selector  # noqa: E402,F401
+from axformer.steps.runs import Terminated, install_signal_handlers, resolve_task, search_selector  # noqa: E402,F401
 from axformer.utils import ConfigError  # noqa: E402
 
 # step name -> (adds its arguments, runs it, help); the arguments are registered in cliargs.STEP_ARGS
@@ -57,7 +57,9 @@ def command(name: str):
 # ---------------------------------------------------------------- finetune
 @command("finetune")
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from axformer import models, results, train
+    from axformer.encoders import models
+    from axformer.records import results
+    from axformer.training import train
 
     runs.nonneg("seed", args.seed)
     runs.setup(args, args.ckpt, args.metrics)
@@ -87,7 +89,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- approximate (AxFormer)
 @command("approximate")
 def cmd_approximate(args: argparse.Namespace) -> None:
-    from axformer import prune, taskkinds
+    from axformer.search import prune
+    from axformer.taskdata import taskkinds
     from axformer.utils import atomic_write_json
 
     runs.setup(args, args.ckpt, args.metrics, args.decisions)
@@ -138,11 +141,13 @@ def _ort_variant(args: argparse.Namespace, variant, tokenizer, task, splits, max
     """X+int8_ort / int8_ov: export X to ONNX (checked against PyTorch on dev rows), quantize it with ONNX
     Runtime / OpenVINO (static ranges from search rows only); returns (int8 model, {"<runtime>_fp32": fp32
     model}, info)."""
-    from axformer import export, taskkinds
+    from axformer.compress import export
+    from axformer.compress import runtimes
+    from axformer.taskdata import taskkinds
 
     check = export.text_batches(tokenizer, *taskkinds.texts(task, splits.dev), max_length, export.CHECK_ROWS)
     calib = None
-    if export.ORT_MODES.get(args.quantize, "static") == "static":
+    if runtimes.ORT_MODES.get(args.quantize, "static") == "static":
         calib = export.text_batches(tokenizer, *taskkinds.texts(task, splits.search), max_length,
                                     export.CALIBRATION_ROWS)
     with export.scratch_dir() as work:  # the sessions hold the graphs in memory; the files are not kept
@@ -151,10 +156,10 @@ def _ort_variant(args: argparse.Namespace, variant, tokenizer, task, splits, max
 
 def _timed_latency(args: argparse.Namespace, cfg) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """The variant's latency blocks and per-round ms: from its group's timing record (``--timing``), else from
-    passes of this pair alone (axformer.timing)."""
+    passes of this pair alone (axformer.measurement.timing)."""
     from dataclasses import asdict
 
-    from axformer import timing
+    from axformer.measurement import timing
 
     if args.timing:
         group = timing.read_group(args.timing)
@@ -185,7 +190,7 @@ def _timed_latency(args: argparse.Namespace, cfg) -> tuple[list[dict[str, Any]],
 def cmd_time(args: argparse.Namespace) -> None:
     import json
 
-    from axformer import timing
+    from axformer.measurement import timing
 
     try:
         plan = json.loads(args.plan_json)
@@ -209,8 +214,12 @@ def cmd_time(args: argparse.Namespace) -> None:
 def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from axformer import measure, models, record, results, stats, taskkinds
-    from axformer.tasks import canonical_name
+    from axformer.measurement import measure
+    from axformer.encoders import models
+    from axformer.records import record, results
+    from axformer import stats
+    from axformer.taskdata import taskkinds
+    from axformer.taskdata.tasks import canonical_name
 
     t0 = time.perf_counter()  # the job's own time, for the report's compute table (measure.wall_s)
     runs.nonneg("seed", args.seed)
@@ -224,7 +233,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     device = measure.check_device(cfg)  # fail before loading anything
     runtime_int8 = args.quantize.startswith(("int8_ort", "int8_ov"))
     if runtime_int8:
-        from axformer.export import require_runtime
+        from axformer.compress.runtimes import require_runtime
 
         require_runtime(args.quantize)
         if device.type != "cpu":
@@ -243,7 +252,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     variant, vtok = models.load_checkpoint(args.variant)
     quant_info = None
     if args.quantize == "int8":
-        from axformer.quantize import QuantizeConfig, quantize
+        from axformer.compress.quantize import QuantizeConfig, quantize
 
         qkw = {} if args.quantize_compute_dtype is None else {"compute_dtype": args.quantize_compute_dtype}
         variant, quant_info = quantize(variant, QuantizeConfig(backend=args.quantize_backend, device=str(device),
@@ -303,9 +312,11 @@ def cmd_measure(args: argparse.Namespace) -> None:
 def cmd_majority(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from axformer import metrics, results, stats
-    from axformer.taskkinds import kind_of
-    from axformer.tasks import resolve
+    from axformer.taskdata import metrics
+    from axformer.records import results
+    from axformer import stats
+    from axformer.taskdata.taskkinds import kind_of
+    from axformer.taskdata.tasks import resolve
 
     runs.nonneg("seed", args.seed)
     predictions = Path(args.metrics).with_name("predictions.npz")  # per-example dev output (axformer.stats)
@@ -337,7 +348,7 @@ def cmd_majority(args: argparse.Namespace) -> None:
 
 @command("report")
 def cmd_report(args: argparse.Namespace) -> None:
-    from axformer import report
+    from axformer.reporting import report
     from axformer.stats import MIN_RESAMPLES
 
     if args.resamples is not None and args.resamples < MIN_RESAMPLES:
@@ -348,7 +359,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     verdicts = args.verdicts or str(Path(summary).with_name("verdicts.csv"))
     runs.check_writable(summary, verdicts, str(Path(args.figures) / "README.md"))
     if args.readme is not None:  # its markers are checked before anything renders
-        from axformer import readme_block
+        from axformer.reporting import readme_block
 
         readme_block.check(args.readme)
     kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
@@ -360,7 +371,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- distill
 @command("distill")
 def cmd_distill(args: argparse.Namespace) -> None:
-    from axformer import distill, train
+    from axformer.compress import distill
+    from axformer.training import train
 
     runs.setup(args, args.ckpt, args.metrics)
     dcfg = config_from(distill.DistillConfig, args, cliargs.DISTILL_NAMES, cliargs.DISTILL_FLAGS)
@@ -452,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         install_signal_handlers()  # from here SIGTERM raises Terminated, so every cleanup runs
         from axformer.device import prepare_process
-        from axformer.stepargs import check_namespace
+        from axformer.steps.stepargs import check_namespace
 
         prepare_process()  # CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises (determinism)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,7 +10,7 @@ One concept: how sure is a difference between a variant and its ``finetune`` (DE
 - :func:`paired_bootstrap`: resample dev examples with replacement, the *same* indices for both models, and
   take the metric difference (variant minus finetune) on every resample; the 95 % interval is the 2.5 / 97.5 %
   percentiles of those differences (percentile bootstrap). Accuracy, F1, MCC, Pearson, Spearman are
-  vectorised over resamples (checked against :mod:`axformer.metrics`); SQuAD F1 / EM are means of
+  vectorised over resamples (checked against :mod:`axformer.taskdata.metrics`); SQuAD F1 / EM are means of
   per-question scores.
 - :func:`speedup_interval`: the speedup is median(baseline ms) / median(variant ms) of one interleaved job;
   iteration i of both models is one A B round, so rounds are resampled as pairs.
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from axformer import metrics as M
+from axformer.taskdata import metrics as M
 from axformer.utils import ConfigError
 
 __all__ = [
@@ -132,7 +132,7 @@ def write_predictions(path: str | os.PathLike, task, ids: Sequence[Any], *, pred
             raise ValueError(f"batch {bs}: {len(base)} baseline but {len(var)} variant iterations (must be rounds)")
         arrays[f"iter_ms_b{int(bs)}_baseline"] = base
         arrays[f"iter_ms_b{int(bs)}_variant"] = var
-        if d.get("pass") is not None:  # timing passes (axformer.timing): the pass of each round
+        if d.get("pass") is not None:  # timing passes (axformer.measurement.timing): the pass of each round
             arrays[f"iter_pass_b{int(bs)}"] = np.asarray(d["pass"], dtype=np.int16)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -208,9 +208,9 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def resampled_metric(kind: str, values: np.ndarray, labels: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
     """``f(idx)`` -> the metric of every resample; ``idx`` is an (R, n) array of example indices.
 
-    ``kind``: a :data:`axformer.metrics.METRICS` name (``values`` = predictions) or ``"mean"`` (``values`` =
+    ``kind``: a :data:`axformer.taskdata.metrics.METRICS` name (``values`` = predictions) or ``"mean"`` (``values`` =
     per-example scores, e.g. SQuAD F1 / EM). Binary F1 / MCC, accuracy, Pearson and Spearman are vectorised;
-    anything else (multi-class MCC / F1) calls the :mod:`axformer.metrics` function once per resample.
+    anything else (multi-class MCC / F1) calls the :mod:`axformer.taskdata.metrics` function once per resample.
     """
     v = np.asarray(values, dtype=np.float64)
     if kind == "mean":

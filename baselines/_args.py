@@ -7,7 +7,7 @@ Each method module ``baselines/<name>.py`` declares the ``cfg`` keys it takes at
 
 and parses its ``cfg`` with ``cfg = parse_args("<name>", ARGS, cfg)`` as the first thing it does. The same
 declaration is what the workflow checks a step's ``arg: [key=value, ...]`` and flags against before any
-job (``axformer.stepargs``, via :func:`check_cfg`), so a key, type or range is written once and refused
+job (``axformer.steps.stepargs``, via :func:`check_cfg`), so a key, type or range is written once and refused
 both before the DAG and inside the job with the same one-line message.
 
 Rules (one numeric rule for the whole project): a number must be finite and within ``[low, high]`` (both

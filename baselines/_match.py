@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from axformer import elements
+from axformer.surgery import elements
 from axformer.utils import ConfigError
 from baselines._args import MATCH_ARGS
 

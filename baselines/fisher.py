@@ -25,7 +25,7 @@ Three stages on the fine-tuned model, no re-training, from a sample of the *sear
    towards 1 (the paper solves for ``scale - 1`` with a damped LSMR); a solve that fails or gives a scale outside
    [-10, 10] stops tuning, as in the authors' code. The scales are folded into the weights (columns of the
    attention output projection / FFN output projection), then the pruned heads and neurons are removed
-   structurally (``axformer.elements``), so the saved model is smaller and reloads like any other variant.
+   structurally (``axformer.surgery.elements``), so the saved model is smaller and reloads like any other variant.
 
 Deviations (docs/DESIGN.md, baselines/README.md): the teacher of mask tuning is the unpruned parent (the paper's
 description; the authors' script uses an intermediate-constraint model); the MHA block of layer 0 is tuned too;
@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from axformer import elements, families
-from axformer.tasks import Task
-from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
+from axformer.surgery import elements, families
+from axformer.taskdata.tasks import Task
+from axformer.training.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
@@ -505,7 +505,7 @@ def _shell_flops(model: nn.Module, arch: dict[str, Any], seq_len: float) -> floa
 
 def _flops(model: nn.Module, seq_len: float) -> float:
     """``measure.forward_flops`` at a (possibly fractional) length: it is a quadratic in T, fitted exactly."""
-    from axformer import measure
+    from axformer.measurement import measure
 
     t0 = math.floor(seq_len)
     f = [measure.forward_flops(model, 1, t) for t in (max(t0, 1), max(t0, 1) + 1, max(t0, 1) + 2)]

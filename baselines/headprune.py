@@ -7,7 +7,7 @@ al. do, and the globally least important heads are removed **structurally** (``e
 no re-training (their §4 setting). Weights stay frozen; gradients reach only the gates.
 
 transformers 5.x has no ``head_mask``: a forward pre-hook on each layer's attention output projection (where the
-family adapter, :mod:`axformer.families`, says it is) reshapes its input, the heads' context (B, T, H*hs), to (B, T, H, hs) and multiplies it by a gate of shape (B, H) that requires grad. One gate
+family adapter, :mod:`axformer.surgery.families`, says it is) reshapes its input, the heads' context (B, T, H*hs), to (B, T, H, hs) and multiplies it by a gate of shape (B, H) that requires grad. One gate
 row per sample makes ``dL_total/dg[b, h] = dL(x_b)/dg_h`` exactly (samples do not interact in an encoder), so
 the absolute value is taken per sample, as in the paper, at the cost of one backward pass per batch.
 
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from axformer import elements, families
-from axformer.tasks import Task
-from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
+from axformer.surgery import elements, families
+from axformer.taskdata.tasks import Task
+from axformer.training.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args

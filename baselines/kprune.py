@@ -20,7 +20,7 @@ MHA of layer 1, ... — and at each *target* sub-layer runs three steps on the c
 3. **Knowledge-preserving weight tuning** (KPWT): the target's output projection columns of the kept units
    are refitted by least squares so that the sub-layer's pre-LayerNorm output (student input + projection +
    bias) reconstructs the teacher's on every real token; the pruned units are removed structurally
-   (``axformer.elements``: a sub-layer with nothing kept is skipped), and the budget left for the sub-layers
+   (``axformer.surgery.elements``: a sub-layer with nothing kept is skipped), and the budget left for the sub-layers
    above shrinks by what the target kept.
 
 Costs are Kwon et al.'s analytic FLOPs per head / neuron at the sample's mean real length (the same as the
@@ -52,9 +52,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from axformer import elements, families
-from axformer.tasks import Task
-from axformer.train import _model_inputs, make_loader, output_logits
+from axformer.surgery import elements, families
+from axformer.taskdata.tasks import Task
+from axformer.training.train import _model_inputs, make_loader, output_logits
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args

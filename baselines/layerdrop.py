@@ -24,8 +24,9 @@ from typing import Any
 
 from torch import nn
 
-from axformer import elements, families, hard_attention, train
-from axformer.tasks import Task
+from axformer.surgery import elements, families, hard_attention
+from axformer.training import train
+from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args

@@ -69,8 +69,9 @@ def _lines(raw: bytes) -> list[str]:
 
 def derive(task: str, released: Path, data_dir: Path) -> dict:
     """The index record of ``task`` (see the module docstring)."""
-    from axformer.data import SPLIT_INDEX_FORMAT, load_split
-    from axformer.tasks import get_task
+    from axformer.taskdata.data import load_split
+    from axformer.taskdata.splits import SPLIT_INDEX_FORMAT
+    from axformer.taskdata.tasks import get_task
 
     folder, skips_first = TASKS[task]
     spec = get_task(task)

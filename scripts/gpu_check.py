@@ -209,7 +209,7 @@ def find_mpnet(arg: str | None) -> tuple[str | None, str | None, bool]:
     ``mpnet_parts.model_dir`` wrote), else the installed PyPI parts; ``mpnet-base`` needs one of the two; any
     other value is a folder that must hold config.json and model.safetensors (e.g. the extracted folder shipped
     to a GPU machine without network)."""
-    from axformer import mpnet_parts
+    from axformer.encoders import mpnet_parts
 
     arg = (arg or "auto").strip()
     if arg.lower() in ("none", "off", "no"):
@@ -267,11 +267,11 @@ def env_facts(device: str) -> dict[str, Any]:
             props = torch.cuda.get_device_properties(idx)
             facts.update(gpu_name=torch.cuda.get_device_name(idx), gpu_memory_bytes=int(props.total_memory),
                          capability=f"{props.major}.{props.minor}", gpu_count=torch.cuda.device_count())
-            from axformer import nvml
+            from axformer.measurement import nvml
 
             q = nvml.query(dev, processes=False)
             facts.update(driver=q["driver"], gpu_uuid=q["uuid"], nvml_gpu_name=q["gpu_name"], nvml_reason=q["reason"])
-            from axformer.quantize import bitsandbytes_unavailable_reason
+            from axformer.compress.quantize import bitsandbytes_unavailable_reason
 
             facts["bitsandbytes_cuda"] = bitsandbytes_unavailable_reason(str(dev)) or "ok"
     except Exception as exc:  # noqa: BLE001 - recorded, the check goes on

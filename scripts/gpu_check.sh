@@ -8,9 +8,9 @@
 # Usage: scripts/gpu_check.sh [OUT] [-- extra scripts/gpu_check.py flags]
 #   OUT                   output folder (default results/gpu; also GPU_CHECK_OUT)
 #   GPU_CHECK_MODEL       'minilm' (embedded package) or a local copy of its folder, e.g. the output of
-#                         python -c "from axformer.models import embedded_model_dir; print(embedded_model_dir())"
+#                         python -c "from axformer.encoders.models import embedded_model_dir; print(embedded_model_dir())"
 #   GPU_CHECK_MPNET       the extracted all-mpnet-base-v2 folder (config.json + model.safetensors), e.g. a copy of
-#                         python -c "from axformer.mpnet_parts import model_dir; print(model_dir())";
+#                         python -c "from axformer.encoders.mpnet_parts import model_dir; print(model_dir())";
 #                         'mpnet-base' (the PyPI parts installed), 'auto' (default: that cache folder, else the
 #                         parts) or 'none'. Not found: the mpnet_* stages are skipped, the reason in the summary
 #   AXFORMER_DATA         the data folder holding glue/SST-2

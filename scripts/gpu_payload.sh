@@ -73,7 +73,7 @@ n_req=$(grep -c . "$DEST/wheels/requirements.txt"); n_whl=$(ls "$DEST/wheels"/*.
 import json, shutil, sys
 from pathlib import Path
 from safetensors.torch import load_file, save_file
-from axformer.models import embedded_model_dir
+from axformer.encoders.models import embedded_model_dir
 
 out, limit = Path(sys.argv[1]), int(sys.argv[2]) * 2**20
 src = embedded_model_dir()

@@ -71,7 +71,7 @@ PYEOF
 host() {
     "$PY" - <<'PYEOF'
 import json, platform, subprocess, torch, transformers
-from axformer import measure
+from axformer.measurement import measure
 env = measure.env_block("cuda" if torch.cuda.is_available() else "cpu")
 try:
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],

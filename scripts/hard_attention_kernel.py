@@ -9,7 +9,7 @@ random q/k/v (seeded), the boolean padding mask transformers builds for sdpa. Tw
 * ``all_long``: every row 128 real tokens: every row goes through top-K.
 
 Functions: ``sdpa`` (transformers' registered sdpa attention), ``official`` and ``renorm`` (hard attention,
-K = 30, axformer.hard_attention). They are timed interleaved (one call of each per round, after warm-up) at
+K = 30, axformer.surgery.hard_attention). They are timed interleaved (one call of each per round, after warm-up) at
 ``--threads`` intra-op threads (one run per count); the JSON records the median and min ms, their ratios to
 sdpa, the host CPU and its load average (other processes on a shared host distort multi-thread timings).
 
@@ -44,9 +44,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from axformer import hard_attention  # noqa: E402  (registers the implementation)
+from axformer.surgery import hard_attention  # noqa: E402  (registers the implementation)
 from axformer.device import DTYPES, on_device, resolve_device, tf32_state, torch_dtype  # noqa: E402
-from axformer.models import embedded_model_dir  # noqa: E402
+from axformer.encoders.models import embedded_model_dir  # noqa: E402
 from axformer.utils import ConfigError, atomic_write_json, env_info, git_commit  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -144,7 +144,7 @@ def bench_model(lengths: list[int], config_dir: Path, device: torch.device, dtyp
     """Whole-encoder p50 ms (``measure.time_interleaved``) without hard attention, in layer 4, in every layer."""
     from transformers import AutoConfig, AutoModel
 
-    from axformer.measure import MeasureConfig, time_interleaved
+    from axformer.measurement.measure import MeasureConfig, time_interleaved
 
     cfg = AutoConfig.from_pretrained(str(config_dir))
     models = {}

@@ -3,12 +3,12 @@
 
 For each backend the *same* model pair is timed in ``--processes`` fresh Python processes (default 5), each
 doing what one measure job does: the fp32 PyTorch MiniLM baseline interleaved with the variant (A B A B,
-:func:`axformer.measure.time_interleaved`, warm-up first) at every batch size. Backends:
+:func:`axformer.measurement.measure.time_interleaved`, warm-up first) at every batch size. Backends:
 
 * ``torch_fp32``: the fp32 model against an independent second copy of itself (the A/A noise floor);
-* ``torch_int8``: torch dynamic int8 (:func:`axformer.quantize.quantize`, backend ``torch_dynamic``);
-* ``ort_int8``: ONNX Runtime dynamic int8 of the exported graph (:class:`axformer.export.OrtModel`);
-* ``ov_int8``: OpenVINO NNCF int8 IR (:class:`axformer.export.OvModel`);
+* ``torch_int8``: torch dynamic int8 (:func:`axformer.compress.quantize.quantize`, backend ``torch_dynamic``);
+* ``ort_int8``: ONNX Runtime dynamic int8 of the exported graph (:class:`axformer.compress.runtimes.OrtModel`);
+* ``ov_int8``: OpenVINO NNCF int8 IR (:class:`axformer.compress.runtimes.OvModel`);
 * ``hard_attention``: the fp32 model with top-K hard attention (K = 30) in layer 4.
 
 The model is the embedded MiniLM (``minilm``) with a seeded random 2-class head (latency does not depend on
@@ -20,8 +20,8 @@ Every backend is timed under two settings, each in its own processes: ``before``
 had before issue 31 (ORT: explicit threads, sequential, no spinning; OpenVINO: threads, one stream, LATENCY,
 everything else the plugin's defaults; torch: intra-op threads only, inter-op pool and OpenMP environment as
 torch leaves them) -- and ``after`` -- what the code sets now (:data:`axformer.device.OMP_ENV`,
-:data:`axformer.device.TORCH_INTEROP_THREADS`, :func:`axformer.export.ort_settings`,
-:func:`axformer.export.ov_config`). Processes run round-robin over backends and settings so that a change
+:data:`axformer.device.TORCH_INTEROP_THREADS`, :func:`axformer.compress.runtimes.ort_settings`,
+:func:`axformer.compress.runtimes.ov_config`). Processes run round-robin over backends and settings so that a change
 of host load hits every row alike. Each process records the effective threading (read back from torch,
 the ORT session and the compiled OpenVINO model) and host noise over its timing window: load average
 before / after, the /proc/stat split (user+system, steal, iowait, idle) of the whole host, the CPU MHz, and
@@ -143,9 +143,10 @@ class HostNoise:
 
 def settings_of(name: str, threads: int) -> dict[str, Any]:
     """The threading settings of ``name`` ("before" / "after") as the worker applies them."""
-    from axformer import device, export, quantize
+    from axformer import device
+    from axformer.compress import quantize, runtimes
 
-    if name == "before":  # the code before issue 31 (axformer/export.py, device.py at 16911be)
+    if name == "before":  # the code before issue 31 (axformer/compress/export.py, device.py at 16911be)
         return {"omp_env": {}, "interop_threads": None,
                 "ort": {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "sequential",
                         "intra_op_allow_spinning": False, "inter_op_allow_spinning": False},
@@ -154,7 +155,7 @@ def settings_of(name: str, threads: int) -> dict[str, Any]:
                 "ov_plugin_defaults": True, "quantized_engine": None}
     if name == "after":
         return {"omp_env": dict(device.OMP_ENV), "interop_threads": device.TORCH_INTEROP_THREADS,
-                "ort": export.ort_settings(threads), "ov": export.ov_config(threads), "ov_plugin_defaults": False,
+                "ort": runtimes.ort_settings(threads), "ov": runtimes.ov_config(threads), "ov_plugin_defaults": False,
                 "quantized_engine": quantize.TORCH_INT8_ENGINE}
     raise SystemExit(f"timing_repeatability: unknown setting {name!r} (before, after)")
 
@@ -172,7 +173,8 @@ def _inputs(batch: int, seq_len: int, vocab: int) -> dict[str, Any]:
 
 
 def _load_fp32():
-    from axformer import models, tasks
+    from axformer.encoders import models
+    from axformer.taskdata import tasks
 
     model, tok = models.load_pretrained("minilm", tasks.get_task("sst2"), seed=SEED)
     return model.eval(), tok
@@ -191,7 +193,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         interop = device.set_interop_threads(st["interop_threads"])
     import torch
 
-    from axformer import export, measure
+    from axformer.compress import runtimes
+    from axformer.measurement import measure
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(SEED)
@@ -201,24 +204,24 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if backend in ("torch_fp32", "hard_attention"):
         variant, _ = _load_fp32()
         if backend == "hard_attention":
-            from axformer import hard_attention
+            from axformer.surgery import hard_attention
 
             hard_attention.enable(variant, [HARD_LAYER], HARD_K)
     elif backend == "torch_int8":
-        from axformer.quantize import QuantizeConfig, quantize
+        from axformer.compress.quantize import QuantizeConfig, quantize
 
         if st.get("quantized_engine"):
             torch.backends.quantized.engine = st["quantized_engine"]
         variant, _ = quantize(_load_fp32()[0], QuantizeConfig(backend="torch_dynamic", device="cpu", inplace=True))
     elif backend == "ort_int8":
         ref, _ = _load_fp32()
-        variant = export.OrtModel.like(spec["ort_path"], ref, spec["threads"], _inputs(2, 8, 30000), st["ort"])
+        variant = runtimes.OrtModel.like(spec["ort_path"], ref, spec["threads"], _inputs(2, 8, 30000), st["ort"])
     elif backend == "ov_int8":
         ref, _ = _load_fp32()
         if st["ov_plugin_defaults"]:  # the old config: four keys, the rest left to the plugin
             variant = _old_ov(spec["ov_path"], ref, spec["threads"], _inputs(2, 8, 30000), st["ov"])
         else:
-            variant = export.OvModel.like(spec["ov_path"], ref, spec["threads"], _inputs(2, 8, 30000), st["ov"])
+            variant = runtimes.OvModel.like(spec["ov_path"], ref, spec["threads"], _inputs(2, 8, 30000), st["ov"])
     else:
         raise SystemExit(f"unknown backend {backend!r}")
     if st.get("flush_denormal") is not None:
@@ -259,9 +262,9 @@ def _old_ov(path: str, reference: Any, threads: int, sample: dict[str, Any], con
     """An OvModel compiled with exactly ``config`` (the pre-issue-31 four keys; the rest the plugin's defaults)."""
     import openvino as ov
 
-    from axformer import export
+    from axformer.compress import runtimes
 
-    m = export.OvModel.like(path, reference, threads, sample)
+    m = runtimes.OvModel.like(path, reference, threads, sample)
     m.config = dict(config)
     m.compiled = ov.Core().compile_model(str(path), "CPU", m.config)
     m.request = m.compiled.create_infer_request()
@@ -273,7 +276,7 @@ def _old_ov(path: str, reference: Any, threads: int, sample: dict[str, Any], con
 
 def prepare(work: Path, threads: int) -> dict[str, Any]:
     """Export the fp32 graph and quantize it for ORT and OpenVINO (once; reused when ``work`` has them)."""
-    from axformer import export
+    from axformer.compress import export
 
     fp32, ort_q, ov_q = work / "model_fp32.onnx", work / "model_int8_ort.onnx", work / "model_int8_ov.xml"
     info: dict[str, Any] = {}

@@ -43,7 +43,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from axformer.models import embedded_model_dir
+    from axformer.encoders.models import embedded_model_dir
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
@@ -77,7 +77,7 @@ def _word_tokenizer(vocab_size: int):
 def reload_checkpoint():
     """``reload(model, folder)``: save an (edited) model with a tokenizer matching its vocabulary and load it back
     with ``models.load_checkpoint``, the loader every step uses."""
-    from axformer import models
+    from axformer.encoders import models
 
     def reload(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
         model.save_pretrained(folder)

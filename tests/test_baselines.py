@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import baselines
-from axformer import data, elements, hard_attention, models, train
+from axformer.taskdata import data
+from axformer.surgery import elements, hard_attention
+from axformer.encoders import models
+from axformer.training import train
 from axformer.cli import main
-from axformer.tasks import get_task
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 from baselines._match import encoder_params_of_arch, removed_heads
 from baselines.headprune import head_importance, planted_zero_head

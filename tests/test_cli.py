@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from axformer import models
+from axformer.encoders import models
 from axformer.cli import main
-from axformer.tasks import get_task
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from axformer import data, taskkinds
-from axformer.tasks import get_task
+from axformer.taskdata import data, taskkinds
+from axformer.taskdata import splits
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
 # data README: data rows per file (header excluded)
@@ -54,9 +55,9 @@ def test_qnli_train_missing_is_explained(data_dir):
 
 def test_search_split_disjoint_seeded_stratified(data_dir):
     task = get_task("mrpc")
-    a = data.make_splits(task, data_dir, seed=3)
-    b = data.make_splits(task, data_dir, seed=3)
-    c = data.make_splits(task, data_dir, seed=4)
+    a = splits.make_splits(task, data_dir, seed=3)
+    b = splits.make_splits(task, data_dir, seed=3)
+    c = splits.make_splits(task, data_dir, seed=4)
     assert set(a.search["idx"]).isdisjoint(a.train["idx"])
     assert len(a.search) + len(a.train) == 3668
     assert a.search["idx"] == b.search["idx"] and a.train["idx"] == b.train["idx"]
@@ -67,14 +68,14 @@ def test_search_split_disjoint_seeded_stratified(data_dir):
 
 
 def test_search_cap_and_train_subsample_recorded(data_dir):
-    s = data.make_splits(get_task("sst2"), data_dir, seed=0, search_max=300, train_max=500, dev_max=50)
+    s = splits.make_splits(get_task("sst2"), data_dir, seed=0, search_max=300, train_max=500, dev_max=50)
     assert (len(s.search), len(s.train), len(s.dev)) == (300, 500, 50)
     assert set(s.search["idx"]).isdisjoint(s.train["idx"])
     assert s.info["n_train"] == 500 and s.info["n_search"] == 300 and s.info["n_train_full"] == 67349
 
 
 def test_regression_split_spans_range(data_dir):
-    s = data.make_splits(get_task("stsb"), data_dir, seed=0)
+    s = splits.make_splits(get_task("stsb"), data_dir, seed=0)
     lab = np.asarray(s.search["label"])
     assert lab.min() < 0.5 and lab.max() > 4.5
 
@@ -135,11 +136,11 @@ def test_whole_sentence_rows_excludes_word_aligned_phrases():
     texts = ["a very good film", "very good", "good", "a bad film", "film", "filmmaker", "a very good film"]
     # "very good", "good" and "film" are phrases of longer rows; "filmmaker" contains "film" but is no phrase of
     # another row; the duplicated full sentence stays (duplicates are handled when train' is built)
-    assert data.whole_sentence_rows(texts).tolist() == [0, 3, 5, 6]
+    assert splits.whole_sentence_rows(texts).tolist() == [0, 3, 5, 6]
 
 
 def test_sst2_search_split_is_whole_sentences_absent_from_train(data_dir):
-    sp = data.make_splits(get_task("sst2"), data_dir, seed=0, search_frac=0.15, search_max=500, train_max=None)
+    sp = splits.make_splits(get_task("sst2"), data_dir, seed=0, search_frac=0.15, search_max=500, train_max=None)
     train = list(sp.train["text_a"])
     search = [t.strip() for t in sp.search["text_a"]]
     hay = "\n".join(train)
@@ -159,7 +160,7 @@ def test_sst2_search_split_is_whole_sentences_absent_from_train(data_dir):
 
 
 def test_exact_duplicates_of_search_rows_leave_train(data_dir):
-    sp = data.make_splits(get_task("stsb"), data_dir, seed=0, search_frac=0.15, search_max=2000)
+    sp = splits.make_splits(get_task("stsb"), data_dir, seed=0, search_frac=0.15, search_max=2000)
     keys = {(a, b) for a, b in zip(sp.search["text_a"], sp.search["text_b"])}
     assert not [1 for a, b in zip(sp.train["text_a"], sp.train["text_b"]) if (a, b) in keys]
     assert sp.info["n_train_dropped_duplicates"] > 0 and sp.info["search_pool"] == "all"
@@ -194,20 +195,20 @@ def test_released_split_index_loads_as_the_search_split(data_dir, task):
 
     path, n_search, n_train = OFFICIAL[task]
     rec = json.loads(path.read_text())
-    s = data.make_splits(get_task(task), data_dir, seed=0, search_rows=str(path))
+    s = splits.make_splits(get_task(task), data_dir, seed=0, search_rows=str(path))
     assert (len(s.search), len(s.train)) == (n_search, n_train)
     assert list(s.search["idx"]) == rec["search_rows"]  # the released file's order, kept
     used = set(s.search["idx"]) | set(s.train["idx"]) | set(rec["excluded_rows"])
     assert not set(s.search["idx"]) & set(s.train["idx"]) and len(used) == ROWS[(task, "train")]
     assert s.info["search_rows"] == str(path) and s.info["n_search"] == n_search
-    again = data.make_splits(get_task(task), data_dir, seed=2, search_rows=str(path))
+    again = splits.make_splits(get_task(task), data_dir, seed=2, search_rows=str(path))
     assert list(again.search["idx"]) == rec["search_rows"]  # the seed no longer draws the search split
     with pytest.raises(ConfigError, match="used whole"):
-        data.make_splits(get_task(task), data_dir, seed=0, search_rows=str(path), search_max=100)
+        splits.make_splits(get_task(task), data_dir, seed=0, search_rows=str(path), search_max=100)
 
 
 def test_rte_released_split_leaves_out_the_row_its_reader_skips(data_dir):
-    s = data.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(OFFICIAL["rte"][0]))
+    s = splits.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(OFFICIAL["rte"][0]))
     full = data.load_split(get_task("rte"), "train", data_dir)
     assert 2 not in set(s.search["idx"]) | set(s.train["idx"])  # GLUE RTE index 2: their val.tsv's first line
     assert s.search[0]["text_a"] == full[7]["text_a"]
@@ -223,12 +224,12 @@ def test_split_index_refuses_a_mismatched_train_file(data_dir, tmp_path):
     lines[1], lines[2] = lines[2], lines[1]  # same rows, two swapped: every index after would name another row
     train.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"official_rte\.json was derived from a train file with sha256 41e3a9b0"):
-        data.make_splits(get_task("rte"), tmp_path, seed=0, search_rows=path)
+        splits.make_splits(get_task("rte"), tmp_path, seed=0, search_rows=path)
     with pytest.raises(ConfigError, match="split of task 'rte', not 'cola'"):
-        data.make_splits(get_task("cola"), data_dir, seed=0, search_rows=path)
+        splits.make_splits(get_task("cola"), data_dir, seed=0, search_rows=path)
     with pytest.raises(ConfigError, match="does not exist"):
-        data.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(tmp_path / "none.json"))
+        splits.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(tmp_path / "none.json"))
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "axformer-split-index/1", "task": "rte"}')
     with pytest.raises(ConfigError, match="is not a split index"):
-        data.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(bad))
+        splits.make_splits(get_task("rte"), data_dir, seed=0, search_rows=str(bad))

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from axformer import data, distill, elements, hard_attention, models, train
-from axformer.tasks import get_task
+from axformer.taskdata import data
+from axformer.compress import distill
+from axformer.surgery import elements, hard_attention
+from axformer.encoders import models
+from axformer.training import train
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""axformer.elements: structural removal of heads / FFN neuron groups / whole blocks on a tiny random BERT."""
+"""axformer.surgery.elements: structural removal of heads / FFN neuron groups / whole blocks on a tiny random BERT."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from transformers import (
     BertForSequenceClassification,
 )
 
-from axformer import elements as el
-from axformer import hard_attention as ha
-from axformer.elements import Element
+from axformer.surgery import elements as el
+from axformer.surgery import hard_attention as ha
+from axformer.surgery.elements import Element
 from tiny_models import tiny_bert, tiny_bert_config
 
 HIDDEN, HEADS, LAYERS, INTER = 32, 4, 3, 48

@@ -1,4 +1,4 @@
-"""ONNX export and ONNX Runtime int8 (axformer.export): pruned tiny BERTs with per-layer head counts, a skipped
+"""ONNX export and ONNX Runtime int8 (axformer.compress.export): pruned tiny BERTs with per-layer head counts, a skipped
 block and hard attention match PyTorch through ORT; the int8_ort quantize step through the CLI; the error
 when the `ort` extra is missing."""
 
@@ -11,7 +11,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from axformer import elements, export, hard_attention, models
+from axformer.surgery import elements, hard_attention
+from axformer.compress import export
+from axformer.compress import runtimes
+from axformer.encoders import models
 from axformer.cli import main
 from axformer.utils import ConfigError
 
@@ -54,7 +57,7 @@ def test_pruned_export_matches_pytorch_and_int8_is_close(tmp_path, hard):
     assert info["check_rows"] == 7 and info["check_max_abs_diff"] <= export.DEFAULT_ATOL
     assert info["bytes"] == (tmp_path / "f.onnx").stat().st_size  # weights inside the one file
 
-    fp32 = export.OrtModel.like(tmp_path / "f.onnx", m, 1, batch(2, 8, 0))
+    fp32 = runtimes.OrtModel.like(tmp_path / "f.onnx", m, 1, batch(2, 8, 0))
     x = batch(5, 23, 3)  # batch and length never seen at export: dynamic axes
     with torch.inference_mode():
         ref = m(**x).logits
@@ -72,7 +75,7 @@ def test_pruned_export_matches_pytorch_and_int8_is_close(tmp_path, hard):
     # Linear layers left: layer 0 and 1: q, k, v, attention out, FFN in, FFN out; layer 2: FFN in, out
     assert q["n_linear_quantized"] == 14 and q["n_linear_total"] == 16 and len(q["skipped_nodes"]) == 2
     assert q["bytes"] < info["bytes"]
-    int8 = export.OrtModel.like(tmp_path / "q.onnx", m, 1, batch(2, 8, 0))
+    int8 = runtimes.OrtModel.like(tmp_path / "q.onnx", m, 1, batch(2, 8, 0))
     with torch.inference_mode():
         qlogits = int8(**x).logits
     err = export.max_abs_diff(got, qlogits)
@@ -86,7 +89,7 @@ def test_static_int8_calibrates_on_given_rows(tmp_path):
                              calibration=[batch(8, 16, 5), batch(8, 12, 6)])
     assert q["calibration_rows"] == 16 and q["calibration_split"] == "search" and q["n_linear_quantized"] == 14
     x = batch(4, 16, 7)
-    int8 = export.OrtModel.like(tmp_path / "s.onnx", m, 1, x)
+    int8 = runtimes.OrtModel.like(tmp_path / "s.onnx", m, 1, x)
     with torch.inference_mode():
         ref = m(**x).logits
     assert 0 < export.max_abs_diff(ref, int8(**x).logits) < 0.05 * float(ref.abs().max()) + 1e-3
@@ -104,7 +107,7 @@ def test_openvino_int8_of_a_pruned_hard_attention_model(tmp_path):
     q = export.quantize_ov(tmp_path / "f.onnx", tmp_path / "q.xml", [batch(8, 16, 5), batch(8, 12, 6)])
     assert q["calibration_rows"] == 16 and q["fake_quantize_ops"] > 0 and len(q["skipped_nodes"]) == 2
     x = batch(5, 23, 3)
-    int8 = export.OvModel.like(tmp_path / "q.xml", m, 1, x)
+    int8 = runtimes.OvModel.like(tmp_path / "q.xml", m, 1, x)
     with torch.inference_mode():
         ref = m(**x).logits
         got = int8(**x).logits
@@ -114,24 +117,24 @@ def test_openvino_int8_of_a_pruned_hard_attention_model(tmp_path):
 
 def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
     m = pruned_model(False)
-    real = export._run
-    monkeypatch.setattr(export, "_run", lambda *a: [o + 1e-3 for o in real(*a)])
+    real = runtimes._run
+    monkeypatch.setattr(runtimes, "_run", lambda *a: [o + 1e-3 for o in real(*a)])
     with pytest.raises(RuntimeError, match="does not match PyTorch"):
         export.export_onnx(m, tmp_path / "f.onnx", batch(2, 8, 0), check=[batch(2, 8, 1)])
 
 
 def _hide_ort(monkeypatch):
     # None in sys.modules makes every import of the name fail with ImportError, as when it is not installed
-    for name in export.RUNTIME_PACKAGES:
+    for name in runtimes.RUNTIME_PACKAGES:
         monkeypatch.setitem(sys.modules, name, None)
 
 
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch, capsys):
     _hide_ort(monkeypatch)
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[ort\]"'):
-        export.require_ort()
+        runtimes.require_ort()
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[ov\]"'):
-        export.require_runtime("int8_ov")
+        runtimes.require_runtime("int8_ov")
     # the CLI stops before loading any checkpoint (these paths do not exist)
     rc = main(["measure", "--task", "sst2", "--variant-name", "finetune+int8_ort", "--baseline",
                str(tmp_path / "nope"), "--variant", str(tmp_path / "nope"), "--quantize", "int8_ort",
@@ -155,7 +158,7 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
     models.save_checkpoint(m, tok, tmp_path / "pr")
     modes = ["int8_ort", "int8_ort_static"]
     try:
-        export.require_runtime("int8_ov")
+        runtimes.require_runtime("int8_ov")
         modes.append("int8_ov")
     except ConfigError:  # the `ov` extra is not installed: ORT only
         pass
@@ -171,7 +174,7 @@ def test_cli_measure_int8_ort_of_a_pruned_checkpoint(tmp_path, data_dir):
         runtime = "ov" if mode == "int8_ov" else "ort"
         (lat,) = rec["latency"]
         assert lat["n_passes"] == 1 and lat["passes"][0]["n_iters"] >= 3 and set(lat["references"]) == {f"{runtime}_fp32"}
-        backend = "openvino_nncf" if mode == "int8_ov" else f"onnxruntime_{export.ORT_MODES[mode]}"
+        backend = "openvino_nncf" if mode == "int8_ov" else f"onnxruntime_{runtimes.ORT_MODES[mode]}"
         assert q["backend"] == backend and q["threads"] == 1
         assert q["export"]["check_rows"] == 24 and q["export"]["check_max_abs_diff"] <= export.DEFAULT_ATOL
         assert q["calibration_rows"] == (None if mode == "int8_ort" else 16)  # the search split's 16 rows
@@ -225,54 +228,54 @@ def tiny_matmul_onnx(path) -> str:
 
 def test_ort_session_carries_the_threading_settings(tmp_path):
     path = tiny_matmul_onnx(tmp_path / "t.onnx")
-    got = export.ort_session_threading(export.session(path, 3))
-    assert {k: got[k] for k in export.ort_settings(3)} == export.ort_settings(3)
+    got = runtimes.ort_session_threading(runtimes.session(path, 3))
+    assert {k: got[k] for k in runtimes.ort_settings(3)} == runtimes.ort_settings(3)
     assert (got["intra_op_num_threads"], got["inter_op_num_threads"], got["execution_mode"]) == (3, 1, "sequential")
     assert got["intra_op_allow_spinning"] is False and got["inter_op_allow_spinning"] is False
     # an override reaches the session (the "before" settings of scripts/timing_repeatability.py use this path)
-    other = export.ort_session_threading(export.session(path, 2, {"intra_op_allow_spinning": True,
+    other = runtimes.ort_session_threading(runtimes.session(path, 2, {"intra_op_allow_spinning": True,
                                                                   "execution_mode": "parallel",
                                                                   "inter_op_num_threads": 2}))
     assert other["intra_op_allow_spinning"] is True and other["execution_mode"] == "parallel"
     assert (other["intra_op_num_threads"], other["inter_op_num_threads"]) == (2, 2)
     with pytest.raises(ConfigError, match="unknown ORT setting"):
-        export.ort_settings(2, spin=True)
+        runtimes.ort_settings(2, spin=True)
     with pytest.raises(ConfigError, match="execution_mode"):
-        export.ort_settings(2, execution_mode="fast")
+        runtimes.ort_settings(2, execution_mode="fast")
     with pytest.raises(ConfigError, match="threads must be an integer"):
-        export.session(path, 0)
+        runtimes.session(path, 0)
 
 
 def test_openvino_compiled_model_carries_the_threading_settings(tmp_path):
     ov = pytest.importorskip("openvino", reason='the `ov` extra: pip install -e ".[ov]"')
     path = tiny_matmul_onnx(tmp_path / "t.onnx")
-    cfg = export.ov_config(1)
+    cfg = runtimes.ov_config(1)
     assert {"INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "ENABLE_CPU_PINNING", "SCHEDULING_CORE_TYPE",
             "ENABLE_HYPER_THREADING"} <= set(cfg)
-    got = export.ov_compiled_threading(ov.Core().compile_model(path, "CPU", cfg))
+    got = runtimes.ov_compiled_threading(ov.Core().compile_model(path, "CPU", cfg))
     assert got["INFERENCE_NUM_THREADS"] == 1 and got["NUM_STREAMS"] == 1 and got["PERFORMANCE_HINT"] == "LATENCY"
     assert got["INFERENCE_PRECISION_HINT"] == "f32"
-    for key, value in export.OV_THREADING.items():
+    for key, value in runtimes.OV_THREADING.items():
         assert got[key] == value, key
-    flipped = export.ov_config(2, ENABLE_CPU_PINNING=not export.OV_THREADING["ENABLE_CPU_PINNING"],
+    flipped = runtimes.ov_config(2, ENABLE_CPU_PINNING=not runtimes.OV_THREADING["ENABLE_CPU_PINNING"],
                                TBB_PARTITIONER="AUTO")
-    got2 = export.ov_compiled_threading(ov.Core().compile_model(path, "CPU", flipped))
+    got2 = runtimes.ov_compiled_threading(ov.Core().compile_model(path, "CPU", flipped))
     assert got2["INFERENCE_NUM_THREADS"] == 2 and got2["TBB_PARTITIONER"] == "AUTO"
-    assert got2["ENABLE_CPU_PINNING"] is (not export.OV_THREADING["ENABLE_CPU_PINNING"])
+    assert got2["ENABLE_CPU_PINNING"] is (not runtimes.OV_THREADING["ENABLE_CPU_PINNING"])
     with pytest.raises(ConfigError, match="unknown OpenVINO setting"):
-        export.ov_config(1, PINNING=False)
+        runtimes.ov_config(1, PINNING=False)
 
 
 def test_runtime_models_report_their_threading(tmp_path):
     m = pruned_model(False)
     export.export_onnx(m, tmp_path / "f.onnx", batch(2, 8, 0))
-    ort_model = export.OrtModel.like(tmp_path / "f.onnx", m, 2, batch(2, 8, 0))
-    thr = export.runtime_threading(ort_model)
+    ort_model = runtimes.OrtModel.like(tmp_path / "f.onnx", m, 2, batch(2, 8, 0))
+    thr = runtimes.runtime_threading(ort_model)
     assert thr["onnxruntime"]["intra_op_num_threads"] == 2 and thr["onnxruntime"]["intra_op_allow_spinning"] is False
     assert thr["torch"]["intra_op_threads"] == torch.get_num_threads()
-    assert set(export.runtime_threading(m)) == {"torch"}  # a torch model: torch's settings only
+    assert set(runtimes.runtime_threading(m)) == {"torch"}  # a torch model: torch's settings only
     if pytest.importorskip("openvino") is not None:
-        ov_model = export.OvModel.like(tmp_path / "f.onnx", m, 1, batch(2, 8, 0), {"ENABLE_CPU_PINNING": False})
+        ov_model = runtimes.OvModel.like(tmp_path / "f.onnx", m, 1, batch(2, 8, 0), {"ENABLE_CPU_PINNING": False})
         got = ov_model.threading()
         assert got["INFERENCE_NUM_THREADS"] == 1 and got["ENABLE_CPU_PINNING"] is False
 
@@ -305,7 +308,7 @@ def test_prepare_process_sets_interop_threads_and_omp_env_before_torch():
 
 
 def test_torch_int8_uses_the_explicit_engine():
-    from axformer.quantize import TORCH_INT8_ENGINE, QuantizeConfig, quantize
+    from axformer.compress.quantize import TORCH_INT8_ENGINE, QuantizeConfig, quantize
 
     prev = torch.backends.quantized.engine
     other = next((e for e in torch.backends.quantized.supported_engines if e not in (TORCH_INT8_ENGINE, "none")), None)

@@ -1,4 +1,4 @@
-"""Encoder families behind one surgery interface (axformer/families.py): BERT, MPNet, RoBERTa, ELECTRA, DistilBERT.
+"""Encoder families behind one surgery interface (axformer/surgery/families.py): BERT, MPNet, RoBERTa, ELECTRA, DistilBERT.
 
 Random-init small models of every family (hidden 32, 3 layers, 4 heads, a 60-word vocabulary): element removal,
 no-op edits, save/reload of a pruned model, hard attention against a hand-written reference, the cached
@@ -17,8 +17,12 @@ import pytest
 import torch
 from datasets import Dataset
 
-from axformer import data, distill, elements, families, hard_attention, models, mpnet_parts, train
-from axformer.tasks import get_task
+from axformer.taskdata import data
+from axformer.compress import distill
+from axformer.surgery import elements, families, hard_attention
+from axformer.encoders import models, mpnet_parts
+from axformer.training import train
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
 TASK = get_task("sst2")
@@ -232,7 +236,7 @@ def test_hard_attention_official_equals_reference(fam):
 
 @pytest.mark.parametrize("fam", FAMS)
 def test_cached_evaluator_equals_the_full_forward(fam, tmp_path):
-    from axformer.prune import CachedEvaluator
+    from axformer.search.prune import CachedEvaluator
 
     model = _model(fam)
     elements.remove(model, "L1.head0")

@@ -9,9 +9,13 @@ import pytest
 import torch
 
 import baselines
-from axformer import data, elements, measure, models, train
+from axformer.taskdata import data
+from axformer.surgery import elements
+from axformer.measurement import measure
+from axformer.encoders import models
+from axformer.training import train
 from axformer.cli import main
-from axformer.tasks import get_task
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 from baselines.fisher import (Units, apply_plan, block_loss, fisher_diag, mask_gradients, rearrange, search,
                               tune_masks, unit_costs)

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from axformer import device as D
-from axformer import measure as M
-from axformer import memory, nvml
+from axformer.measurement import measure as M
+from axformer.measurement import memory, nvml
 from axformer.utils import ConfigError
 from tiny_models import tiny_bert
 
@@ -126,13 +126,13 @@ def test_nvml_uuid_scan_skips_inaccessible_gpus(use_fake):
 def test_nvml_no_pid_match_none_memory_and_implausible_give_reasons(use_fake):
     me = os.getpid()
     use_fake(fake_pynvml(procs={1: [Proc(me + 7, 100)]}))
-    used, reason = M.nvml_process_used_bytes(device="cuda:0")
+    used, reason = nvml.nvml_process_used_bytes(device="cuda:0")
     assert used is None and f"pid {me}" in reason
     use_fake(fake_pynvml(procs={1: [Proc(me, None)]}))
-    used, reason = M.nvml_process_used_bytes(device="cuda:0")
+    used, reason = nvml.nvml_process_used_bytes(device="cuda:0")
     assert used is None and "not available" in reason
     use_fake(fake_pynvml(procs={1: [Proc(me, 2**50)]}, total=2**30))
-    used, reason = M.nvml_process_used_bytes(device="cuda:0")
+    used, reason = nvml.nvml_process_used_bytes(device="cuda:0")
     assert used is None and "implausible" in reason
 
 
@@ -140,20 +140,20 @@ def test_nvml_mismatch_error_is_a_reason_or_falls_back_to_v2(use_fake):
     me = os.getpid()
     err = FakeMismatch("Unversioned function called and the pyNVML version does not match the NVML lib version")
     use_fake(fake_pynvml(process_error=err))
-    used, reason = M.nvml_process_used_bytes(device="cuda:0")
+    used, reason = nvml.nvml_process_used_bytes(device="cuda:0")
     assert used is None and "FakeMismatch" in reason and "process list" in reason
     use_fake(fake_pynvml(process_error=err, v2={1: [Proc(me, 1234)]}))
-    assert M.nvml_process_used_bytes(device="cuda:0") == (1234, None)
+    assert nvml.nvml_process_used_bytes(device="cuda:0") == (1234, None)
 
 
 def test_nvml_init_failure_and_missing_binding_never_raise(use_fake, monkeypatch):
     use_fake(fake_pynvml(init_error=RuntimeError("ctypes: libnvidia-ml.so.1 not found")))
-    info = M.nvml_info("cuda:0")
+    info = nvml.nvml_info("cuda:0")
     assert info["driver"] is None and "NVML unavailable" in info["reason"] and "RuntimeError" in info["reason"]
     env = M.env_block()
     assert env["driver"] is None and env["nvml_reason"]
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
-    info = M.nvml_info()
+    info = nvml.nvml_info()
     assert info["gpu_name"] is None and "not importable" in info["reason"] and "12.535.108" in info["reason"]
 
 
@@ -263,14 +263,14 @@ def test_int8_variant_keeps_its_dtype_when_measuring_in_fp16():
 
 
 def _bnb_cpu_reason():
-    from axformer.quantize import bitsandbytes_unavailable_reason
+    from axformer.compress.quantize import bitsandbytes_unavailable_reason
 
     return bitsandbytes_unavailable_reason("cpu")
 
 
 @pytest.mark.skipif(_bnb_cpu_reason() is not None, reason=f"bitsandbytes on CPU: {_bnb_cpu_reason()}")
 def test_bitsandbytes_cast_warning_recorded_once_in_latency_block(tiny_tokenizer):
-    from axformer.quantize import QuantizeConfig, quantize
+    from axformer.compress.quantize import QuantizeConfig, quantize
 
     base = tiny_model(0, inter=64, hidden=64)
     q, _ = quantize(copy.deepcopy(base), QuantizeConfig(backend="bitsandbytes", device="cpu"))  # fp32 inputs
@@ -346,7 +346,7 @@ def test_cpu_memory_per_model_differs_for_a_pruned_variant():
 # ------------------------------------------------------------------------------------------ CLI --device
 @pytest.mark.slow
 def test_cli_device_refused_without_cuda_and_recorded(tmp_path, data_dir, capsys):
-    from axformer import models
+    from axformer.encoders import models
     from axformer.cli import main
 
     ft = ["finetune", "--task", "sst2", "--model", models.TINY, "--train-max", "16", "--search-max", "8",
@@ -383,17 +383,19 @@ def test_cuda_measure_pair_memory_nvml_and_timing(tiny_tokenizer):
 def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
     """The AxFormer search's cached evaluation on CUDA (real SST-2 rows, a tiny model: no embedded MiniLM
     needed on the GPU host)."""
-    from axformer import data, prune
-    from axformer.tasks import get_task
+    from axformer.taskdata import data
+    from axformer.taskdata import splits
+    from axformer.search import prune
+    from axformer.taskdata.tasks import get_task
 
     task = get_task("sst2")
     model = tiny_model(0).to("cuda")
-    splits = data.make_splits(task, data_dir, 0, 0.15, 32, 16, 8)
-    ds = data.tokenize(splits.search, tiny_tokenizer, task, 32)
+    rows = splits.make_splits(task, data_dir, 0, 0.15, 32, 16, 8)
+    ds = data.tokenize(rows.search, tiny_tokenizer, task, 32)
     ev = prune.CachedEvaluator(model, ds, tiny_tokenizer, task, batch_size=16)
     assert all(v.device.type == "cuda" for b in ev.batches for v in b.values())
     losses, metric = ev.score(None)
-    assert losses.shape == (len(splits.search),) and 0.0 <= metric <= 1.0
+    assert losses.shape == (len(rows.search),) and 0.0 <= metric <= 1.0
     res = prune.search(model, ds, tiny_tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
                                                                      progress=False))
     assert res.passes > 1 and next(model.parameters()).device.type == "cuda"
@@ -403,7 +405,7 @@ def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
 def test_cuda_cli_latency_aware_search(tmp_path, data_dir):
     """Issue 35 A on a real GPU: `axformer approximate --latency-aware --device cuda` times its candidates on the
     GPU the search runs on (the guard's device is the model's) and finishes without a device mismatch."""
-    from axformer import models
+    from axformer.encoders import models
     from axformer.cli import main
 
     assert main(["finetune", "--task", "sst2", "--model", models.TINY, "--train-max", "64", "--search-max", "32",

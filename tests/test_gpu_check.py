@@ -80,7 +80,7 @@ def _model_folder(path: Path) -> Path:
 
 
 def test_find_mpnet_folder_cache_parts_or_reason(tmp_path, monkeypatch):
-    from axformer import mpnet_parts
+    from axformer.encoders import mpnet_parts
 
     gc = load_script()
     monkeypatch.setenv(mpnet_parts.CACHE_ENV, str(tmp_path / "cache"))
@@ -187,7 +187,7 @@ def _tiny_mpnet_folder(path: Path) -> Path:
     import torch
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    from axformer.models import embedded_model_dir
+    from axformer.encoders.models import embedded_model_dir
 
     src = Path(embedded_model_dir())
     path.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""axformer.hard_attention: top-K sparse attention on selected layers of a tiny random BERT."""
+"""axformer.surgery.hard_attention: top-K sparse attention on selected layers of a tiny random BERT."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from transformers import BertForSequenceClassification
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from axformer import elements as el
-from axformer import hard_attention as ha
+from axformer.surgery import elements as el
+from axformer.surgery import hard_attention as ha
 from tiny_models import tiny_bert
 
 HIDDEN, HEADS, LAYERS, INTER = 32, 4, 3, 48

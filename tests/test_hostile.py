@@ -18,7 +18,7 @@ import yaml
 
 from axformer import bounds
 from axformer.cli import main
-from axformer.stepargs import StepArgError, check_step_args
+from axformer.steps.stepargs import StepArgError, check_step_args
 from axformer.utils import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_argspec_rules():
 
 # ------------------------------------------------------------------------------- one numeric rule: CLI flags
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    from axformer.cliargs import build_parser
+    from axformer.steps.cliargs import build_parser
 
     p = build_parser()
     return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -161,7 +161,7 @@ def test_cli_flag_numeric_rule(tmp_path, capsys, argv, flag):
 
 @pytest.mark.parametrize("field, value", [("lr", NAN), ("epochs", INF), ("batch_size", NAN)])
 def test_train_config_validate_refuses_non_finite(field, value):
-    from axformer.train import TrainConfig
+    from axformer.training.train import TrainConfig
 
     with pytest.raises(ConfigError, match=f"train.{field}"):
         TrainConfig(**{field: value}).validate()
@@ -169,7 +169,7 @@ def test_train_config_validate_refuses_non_finite(field, value):
 
 @pytest.mark.parametrize("field", ["less_important", "accept_margin", "lat_seconds", "accept_z"])
 def test_prune_config_validate_refuses_non_finite(field):
-    from axformer.prune import PruneConfig
+    from axformer.search.prune import PruneConfig
 
     with pytest.raises(ConfigError, match=f"axformer.{field} must be a finite number"):
         PruneConfig(**{field: NAN}).validate()
@@ -253,9 +253,9 @@ def test_sigterm_while_building_the_parser_exits_143_with_one_line(tmp_path):
 
 
 def test_rerun_save_interrupted_between_renames_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from axformer import models
+    from axformer.encoders import models
 
-    model, tok = models.load_pretrained(models.TINY, __import__("axformer.tasks").tasks.get_task("sst2"))
+    model, tok = models.load_pretrained(models.TINY, __import__("axformer.taskdata.tasks").tasks.get_task("sst2"))
     out = models.save_checkpoint(model, tok, tmp_path / "ckpt")
     before = sorted(p.name for p in out.iterdir())
     real = os.replace

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 import baselines
-from axformer import data, elements, models, train
+from axformer.taskdata import data
+from axformer.surgery import elements
+from axformer.encoders import models
+from axformer.training import train
 from axformer.cli import main
-from axformer.tasks import get_task
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 from baselines.fisher import Units
 from baselines.headprune import planted_zero_head

@@ -1,4 +1,4 @@
-"""Tests for axformer.measure (CPU only, tiny models, tiny timing budgets)."""
+"""Tests for axformer.measurement.measure (CPU only, tiny models, tiny timing budgets)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from transformers import BertForSequenceClassification
 
-from axformer import measure as M
+from axformer.measurement import measure as M
+from axformer.measurement import nvml
 from axformer.utils import ConfigError, atomic_write_json
 from tiny_models import tiny_bert
 
@@ -191,10 +192,10 @@ def test_nvml_absent_gives_null_and_reason():
         pytest.skip("NVML is available on this machine")
     except pynvml.NVMLError:
         pass
-    info = M.nvml_info()
+    info = nvml.nvml_info()
     assert info["driver"] is None and info["gpu_name"] is None
     assert "NVML" in info["reason"]
-    used, reason = M.nvml_process_used_bytes()
+    used, reason = nvml.nvml_process_used_bytes()
     assert used is None and "NVML" in reason
     env = M.env_block()
     assert env["driver"] is None and env["nvml_reason"]

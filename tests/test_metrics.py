@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from axformer import metrics as M
-from axformer.tasks import get_task
+from axformer.taskdata import metrics as M
+from axformer.taskdata.tasks import get_task
 
 
 def test_accuracy_and_f1_by_hand():
@@ -63,7 +63,7 @@ def test_macro_f1_by_hand_and_multiclass_constant_baseline():
     assert M.macro_f1(preds, labels) == pytest.approx((1 + 1 / 2 + 2 / 3) / 3)
     # a class never predicted counts as 0, not skipped
     assert M.macro_f1(np.zeros(3, int), np.array([0, 1, 2])) == pytest.approx((2 * (1 / 3) / (1 + 1 / 3)) / 3)
-    from axformer.tasks import task_from_decl
+    from axformer.taskdata.tasks import task_from_decl
 
     three = task_from_decl("t3", {"train": "a.csv", "dev": "b.csv", "text": "s", "label": "y",
                                   "labels": ["a", "b", "c"], "metric": "macro_f1", "secondary": ["accuracy", "mcc"]})

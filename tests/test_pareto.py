@@ -1,4 +1,4 @@
-"""The peers' frontier (axformer/pareto.py): a hand-made set of points with a known answer."""
+"""The peers' frontier (axformer/reporting/pareto.py): a hand-made set of points with a known answer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from axformer import pareto
+from axformer.reporting import pareto
 
 NAN = math.nan
 
@@ -77,7 +77,7 @@ def test_verdicts_of_the_hand_made_points():
 
 
 def _frame_and_verdicts():
-    """A run frame and verdict table as axformer.report / axformer.verdicts give them, for two peer budgets."""
+    """A run frame and verdict table as axformer.reporting.report / axformer.reporting.verdicts give them, for two peer budgets."""
     def run(variant, cmds, method=None, cfg=None, flops=100.0, seed=0):
         r = {"task": "t", "model": "m", "variant": variant, "seed": seed, "commands": cmds,
              "flops": json.dumps([{"batch_size": 32, "seq_len": 128, "forward_flops": flops}]),

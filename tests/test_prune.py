@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from axformer import data, elements, hard_attention, models, prune, train
-from axformer.tasks import get_task
+from axformer.taskdata import data
+from axformer.surgery import elements, hard_attention
+from axformer.encoders import models
+from axformer.search import prune
+from axformer.training import train
+from axformer.taskdata.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +251,7 @@ def test_noop_hard_attention_is_never_accepted(fitted, rule):
 # ----------------------------------------------------------------------------------------- latency-aware
 def _fake_timing(monkeypatch, factor):
     """time_interleaved stand-in: a model's median is 10 ms x factor per hard-attention layer it runs."""
-    from axformer import measure
+    from axformer.measurement import measure
 
     calls = []
 
@@ -308,7 +312,7 @@ def test_latency_aware_full_search_times_only_hard_attention_and_rechecks(fitted
 
 
 def test_latency_guard_skips_timing_when_no_row_is_longer_than_k(tokenizer):
-    from axformer import latency_guard
+    from axformer.search import latency_guard
 
     g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30)
     assert g.n_rows_topk == 0
@@ -320,7 +324,8 @@ def _guard_with_rounds(tokenizer, monkeypatch, aa_rise, cand_rise, jitter=0.02, 
     """A LatencyGuard whose timings are fake rounds: the host's jitter (shared by both models of a round, as
     in an interleaved job) times 10 ms, the copy in the A/A timing ``aa_rise`` slower, the candidate
     ``cand_rise`` slower than the current model."""
-    from axformer import latency_guard, measure
+    from axformer.search import latency_guard
+    from axformer.measurement import measure
 
     g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30)
     g.n_rows_topk = 1  # pretend a row takes the top-K path: the guard times
@@ -365,7 +370,7 @@ def test_latency_aware_joint_recheck_drops_layers_whose_small_rises_add_up(fitte
     """Each hard-attention layer rises 0.6 % against a 1 % A/A noise (each passes alone); both together rise
     1.2 % (> noise), so the joint check drops the one whose own rise was larger (layer 0: 10.06 / 10 against
     layer 1's 10.12 / 10.06) and the pair is not kept."""
-    from axformer import measure
+    from axformer.measurement import measure
 
     task, model, tok, ds = fitted
     kw = dict(accept_rule="metric", less_important=10.0, mode="hardattn", topk=2)
@@ -551,7 +556,8 @@ class _FakeCudaModel(torch.nn.Module):
 def test_latency_guard_times_on_the_search_device_and_never_moves_models(tokenizer, monkeypatch):
     """Built with the search's device, the guard hands time_interleaved a config on that device, so nothing is
     moved; before issue 35 the config defaulted to cpu and time_interleaved moved the searched model there."""
-    from axformer import latency_guard, measure
+    from axformer.search import latency_guard
+    from axformer.measurement import measure
 
     seen = []
 
@@ -572,7 +578,8 @@ def test_latency_guard_times_on_the_search_device_and_never_moves_models(tokeniz
 def test_latency_guard_refuses_a_model_on_another_device(tokenizer, monkeypatch):
     """The pre-fix wiring (guard on the default cpu, searched model on CUDA) is a device mismatch, raised before
     any timing, not a silent move of the searched model."""
-    from axformer import latency_guard, measure
+    from axformer.search import latency_guard
+    from axformer.measurement import measure
 
     monkeypatch.setattr(measure, "time_interleaved", lambda *a: pytest.fail("timed across devices"))
     g = latency_guard.LatencyGuard.from_texts(tokenizer, ["a short one", "two"], None, 4, 16, 30)
@@ -584,7 +591,7 @@ def test_latency_guard_refuses_a_model_on_another_device(tokenizer, monkeypatch)
 def test_latency_aware_search_builds_its_guard_on_the_model_device(fitted, data_dir, monkeypatch):
     """prune.search takes the guard's device from the searched model (model_device), and the real interleaved
     timing leaves the searched model's tensors where they were (same storage)."""
-    from axformer import latency_guard
+    from axformer.search import latency_guard
 
     task, model, tok, ds = fitted
     m = copy.deepcopy(model)

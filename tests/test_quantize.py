@@ -1,4 +1,4 @@
-"""Tests for axformer.quantize on CPU with a tiny random BERT (no hub access)."""
+"""Tests for axformer.compress.quantize on CPU with a tiny random BERT (no hub access)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import BertForSequenceClassification
 
-from axformer.quantize import (
+from axformer.compress.quantize import (
     DEFAULT_SKIP,
     QuantizeConfig,
     bitsandbytes_unavailable_reason,

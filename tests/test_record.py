@@ -1,4 +1,4 @@
-"""The typed run record (axformer.record): every committed metrics.json loads and round-trips, writes go
+"""The typed run record (axformer.records.record): every committed metrics.json loads and round-trips, writes go
 through it, and the lineage / family are read from the record's blocks."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from axformer import record, results
+from axformer.records import record, results
 from axformer.utils import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for axformer.report on a small hand-made results tree."""
+"""Tests for axformer.reporting.report on a small hand-made results tree."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from axformer import report
+from axformer.reporting import report
 from axformer.utils import ConfigError
 
 # (task, variant, seed) -> (dev metric, params_encoder, params_total, bytes, p50 b1, p50 b32) ; None = no latency
@@ -104,7 +104,7 @@ def test_collect_and_summary(tree: Path, tmp_path: Path) -> None:
 
 
 def test_tidy_tables_by_hand(tree: Path, tmp_path: Path) -> None:
-    from axformer import tidy
+    from axformer.reporting import tidy
 
     report.render(tree, tmp_path / "figures", tmp_path / "out" / "summary.csv")
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
@@ -128,7 +128,7 @@ def test_tidy_tables_by_hand(tree: Path, tmp_path: Path) -> None:
 
 
 def test_baseline_scores_long(tree: Path, tmp_path: Path) -> None:
-    from axformer import tidy
+    from axformer.reporting import tidy
 
     run = tree / "sst2" / "minilm" / "finetune+headprune" / "seed0"
     run.mkdir(parents=True)
@@ -146,8 +146,8 @@ def test_baseline_scores_long(tree: Path, tmp_path: Path) -> None:
 
 def test_tidy_tables_carry_dtype_tf32_and_compute_dtype() -> None:
     """Issue 35 B: an LLM.int8 run timed against an fp16 finetune says so in summary.csv and latency.csv."""
-    from axformer import tidy
-    from axformer.record import Run
+    from axformer.reporting import tidy
+    from axformer.records.record import Run
 
     m = _metrics("sst2", "finetune+axformer", 0)
     m["variant"] = "finetune+int8"
@@ -168,7 +168,7 @@ def test_tidy_tables_carry_dtype_tf32_and_compute_dtype() -> None:
 
 def test_committed_summaries_share_the_columns() -> None:
     """Every profile's committed summary.csv is the narrow one (regenerated with `axformer report`)."""
-    from axformer import tidy
+    from axformer.reporting import tidy
 
     repo = Path(__file__).resolve().parents[1]
     found = sorted((repo / "results").rglob("summary.csv"))
@@ -236,7 +236,7 @@ def test_removal_grid() -> None:
 
 def test_render_writes_everything(tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     figs = tmp_path / "figures"
-    caplog.set_level("INFO", logger="axformer.figures")
+    caplog.set_level("INFO", logger="axformer.reporting.figures")
     out = report.render(tree, figs, tmp_path / "summary.csv")
     expected = [f"{kind}_{task}.{ext}" for kind in ("accuracy_vs_latency", "speedup_size_bars")
                 for task in ("sst2", "rte") for ext in ("pdf", "png")]
@@ -258,7 +258,7 @@ def test_render_writes_everything(tree: Path, tmp_path: Path, caplog: pytest.Log
 
 
 def test_render_writes_verdicts_csv(tree: Path, tmp_path: Path) -> None:
-    from axformer import verdicts
+    from axformer.reporting import verdicts
 
     figs = tmp_path / "figures"
     out = report.render(tree, figs, tmp_path / "summary.csv")
@@ -278,7 +278,7 @@ def test_render_writes_verdicts_csv(tree: Path, tmp_path: Path) -> None:
 
 def test_verdict_table_shows_the_speed_verdicts_batch(tree: Path) -> None:
     """A profile that reports batch 8 (base) gets a b8 column beside the fixed b1 / b32 ones."""
-    from axformer import verdicts
+    from axformer.reporting import verdicts
 
     vt = verdicts.verdict_table(report.collect(tree), tree, batch_size=32)
     assert "Speedup b8 [95%]" not in verdicts.display_table(vt).columns
@@ -305,7 +305,7 @@ def test_missing_results_dir(tmp_path: Path) -> None:
 
 
 def test_figure_styles_by_family() -> None:
-    from axformer import figures
+    from axformer.reporting import figures
 
     # more AxFormer variants than its palette, peers and compression chains: one family each, no colour twice
     fam = {f"finetune+ax{i}": "axformer" for i in range(9)}
@@ -324,7 +324,7 @@ def test_figure_styles_by_family() -> None:
 def test_figures_are_column_sized_with_embedded_fonts(tree: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from axformer import figures
+    from axformer.reporting import figures
 
     figs = tmp_path / "figures"
     report.render(tree, figs, tmp_path / "summary.csv")

@@ -91,7 +91,7 @@ def test_duplicate_run_under_seed00(tree, tmp_path, capsys):
 def test_duplicate_via_folder_claims(tree, tmp_path, capsys):
     """Two folders that both pass the path check cannot hold the same run: the path check makes the (task,
     model, variant, seed) key the folder's, so a duplicate needs a second spelling of the seed (above)."""
-    from axformer.report import runs
+    from axformer.reporting.report import runs
 
     found = runs(tree)
     keys = [(r.task, r.model, r.variant, r.seed) for _, r in found]
@@ -117,8 +117,8 @@ def test_secondary_metric_checked(tree, tmp_path, capsys):
 
 def test_check_run_ranges_unit():
     """check_run directly: mcc may be negative, accuracy may not."""
-    from axformer.record import Run
-    from axformer.report import check_run
+    from axformer.records.record import Run
+    from axformer.reporting.report import check_run
     from axformer.utils import ConfigError
 
     rec = json.loads(_first_committed().read_text())

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from axformer import models, record_schema, results
+from axformer.encoders import models
+from axformer.records import record_schema, results
 from axformer.cli import main
-from axformer.tasks import get_task
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def test_bad_step_value_stops_before_any_job(tmp_path, data_dir, cfg, key):
 
 def test_step_arg_names_come_from_the_cli_parser(monkeypatch):
     """A flag added to a CLI step is a valid config step argument without touching stepargs."""
-    from axformer import cliargs, stepargs
+    from axformer.steps import cliargs, stepargs
 
     add, help_ = cliargs.STEP_ARGS["approximate"]
 
@@ -174,7 +175,7 @@ def test_step_arg_names_come_from_the_cli_parser(monkeypatch):
 
 
 def test_rule_set_flag_is_not_a_step_arg():
-    from axformer.stepargs import StepArgError, check_step_args
+    from axformer.steps.stepargs import StepArgError, check_step_args
 
     with pytest.raises(StepArgError, match="config `split`") as exc:
         check_step_args("finetune", {"max_length": 64})
@@ -333,7 +334,7 @@ def test_report_refuses_empty_metrics_json_in_one_line(tmp_path, capsys):
 
 
 def test_report_refuses_non_number_metric(tmp_path):
-    from axformer.report import collect
+    from axformer.reporting.report import collect
 
     rec = _record()
     rec["metric"]["dev"] = "high"
@@ -343,7 +344,7 @@ def test_report_refuses_non_number_metric(tmp_path):
 
 
 def test_report_refuses_nan_literal(tmp_path):
-    from axformer.report import collect
+    from axformer.reporting.report import collect
 
     _write_run(tmp_path, json.dumps(_record()).replace('"dev": ', '"dev": NaN, "x": ', 1))
     with pytest.raises(ConfigError, match="NaN"):
@@ -403,7 +404,7 @@ def test_measure_refuses_bad_step_json(tmp_path, ckpt, capsys):
 # ------------------------------------------------------------------------------------ 5. labels
 @pytest.mark.parametrize("label", ["nan", "inf", "-inf", "-0.5", "5.25"])
 def test_stsb_label_must_be_finite_in_range(tmp_path, data_dir, label):
-    from axformer.data import read_tsv
+    from axformer.taskdata.data import read_tsv
 
     head, row = (Path(data_dir) / "glue" / "STS-B" / "dev.tsv").read_text().splitlines()[:2]
     fields = row.split("\t")
@@ -417,9 +418,9 @@ def test_stsb_label_must_be_finite_in_range(tmp_path, data_dir, label):
 # ---------------------------------------------------------------------------- 6. temp folders
 _SIGTERM_CHILD = """
 import os, signal, sys
-from axformer import models
+from axformer.encoders import models
 from axformer.cli import Terminated, install_signal_handlers
-from axformer.models import TINY_CONFIG
+from axformer.encoders.models import TINY_CONFIG
 from transformers import BertConfig, BertForSequenceClassification
 
 
@@ -453,7 +454,7 @@ def test_sigterm_while_saving_leaves_no_temp_folder(tmp_path):
 
 
 def test_stale_temp_folder_removed_on_next_save(tmp_path):
-    from axformer.models import TINY_CONFIG
+    from axformer.encoders.models import TINY_CONFIG
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     stale = tmp_path / ".ckpt.tmpk1ll3d"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from axformer.cluster import failure_hints
+from axformer.steps.cluster import failure_hints
 from axformer.utils import slurm_allocation
 
 REPO = Path(__file__).resolve().parents[1]

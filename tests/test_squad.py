@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from axformer import batches, losses, metrics, models, squad, stats, taskkinds, train
+from axformer.training import batches, train
+from axformer.taskdata import losses, metrics, squad, taskkinds
+from axformer.encoders import models
+from axformer import stats
 from axformer.cli import main
-from axformer.tasks import get_task, with_qa_settings
+from axformer.taskdata.tasks import get_task, with_qa_settings
 from axformer.utils import ConfigError
 
 SQUAD = get_task("squad")
@@ -221,7 +224,7 @@ def test_evaluate_per_question_and_batch_invariant(tiny_qa):
 
 
 def test_search_cache_matches_evaluate(tiny_qa):
-    from axformer import prune
+    from axformer.search import prune
 
     task, model, tok, tk = tiny_qa
     ev = prune.CachedEvaluator(model, tk["search"], tok, task, batch_size=8)
@@ -251,7 +254,7 @@ def test_minilm_qa_head_offline_and_checkpoint_roundtrip(tmp_path):
 
 @pytest.mark.slow
 def test_distill_headprune_int8_on_qa(tiny_qa):
-    from axformer import distill, quantize
+    from axformer.compress import distill, quantize
     from baselines.headprune import head_importance
 
     task, model, tok, tk = tiny_qa
@@ -284,7 +287,7 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
 # ------------------------------------------------------------------------------------------ CLI pipeline
 @pytest.mark.slow
 def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
-    from axformer import report
+    from axformer.reporting import report
 
     c, r = tmp_path / "ck", tmp_path / "results" / "squad" / "tiny-random"
     common = ["--data-dir", str(data_dir), "--threads", "1"]

@@ -1,4 +1,4 @@
-"""axformer.stats (paired bootstrap, speedup interval, seeds, verdicts) and axformer.verdicts (the table)."""
+"""axformer.stats (paired bootstrap, speedup interval, seeds, verdicts) and axformer.reporting.verdicts (the table)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
-from axformer import metrics as M
-from axformer import report
+from axformer.taskdata import metrics as M
+from axformer.reporting import report
 from axformer import stats as S
-from axformer import verdicts as V
-from axformer.tasks import get_task
+from axformer.reporting import verdicts as V
+from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
 
@@ -316,7 +316,7 @@ def test_majority_cli_writes_predictions(tmp_path, data_dir):
 
 @pytest.mark.parametrize("chain_speed, scale", [(20.0, "log"), (1.5, "linear")])
 def test_verdicts_figure_log_axis_only_for_a_wide_span(tmp_path, monkeypatch, chain_speed, scale):
-    from axformer import figures as F
+    from axformer.reporting import figures as F
 
     root = tmp_path / "results"
     labels = np.array([1, 0] * 20)

@@ -1,4 +1,4 @@
-"""Task declarations (axformer/tasks.py): the built-in GLUE tasks read exactly as before through the declaration
+"""Task declarations (axformer/taskdata/tasks.py): the built-in GLUE tasks read exactly as before through the declaration
 path, the three file formats, labels as list / map / regression, the hub source, and every bad declaration
 refused with the task and key named."""
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from axformer import data, metrics
-from axformer.tasks import BUILTIN, METRIC_KINDS, TASKS, TaskError, get_task, label_key, resolve, task_from_decl
+from axformer.taskdata import data, metrics
+from axformer.taskdata import splits
+from axformer.taskdata.tasks import BUILTIN, METRIC_KINDS, TASKS, TaskError, get_task, label_key, resolve, task_from_decl
 
 # ------------------------------------------------------------------------------ the old path, frozen
 # The GLUE reader as it was before tasks became declarations (folder, header, fields per row, text a, text b,
@@ -63,8 +64,8 @@ def _columns(ds) -> dict[str, list]:
 
 @pytest.mark.parametrize("task", sorted(LEGACY))
 def test_builtin_declarations_read_and_split_exactly_as_the_old_reader(data_dir, task, monkeypatch):
-    splits = ["dev"] if task == "qnli" else ["train", "dev"]
-    for split in splits:
+    parts = ["dev"] if task == "qnli" else ["train", "dev"]
+    for split in parts:
         new = data.load_split(get_task(task), split, data_dir)
         old = _legacy_dataset(task, split, data_dir)
         assert new.features == old.features, (task, split)
@@ -73,9 +74,9 @@ def test_builtin_declarations_read_and_split_exactly_as_the_old_reader(data_dir,
         return
     # same rows in the same order -> the same seeded search / train' / dev indices
     kw = dict(seed=1, search_max=300, train_max=500, dev_max=50)
-    new_s = data.make_splits(get_task(task), data_dir, **kw)
+    new_s = splits.make_splits(get_task(task), data_dir, **kw)
     monkeypatch.setattr(data, "load_split", lambda t, split, *a, **k: _legacy_dataset(task, split, data_dir))
-    old_s = data.make_splits(get_task(task), data_dir, **kw)
+    old_s = splits.make_splits(get_task(task), data_dir, **kw)
     for part in ("train", "search", "dev"):
         assert _columns(getattr(new_s, part)) == _columns(getattr(old_s, part)), (task, part)
     assert new_s.info == old_s.info
@@ -143,7 +144,7 @@ def test_three_formats_read_as_declared(tmp_path):
     reg = data.load_split(score, "dev", None)  # absolute paths need no data folder
     assert reg.features["label"].dtype == "float32" and len(reg) == 12
     assert data.check_task_files(nli, tmp_path) == {"train": 48, "dev": 12}
-    s = data.make_splits(nli, tmp_path, seed=0, search_frac=0.25)
+    s = splits.make_splits(nli, tmp_path, seed=0, search_frac=0.25)
     assert len(s.search) == 12 and sorted(np.bincount(s.search["label"])) == [4, 4, 4]  # stratified, 3 classes
 
 

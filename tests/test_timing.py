@@ -1,4 +1,4 @@
-"""Timing passes (axformer/timing.py, issue 31): pass statistics, the repeat-a-noisy-pass rule, aggregation into
+"""Timing passes (axformer/measurement/timing.py, issue 31): pass statistics, the repeat-a-noisy-pass rule, aggregation into
 latency blocks, and the round-robin order inside a pass. Fake passes: no model is timed here."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from axformer import measure, timing
+from axformer.measurement import measure, timing
 from axformer.utils import ConfigError
 
 

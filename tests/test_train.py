@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from axformer import data, models, train
-from axformer.tasks import get_task
+from axformer.taskdata import data
+from axformer.encoders import models
+from axformer.training import train
+from axformer.taskdata.tasks import get_task
 
 
 def _tiny(task_name, data_dir, n=48, seed=0):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from axformer.results import SCHEMA_KEYS, model_name
+from axformer.records.results import SCHEMA_KEYS, model_name
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -42,8 +42,8 @@ def load_profile(name: str) -> dict:
 def skip_without_mpnet(cfg: dict) -> None:
     """A profile naming mpnet-base plans only where its five PyPI parts are installed (the plan-time model check
     reads their metadata); CI does not install them (404 MB)."""
-    from axformer import mpnet_parts
-    from axformer.models import MPNET
+    from axformer.encoders import mpnet_parts
+    from axformer.encoders.models import MPNET
 
     if MPNET in cfg["models"] and not mpnet_parts.available():
         pytest.skip(f"profile {cfg['profile']!r} uses {MPNET}, whose PyPI parts are not installed: "
@@ -121,7 +121,7 @@ def test_smoke_dag_end_to_end(tmp_path, data_dir):
                 for variant in [*variants, "majority"]:
                     run = results / task / model / variant / f"seed{seed}"
                     expected.append((variant, run))
-    from axformer import metrics as M
+    from axformer.taskdata import metrics as M
     from axformer import stats as S
 
     for variant, run in expected:
@@ -379,7 +379,7 @@ def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
     runs = len(cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
     assert stats["finetune"] == runs
     assert stats["measure"] == runs * len(cfg["variants"])
-    from axformer.tasks import TASKS
+    from axformer.taskdata.tasks import TASKS
 
     glue_runs = sum(not TASKS[t].is_qa for t in cfg["tasks"]) * len(cfg["models"]) * cfg["seeds"]
     assert stats["majority"] == glue_runs and stats["report"] == 1  # span QA (squad) has no majority row
@@ -391,7 +391,7 @@ def test_base_profile_plans_to_its_own_folders(tmp_path, data_dir):
     cross-family chain distils into the pretrained MiniLM, every timed shape is one the report can headline.
     Without the MPNet parts (CI) the same DAG is planned on tiny-random, so the profile's steps, args and
     routing are still checked."""
-    from axformer import mpnet_parts
+    from axformer.encoders import mpnet_parts
 
     cfg = load_profile("base")
     extra = () if mpnet_parts.available() else ("--config", 'models=["tiny-random"]')
@@ -420,7 +420,7 @@ def test_official_profile_plans_the_released_split_and_recipe(tmp_path, data_dir
     """official.yaml: MiniLM at 3 seeds and MPNet-base at 1 (seeds_per_model), CoLA / RTE on the released split
     index files, the released recipe. Without the MPNet parts (CI) the plan is narrowed to MiniLM, which
     seeds_per_model's unused mpnet-base entry must not break."""
-    from axformer import mpnet_parts
+    from axformer.encoders import mpnet_parts
 
     cfg = load_profile("official")
     extra = () if mpnet_parts.available() else ("--config", 'models=["minilm"]')

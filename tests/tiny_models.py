@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from axformer import models
+from axformer.encoders import models
 
 
 def tiny_bert_config(**kw) -> BertConfig:

@@ -15,11 +15,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from axformer.bounds import check_finite_tree
-from axformer.data import check_task_files, load_split_index, task_file
-from axformer.models import check_model_spec
-from axformer.results import model_name
-from axformer.stepargs import StepArgError, check_step_args
-from axformer.tasks import TASKS, TaskError, task_from_decl
+from axformer.taskdata.data import check_task_files, task_file
+from axformer.taskdata.splits import load_split_index
+from axformer.encoders.models import check_model_spec
+from axformer.records.results import model_name
+from axformer.steps.stepargs import StepArgError, check_step_args
+from axformer.taskdata.tasks import TASKS, TaskError, task_from_decl
 from axformer.utils import ConfigError
 
 SCHEMA = "../schemas/config.schema.yaml"
@@ -129,7 +130,7 @@ def _check_qa_task(task, data_dir):
 
 
 def _check_step_args(name, st):
-    """args (and each task's args_per_task on top) as the CLI step would take them (axformer.stepargs)."""
+    """args (and each task's args_per_task on top) as the CLI step would take them (axformer.steps.stepargs)."""
     for task, per_task in [(None, {}), *st["args_per_task"].items()]:
         try:
             check_step_args(st["command"], {**st["args"], **per_task}, allow_hub=config["allow_hub"])

@@ -5,7 +5,7 @@
 # share hardware) and, with measure.exclusive, all local cores, so nothing runs beside a timing. A measure job
 # reads its group's timing.json and evaluates; it books measure.threads.
 #
-# Timing (DESIGN §6, axformer/timing.py): one `time` job per (task, model, seed) loads finetune and every timed
+# Timing (DESIGN §6, axformer/measurement/timing.py): one `time` job per (task, model, seed) loads finetune and every timed
 # variant of that seed in each of measure.passes fresh processes and times them round-robin; its timing.json
 # (every pass, with host noise) gives each measure job its latency blocks. Re-time every run of a profile, never
 # a hand-picked few: `snakemake --cores all --configfile P --forcerun time`, then the same with `--forcerun measure` (each measure job then re-reads).

@@ -1,17 +1,17 @@
 # All metrics.json -> results/summary.csv (narrow, one row per run) with latency.csv, elements.csv and
-# baseline_scores.csv beside it (axformer.tidy), per-task tables and figures (axformer.report.render), and the
-# verdict table results/verdicts.csv with its rendering (axformer.verdicts; intervals from predictions.npz).
+# baseline_scores.csv beside it (axformer.reporting.tidy), per-task tables and figures (axformer.reporting.report.render), and the
+# verdict table results/verdicts.csv with its rendering (axformer.reporting.verdicts; intervals from predictions.npz).
 # Every figure and table is flagged for `snakemake --report report.html`, captioned from workflow/report/.
 
 import shlex
 
-from axformer.figures import slug as _fig_slug
+from axformer.reporting.figures import slug as _fig_slug
 
 CAPTIONS = "../report"
 
 
 def removal_maps():
-    """removal_map_<task>_<model>_<variant>_seed<k>.png of every run with decisions.json (axformer.report)."""
+    """removal_map_<task>_<model>_<variant>_seed<k>.png of every run with decisions.json (axformer.reporting.report)."""
     return [f"{FIGS}/removal_map_{_fig_slug(t)}_{_fig_slug(m)}_{_fig_slug(v)}_seed{s}.png"
             for v in config["variants"] if has_decisions(v) for t in TASK_NAMES if variant_runs_on(v, t)
             for m in MODEL_SPECS for s in variant_seeds(v, m)]

@@ -1,4 +1,4 @@
-# Task declarations (axformer/tasks.py): a task declared in the profile's task_defs gets its resolved
+# Task declarations (axformer/taskdata/tasks.py): a task declared in the profile's task_defs gets its resolved
 # declaration written here, once per task; finetune and majority read it (--task-def) and the fine-tuned
 # checkpoint records it, so every later step reads the task as it was fine-tuned. Built-in tasks need no file.
 

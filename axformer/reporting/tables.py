@@ -1,0 +1,403 @@
+"""Display tables of the report (DESIGN §4): per-task variant tables, the all-task headline table, the
+search-cost table and the compute table, as DataFrames and as Markdown / LaTeX (booktabs).
+
+They read the run frame :func:`axformer.reporting.report.collect` builds (one row per run, nested record keys joined
+with ``_``, plus ``family`` and ``commands`` from the typed record); variant order and grouping come from the
+record (the family of each run), not from step names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from axformer.records.record import STEP_BLOCKS
+from axformer.taskdata.tasks import TASKS
+from axformer.utils import ConfigError, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+_LAT_RE = re.compile(r"^latency_b(\d+)_(.+)$")
+DASH = "–"
+
+# Row order of the families (axformer.records.record.FAMILIES) after finetune; majority comes last.
+FAMILY_ORDER: dict[str, int] = {"reference": 0, "axformer": 1, "compression": 2, "peer": 3}
+
+
+def variant_sort_key(variant: str, family: str | None = None) -> tuple:
+    """Row order: ``finetune`` first, ``majority`` last; the others by family (the kind of variant the record
+    says it is, when given), then by the number of steps in the chain, then by name."""
+    if variant == "finetune":
+        return (0,)
+    if variant == "majority":
+        return (9,)
+    return (1, FAMILY_ORDER.get(family or "", len(FAMILY_ORDER)), variant.count("+"), variant)
+
+
+def families(df: pd.DataFrame) -> dict[str, str]:
+    """variant -> family (first run's) of a run frame; empty without a ``family`` column."""
+    if "family" not in df.columns or df.empty:
+        return {}
+    return {str(v): str(f) for v, f in df.drop_duplicates("variant")[["variant", "family"]].itertuples(index=False)}
+
+
+def is_quantized(df: pd.DataFrame) -> pd.Series:
+    """Runs whose chain ends in a quantize step (they share their parent's search)."""
+    if "commands" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["commands"].map(lambda c: "quantize" in str(c).split(">"))
+
+
+def _task_order(tasks: Iterable[str]) -> list[str]:
+    known = list(TASKS)
+    return sorted(set(tasks), key=lambda t: (known.index(t) if t in known else len(known), t))
+
+
+def _batch_sizes(df: pd.DataFrame, field: str = "p50_ms") -> list[int]:
+    sizes = set()
+    for col in df.columns:
+        m = _LAT_RE.match(col)
+        if m and m.group(2) == field and df[col].notna().any():
+            sizes.add(int(m.group(1)))
+    return sorted(sizes)
+
+
+def pick_batch(df: pd.DataFrame, preferred: int = 32) -> int | None:
+    """The batch size to plot: ``preferred`` if any run measured it, else 1, else the smallest measured."""
+    sizes = _batch_sizes(df)
+    for b in (preferred, 1):
+        if b in sizes:
+            return b
+    return sizes[0] if sizes else None
+
+
+def _speedup(sub: pd.DataFrame, b: int) -> pd.Series:
+    """Per-run speedup at batch ``b``: the recorded value, else baseline_p50 / p50."""
+    nan = pd.Series(np.nan, index=sub.index)
+    rec = pd.to_numeric(sub.get(f"latency_b{b}_speedup", nan), errors="coerce")
+    base = pd.to_numeric(sub.get(f"latency_b{b}_baseline_p50_ms", nan), errors="coerce")
+    p50 = pd.to_numeric(sub.get(f"latency_b{b}_p50_ms", nan), errors="coerce")
+    return rec.fillna(base / p50)
+
+
+def _num(sub: pd.DataFrame, col: str) -> pd.Series:
+    if col not in sub.columns:
+        return pd.Series(np.nan, index=sub.index, dtype=float)
+    return pd.to_numeric(sub[col], errors="coerce")
+
+
+def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One row per (model, variant) of ``task``, aggregated over seeds.
+
+    Columns: ``model``, ``variant``, ``metric`` (name), ``n_seeds``, ``metric_mean``, ``metric_std``
+    (sample std, ddof=1; NaN for one seed), ``params_encoder_ratio`` and ``params_total_ratio`` (mean
+    over seeds / mean of the same model's ``finetune``), ``speedup_b<B>`` (mean over seeds that measured
+    it) for each batch size, ``size_mb`` (mean bytes on disk / 1e6). Rows: ``finetune`` first.
+    QA tasks (SQuAD) also get ``<secondary>_mean`` per secondary metric (exact_match next to F1).
+    """
+    sub = df[df["task"] == task] if "task" in df.columns else df.iloc[0:0]
+    extra = TASKS[task].secondary if task in TASKS and TASKS[task].is_qa else ()
+    if sub.empty:
+        raise ConfigError(f"no runs for task {task!r} in the results; tasks present: {sorted(df.get('task', pd.Series()).dropna().unique())}.")
+    batches = _batch_sizes(sub, "speedup") or _batch_sizes(sub)
+    rows = []
+    for (model, variant), g in sub.groupby(["model", "variant"], sort=False):
+        metric_names = g["metric_name"].dropna().unique() if "metric_name" in g.columns else []
+        dev = _num(g, "metric_dev")
+        row: dict[str, Any] = {
+            "model": model,
+            "variant": variant,
+            "metric": metric_names[0] if len(metric_names) else "metric",
+            "n_seeds": int(g["seed"].nunique()),
+            "metric_mean": dev.mean(),
+            "metric_std": dev.std(ddof=1) if dev.notna().sum() > 1 else np.nan,
+            **{f"{name}_mean": _num(g, f"metric_secondary_{name}").mean() for name in extra},
+            "_enc": _num(g, "size_params_encoder").mean(),
+            "_tot": _num(g, "size_params_total").mean(),
+        }
+        for b in batches:
+            row[f"speedup_b{b}"] = _speedup(g, b).mean()
+        row["size_mb"] = _num(g, "size_bytes_on_disk").mean() / 1e6
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for model, idx in table.groupby("model").groups.items():
+        ft = table.loc[idx][table.loc[idx, "variant"] == "finetune"]
+        if ft.empty:
+            log.debug("task %s, model %s: no 'finetune' runs, so size ratios are left empty", task, model)
+        enc0 = ft["_enc"].iloc[0] if not ft.empty else np.nan
+        tot0 = ft["_tot"].iloc[0] if not ft.empty else np.nan
+        table.loc[idx, "params_encoder_ratio"] = table.loc[idx, "_enc"] / enc0 if enc0 else np.nan
+        table.loc[idx, "params_total_ratio"] = table.loc[idx, "_tot"] / tot0 if tot0 else np.nan
+    cols = ["model", "variant", "metric", "n_seeds", "metric_mean", "metric_std",
+            *[f"{name}_mean" for name in extra], "params_encoder_ratio",
+            "params_total_ratio", *[f"speedup_b{b}" for b in batches], "size_mb"]
+    table = table[cols]
+    fam = families(sub)
+    order = sorted(range(len(table)), key=lambda i: (str(table["model"].iloc[i]),
+                                                     variant_sort_key(str(table["variant"].iloc[i]), fam.get(str(table["variant"].iloc[i])))))
+    return table.iloc[order].reset_index(drop=True)
+
+
+def _fmt(x: Any, digits: int = 3, suffix: str = "") -> str:
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return DASH if x is None else str(x)
+    return DASH if math.isnan(xf) else f"{xf:.{digits}f}{suffix}"
+
+
+def _fmt_mean_std(mean: Any, std: Any, digits: int = 3) -> str:
+    s = _fmt(mean, digits)
+    if s != DASH and _fmt(std, digits) != DASH:
+        s += f" ± {_fmt(std, digits)}"
+    return s
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Turn a :func:`variant_table` into display strings (``mean ± std``, ``1.37×``, ``–`` for missing)."""
+    if "metric_mean" not in table.columns:
+        return table.apply(lambda col: col.map(lambda v: _fmt(v) if isinstance(v, float) else (DASH if v is None else str(v))))
+    metric = table["metric"].iloc[0] if len(table) else "metric"
+    out = pd.DataFrame(index=table.index)
+    if table["model"].nunique() > 1:
+        out["Model"] = table["model"].astype(str)
+    out["Variant"] = table["variant"].astype(str)
+    out["Seeds"] = table["n_seeds"].astype(int).astype(str)
+    out[f"Dev {metric}"] = [_fmt_mean_std(m, s) for m, s in zip(table["metric_mean"], table["metric_std"])]
+    for col in table.columns:  # secondary metrics a table carries (SQuAD: exact_match)
+        m = re.fullmatch(r"(.+)_mean", col)
+        if m and col != "metric_mean":
+            out[f"Dev {m.group(1)}"] = table[col].map(lambda v: _fmt(v))
+    out["Encoder params (×FT)"] = table["params_encoder_ratio"].map(lambda v: _fmt(v, 2))
+    out["Total params (×FT)"] = table["params_total_ratio"].map(lambda v: _fmt(v, 2))
+    for col in table.columns:
+        m = re.fullmatch(r"speedup_b(\d+)", col)
+        if m:
+            out[f"Speedup b{m.group(1)}"] = table[col].map(lambda v: _fmt(v, 2, "×"))
+    out["Size (MB)"] = table["size_mb"].map(lambda v: _fmt(v, 1))
+    return out
+
+
+_TEXT_COLUMNS = {"Model", "Variant", "variant", "model", "metric", "Task", "Hard-attention layers"}
+
+
+def to_markdown(table: pd.DataFrame, path: str | os.PathLike | None = None) -> str:
+    """A GitHub-flavoured Markdown table (no third-party formatter); written atomically when ``path`` is given."""
+    t = format_table(table)
+    header = [str(c) for c in t.columns]
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join(":---" if h in _TEXT_COLUMNS else "---:" for h in header) + "|"]
+    for _, row in t.iterrows():
+        lines.append("| " + " | ".join(esc(v) for v in row.tolist()) + " |")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        atomic_write_text(path, text)
+    return text
+
+
+def _latex_escape(s: str) -> str:
+    s = str(s).replace("\\", "\x00")
+    for ch in "&%$#_{}":
+        s = s.replace(ch, "\\" + ch)
+    s = s.replace("~", r"\textasciitilde{}").replace("^", r"\textasciicircum{}").replace("\x00", r"\textbackslash{}")
+    return s.replace("±", r"$\pm$").replace("×", r"$\times$").replace(DASH, "--")
+
+
+def to_latex(table: pd.DataFrame, path: str | os.PathLike | None = None, caption: str | None = None) -> str:
+    """A booktabs ``tabular`` (wrapped in ``table`` with ``caption``); written atomically when ``path`` is given."""
+    t = format_table(table)
+    align = "".join("l" if c in _TEXT_COLUMNS else "r" for c in t.columns)
+    lines = ["% generated by axformer.reporting.report; needs \\usepackage{booktabs}"]
+    if caption:
+        lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(caption)}}}"]
+    lines += [f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+              " & ".join(_latex_escape(c) for c in t.columns) + " \\\\", "\\midrule"]
+    for _, row in t.iterrows():
+        lines.append(" & ".join(_latex_escape(v) for v in row.tolist()) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    if caption:
+        lines.append("\\end{table}")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        atomic_write_text(path, text)
+    return text
+
+
+def all_tasks_table(df: pd.DataFrame, batch_size: int = 32) -> pd.DataFrame:
+    """Headline table: rows = variants (``model: variant`` if several models), columns = tasks,
+    cells ``"metric ± std (speedup×)"`` with speedup at ``batch_size`` (falling back to 1)."""
+    tasks = _task_order(df["task"].dropna().unique()) if "task" in df.columns else []
+    multi_model = df["model"].nunique() > 1 if "model" in df.columns else False
+    fam = families(df)
+    cells: dict[str, dict[str, str]] = {}
+    keys: dict[str, tuple] = {}
+    for task in tasks:
+        sub = df[df["task"] == task]
+        b = pick_batch(sub, batch_size)
+        vt = variant_table(df, task)
+        for _, r in vt.iterrows():
+            label = f"{r['model']}: {r['variant']}" if multi_model else str(r["variant"])
+            keys[label] = (str(r["model"]), variant_sort_key(str(r["variant"]), fam.get(str(r["variant"]))))
+            cell = _fmt_mean_std(r["metric_mean"], r["metric_std"])
+            sp = r.get(f"speedup_b{b}", np.nan) if b is not None else np.nan
+            if _fmt(sp) != DASH:
+                cell += f" ({_fmt(sp, 2, '×')})"
+            cells.setdefault(label, {})[f"{task} ({r['metric']})"] = cell
+    if not cells:
+        return pd.DataFrame(columns=["variant"])
+    out = pd.DataFrame.from_dict(cells, orient="index")
+    out = out.loc[sorted(out.index, key=lambda k: keys[k])].fillna(DASH)
+    out.index.name = "variant"
+    return out.reset_index()
+
+
+def _count_list(v: Any) -> float:
+    """Length of a JSON list stored in a summary cell (``search_removed``), NaN when absent."""
+    if isinstance(v, list):
+        return float(len(v))
+    if isinstance(v, str) and v.startswith("["):
+        return float(len(json.loads(v)))
+    return np.nan
+
+
+def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """What each AxFormer-like search did and what it cost, beside the fine-tuning it starts from.
+
+    One row per (task, model, variant) that ran a search (``search_passes`` present), quantized copies left out
+    (they share their parent's search); values are means over seeds. ``Search / fine-tune`` divides the
+    search wall time by the wall time of the ``finetune`` training of the same task and model (the issue's
+    cost target is < 1).
+    """
+    need = {"search_passes", "search_wall_s", "task", "variant"}
+    if df.empty or not need <= set(df.columns):
+        return pd.DataFrame(columns=["Task", "Variant"])
+    sub = df[df["search_passes"].notna() & ~is_quantized(df)]
+    fam = families(df)
+    rows = _peer_search_rows(df)  # peers that score and remove heads / neurons (Fisher, ...): searches too
+    for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
+        ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
+        ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
+        wall = _num(g, "search_wall_s").mean()
+        ha = g["search_hard_attention_layers"].iloc[0] if "search_hard_attention_layers" in g.columns else None
+        rows.append({
+            "Task": str(task),
+            "Variant": str(variant) if df["model"].nunique() == 1 else f"{model}: {variant}",
+            "Removed": _fmt(g["search_removed"].map(_count_list).mean() if "search_removed" in g.columns else np.nan, 0),
+            "Hard-attention layers": DASH if not isinstance(ha, str) else (ha if ha != "[]" else "none"),
+            "Passes": _fmt(_num(g, "search_passes").mean(), 0),
+            "Search loss": f"{_fmt(_num(g, 'search_loss_before').mean())} → {_fmt(_num(g, 'search_loss_after').mean())}",
+            "Search (s)": _fmt(wall, 0),
+            "Fine-tune (s)": _fmt(ft_wall, 0),
+            "Search / fine-tune": _fmt(wall / ft_wall if ft_wall else np.nan, 2),
+            "_key": (task, variant_sort_key(str(variant), fam.get(str(variant)))),
+        })
+    if not rows:
+        return pd.DataFrame(columns=["Task", "Variant"])
+    out = pd.DataFrame(rows)
+    order = _task_order(out["Task"].unique())
+    out["_t"] = out["Task"].map(order.index)
+    out = out.sort_values(["_t", "_key"], kind="stable").drop(columns=["_t", "_key"])
+    return out.reset_index(drop=True)
+
+
+def _peer_search_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """search_cost rows of the peers that removed heads / FFN neurons by a score (their ``baseline.info``
+    records ``heads_before``/``_after`` or ``neurons_before``/``_after``: the Fisher mask search, head
+    pruning): units removed, their wall time (``baseline_wall_s``) and the search-split loss of the parent
+    ``finetune`` -> the pruned model (the whole search split, from metrics.json; no passes count).
+    Quantized copies are left out (they share their parent's search)."""
+    counted = [c for c in ("baseline_info_heads_before", "baseline_info_neurons_before") if c in df.columns]
+    if not counted or "baseline_wall_s" not in df.columns:
+        return []
+    sub = df[df[counted].notna().any(axis=1) & df["baseline_wall_s"].notna() & ~is_quantized(df)]
+    fam = families(df)
+    rows = []
+    for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
+        ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
+        ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
+        wall = _num(g, "baseline_wall_s").mean()
+        removed = [(_num(g, f"baseline_info_{k}_before") - _num(g, f"baseline_info_{k}_after")).mean()
+                   if f"baseline_info_{k}_after" in g.columns else np.nan for k in ("heads", "neurons")]
+        rows.append({
+            "Task": str(task),
+            "Variant": str(variant) if df["model"].nunique() == 1 else f"{model}: {variant}",
+            "Removed": ", ".join(f"{_fmt(n, 0)} {k}" for n, k in zip(removed, ("heads", "neurons"))
+                                 if not math.isnan(n)),
+            "Hard-attention layers": DASH,
+            "Passes": DASH,
+            "Search loss": f"{_fmt(_num(ft, 'metric_search_loss').mean())} → {_fmt(_num(g, 'metric_search_loss').mean())}",
+            "Search (s)": _fmt(wall, 0),
+            "Fine-tune (s)": _fmt(ft_wall, 0),
+            "Search / fine-tune": _fmt(wall / ft_wall if ft_wall else np.nan, 2),
+            "_key": (task, variant_sort_key(str(variant), fam.get(str(variant)))),
+        })
+    return rows
+
+
+# The step blocks whose wall time the compute table adds up, with the command that writes each
+# (axformer.records.record.STEP_BLOCKS, the record's contract) and the table's column.
+_COMPUTE_COLUMNS: dict[str, str] = {"train": "Fine-tuning", "search": "Searches", "distill": "Distillation",
+                                    "baseline": "Peers"}
+_COMPUTE_STEPS: tuple[tuple[str, str, str], ...] = tuple((b, STEP_BLOCKS[b], c) for b, c in _COMPUTE_COLUMNS.items())
+
+
+def _step_records(cell: Any) -> dict[str, str]:
+    """command -> step record path of a run's lineage (the ``steps`` cell, JSON); the last step of a command
+    wins, as its block is the one metrics.json holds."""
+    try:
+        steps = json.loads(cell) if isinstance(cell, str) else None
+    except ValueError:
+        steps = None
+    out: dict[str, str] = {}
+    for s in steps if isinstance(steps, list) else []:
+        if isinstance(s, dict) and s.get("command") and s.get("record"):
+            out[str(s["command"])] = str(s["record"])
+    return out
+
+
+def compute_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Compute per task and model, in minutes: the wall time each step recorded (fine-tuning loop, search,
+    distillation, peer method), every step counted once although its block is copied into each descendant's
+    record (a step is its record path in the lineage or, in older records without the step's command, its
+    block value within the seed), plus the measurement jobs where the record has ``measure.wall_s``. Model
+    loading and process start-up are outside these clocks, so the sum is a lower bound of the job time."""
+    if df.empty or "task" not in df.columns:
+        return pd.DataFrame(columns=["Task", "Model"])
+    rows = []
+    for (task, model), g in df.groupby(["task", "model"], sort=False):
+        seen: set[str] = set()
+        total = {col: 0.0 for _, _, col in _COMPUTE_STEPS}
+        for _, r in g.iterrows():
+            lineage = _step_records(r.get("steps"))
+            for block, command, col in _COMPUTE_STEPS:
+                wall = pd.to_numeric(r.get(f"{block}_wall_s"), errors="coerce")
+                if pd.isna(wall):
+                    continue
+                # a step is known by its record path; older records name their steps by bare path (no command),
+                # and there the same block value in the same seed is the same step, copied into each descendant
+                keys = {f"{r.get('seed')}#{block}#{float(wall)!r}", *filter(None, [lineage.get(command)])}
+                if not keys & seen:
+                    total[col] += float(wall)
+                seen |= keys
+        measured = _num(g, "measure_wall_s")
+        row = {"Task": str(task), "Model": str(model), "Runs": str(len(g)),
+               "Seeds": str(g["seed"].nunique()) if "seed" in g.columns else DASH}
+        row.update({col: _fmt(v / 60, 1) for col, v in total.items()})
+        row["Measurement"] = (f"{_fmt(measured.sum() / 60, 1)} ({int(measured.notna().sum())} of {len(g)} runs)"
+                              if measured.notna().any() else DASH)
+        row["Total"] = _fmt((sum(total.values()) + measured.sum()) / 60, 1)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = _task_order(out["Task"].unique())
+    out["_t"] = out["Task"].map(order.index)
+    out = out.sort_values(["_t", "Model"], kind="stable").drop(columns="_t").reset_index(drop=True)
+    return out if df["model"].nunique() > 1 else out.drop(columns="Model")
