@@ -58,6 +58,7 @@ def command(name: str):
 @command("finetune")
 def cmd_finetune(args: argparse.Namespace) -> None:
     from axformer.encoders import models
+    from axformer.measurement import cost
     from axformer.records import results
     from axformer.training import train
 
@@ -79,7 +80,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     fit = {k: v for k, v in log.items() if k != "loss_curve"}
     fit.update(select=args.select, device=args.device, **runs.curve_summary(log["loss_curve"]))
     rec = runs.run_record(task, args.model, "finetune", args.seed, args.profile,
-                          metric=runs.metric(task, dev, search, splits), size=results.size_block(model, ckpt),
+                          metric=runs.metric(task, dev, search, splits), size=cost.size_block(model, ckpt),
                           data=splits.info, train=fit)
     results.write(args.metrics, rec)
     print(f"{task.name} finetune seed {args.seed}: dev {task.metric} = {rec['metric']['dev']:.4f} "
@@ -179,7 +180,7 @@ def _timed_latency(args: argparse.Namespace, cfg) -> tuple[list[dict[str, Any]],
             "entries": [{"variant": args.variant_name, "ckpt": args.variant, "quantize": args.quantize,
                          "quantize_backend": args.quantize_backend,
                          "quantize_compute_dtype": args.quantize_compute_dtype}]}
-    group, samples = timing.time_group(plan)
+    group, samples = timing.time_group(plan, runs.lineage_rows)
     blocks = timing.latency_blocks(group, args.variant_name)
     per_bs = {int(bs): {"baseline": samples[f"b{bs}/{timing.BASELINE}"], "variant": samples[f"b{bs}/{args.variant_name}"],
                         "pass": samples[f"b{bs}/pass"]} for bs in cfg.batch_sizes}
@@ -203,7 +204,7 @@ def cmd_time(args: argparse.Namespace) -> None:
         if not Path(e["ckpt"], "config.json").is_file():
             raise ConfigError(f"checkpoint {e['ckpt']} of variant {e['variant']!r} has no config.json: run the step "
                               "that produces it.")
-    record, samples = timing.time_group(plan, log=sys.stdout)
+    record, samples = timing.time_group(plan, runs.lineage_rows, log=sys.stdout)
     timing.write_group(record, samples, args.out)
     noisy = sum(p["noisy"] for p in record["passes"])
     print(f"{plan['task']} seed {plan['seed']}: {len(record['variants'])} variants x {len(record['passes'])} passes "

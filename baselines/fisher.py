@@ -13,7 +13,7 @@ Three stages on the fine-tuned model, no re-training, from a sample of the *sear
    the same, so for every number of kept heads ``h`` the best choice is the ``h`` globally most important heads
    plus as many of the most important neurons as the rest of the budget buys; the ``h`` with the largest kept
    importance (= the smallest pruned importance) wins. Costs are analytic FLOPs at the sample's mean real length
-   (the paper's setting; ``measure.forward_flops`` counts the same matmuls) or parameters.
+   (the paper's setting; ``cost.forward_flops`` counts the same matmuls) or parameters.
    **Mask rearrangement** (paper §4.2): the diagonal Fisher ignores interactions; within each layer's MHA block
    and FFN block (the block-diagonal approximation) the pruned set P should minimise
    ``sum_x (sum_{i in P} dL(x)/dm_i)^2``. Greedy, as the paper: start from the same number of lowest-Fisher
@@ -53,7 +53,9 @@ from torch import nn
 
 from axformer.surgery import elements, families
 from axformer.taskdata.tasks import Task
-from axformer.training.train import _model_inputs, make_loader, output_logits, per_sample_loss
+from axformer.training.batches import model_inputs
+from axformer.taskdata.losses import output_logits, per_sample_loss
+from axformer.training.batches import make_loader
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
@@ -164,7 +166,7 @@ def mask_gradients(model: nn.Module, ds, tokenizer, task: Task, batch_size: int 
         with _frozen(model), torch.enable_grad():
             for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
                 masks.clear()
-                inputs = _model_inputs(batch, device)
+                inputs = model_inputs(batch, device)
                 logits = output_logits(model(**inputs), inputs)
                 losses = per_sample_loss(logits, batch["labels"].to(device), task.is_regression)
                 keys = list(parts)
@@ -194,7 +196,7 @@ def fisher_diag(grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------- 2. costs + search
 def unit_costs(model: nn.Module, by: str, seq_len: float) -> tuple[float, float]:
     """Cost of one head and of one FFN neuron: ``by="flops"`` — forward FLOPs of one sequence of ``seq_len``
-    tokens (a multiply-add = 2, as ``measure.forward_flops``): head = Q, K, V, output projection slices
+    tokens (a multiply-add = 2, as ``cost.forward_flops``): head = Q, K, V, output projection slices
     (``4 * 2 * T * hidden * hs``) + scores and context (``2 * 2 * T^2 * hs``); neuron = two FFN matmul slices
     (``2 * 2 * T * hidden``). ``by="params"``: head = ``4 * hidden * hs + 3 * hs`` (Q/K/V biases), neuron =
     ``2 * hidden + 1``. Removing a whole block also removes its output bias, so the real count is never above
@@ -360,7 +362,7 @@ def tune_masks(model: nn.Module, ds, tokenizer, keep_h: dict[int, list[int]], ke
     with _frozen(model), torch.no_grad():
         teach, stud, ams, toks = [], [], [], []
         for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
-            inputs = _model_inputs(batch, device)
+            inputs = model_inputs(batch, device)
             x, am = families.encoder_context(model, inputs)  # am: the layers' mask (+ MPNet's bias)
             teach.append(x)
             stud.append(x.clone())
@@ -504,11 +506,11 @@ def _shell_flops(model: nn.Module, arch: dict[str, Any], seq_len: float) -> floa
 
 
 def _flops(model: nn.Module, seq_len: float) -> float:
-    """``measure.forward_flops`` at a (possibly fractional) length: it is a quadratic in T, fitted exactly."""
-    from axformer.measurement import measure
+    """``cost.forward_flops`` at a (possibly fractional) length: it is a quadratic in T, fitted exactly."""
+    from axformer.measurement import cost
 
     t0 = math.floor(seq_len)
-    f = [measure.forward_flops(model, 1, t) for t in (max(t0, 1), max(t0, 1) + 1, max(t0, 1) + 2)]
+    f = [cost.forward_flops(model, 1, t) for t in (max(t0, 1), max(t0, 1) + 1, max(t0, 1) + 2)]
     # Lagrange interpolation of the quadratic f(T) through T0, T0+1, T0+2
     u = seq_len - max(t0, 1)
     return f[0] * (u - 1) * (u - 2) / 2 - f[1] * u * (u - 2) + f[2] * u * (u - 1) / 2

@@ -29,7 +29,9 @@ from torch import nn
 
 from axformer.surgery import elements, families
 from axformer.taskdata.tasks import Task
-from axformer.training.train import _model_inputs, make_loader, output_logits, per_sample_loss
+from axformer.training.batches import model_inputs
+from axformer.taskdata.losses import output_logits, per_sample_loss
+from axformer.training.batches import make_loader
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
@@ -93,7 +95,7 @@ def head_importance(model: nn.Module, ds, tokenizer, task: Task, batch_size: int
         with torch.enable_grad():
             for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
                 gates.clear()
-                inputs = _model_inputs(batch, device)
+                inputs = model_inputs(batch, device)
                 logits = output_logits(model(**inputs), inputs)  # span QA: (B, T, 2) start / end logits
                 loss = per_sample_loss(logits, batch["labels"].to(device), task.is_regression).sum()
                 order = sorted(gates)

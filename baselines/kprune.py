@@ -54,7 +54,9 @@ from torch import nn
 
 from axformer.surgery import elements, families
 from axformer.taskdata.tasks import Task
-from axformer.training.train import _model_inputs, make_loader, output_logits
+from axformer.training.batches import model_inputs
+from axformer.taskdata.losses import output_logits
+from axformer.training.batches import make_loader
 from axformer.utils import ConfigError
 from baselines import register
 from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
@@ -270,7 +272,7 @@ def kprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
     n_rows = min(len(ds), max(1, math.ceil(a["num_tokens"] / mean_len_all)))
     sample = _sample(ds, n_rows, seed)
     device = next(model.parameters()).device
-    batches = [_model_inputs(b, device) for b in make_loader(sample, tokenizer, a["batch_size"], shuffle=False)]
+    batches = [model_inputs(b, device) for b in make_loader(sample, tokenizer, a["batch_size"], shuffle=False)]
     n_tok = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
     seq_len = n_tok / len(sample)
     teacher = copy.deepcopy(model)

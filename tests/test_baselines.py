@@ -13,6 +13,7 @@ from axformer.taskdata import data
 from axformer.surgery import elements, hard_attention
 from axformer.encoders import models
 from axformer.training import train
+from axformer.training import batches
 from axformer.cli import main
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
@@ -56,7 +57,7 @@ def test_importance_is_the_gate_gradient(rows, tokenizer):
     rows_ = slice(head * sa.attention_head_size, (head + 1) * sa.attention_head_size)
     w0, b0 = sa.value.weight.detach().clone(), sa.value.bias.detach().clone()
 
-    batch = next(iter(train.make_loader(ds, tokenizer, batch_size=3, shuffle=False)))
+    batch = next(iter(batches.make_loader(ds, tokenizer, batch_size=3, shuffle=False)))
     labels = batch.pop("labels")
 
     def losses(scale):  # per-sample CE in float64 (train.evaluate rounds to float32)
@@ -74,7 +75,7 @@ def test_importance_is_the_gate_gradient(rows, tokenizer):
 def test_planted_useless_head_scores_lowest_and_is_pruned_first(rows, tokenizer):
     model = tiny_pretrained(TASK)
     planted_zero_head(model, 1, 2)
-    before = train.predict_logits(model, rows, tokenizer)[0]
+    before = batches.predict_logits(model, rows, tokenizer)[0]
     imp = head_importance(model, rows, tokenizer, TASK, batch_size=16)
     assert imp["raw"][1][2] == 0.0 and imp["normalized"][1][2] == 0.0
     others = [s for i, row in imp["raw"].items() for h, s in row.items() if (i, h) != (1, 2)]
@@ -84,7 +85,7 @@ def test_planted_useless_head_scores_lowest_and_is_pruned_first(rows, tokenizer)
     assert info["scores"]["L1"]["head2"] == 0.0 and set(info["scores"]) == {"L0", "L1"}
     assert elements.architecture(model)["layers"][1]["heads"] == [0, 1, 3]
     assert info["params_encoder_after"] < info["params_encoder_before"]
-    after = train.predict_logits(model, rows, tokenizer)[0]
+    after = batches.predict_logits(model, rows, tokenizer)[0]
     torch.testing.assert_close(torch.from_numpy(after), torch.from_numpy(before), atol=1e-5, rtol=1e-5)
     json.dumps(info)  # lands in the step record
 
@@ -139,8 +140,8 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     ck = models.save_checkpoint(small, tokenizer, tmp_path / "edited")
     back, _ = models.load_checkpoint(ck)
     assert back.config.axformer["hard_attention"]["layers"] == [0] and back.config.num_hidden_layers == 1
-    torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(train.predict_logits(small, rows, tokenizer)[0]))
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
+                               torch.from_numpy(batches.predict_logits(small, rows, tokenizer)[0]))
 
     plain = tiny_pretrained(TASK)
     before = train.evaluate(drop_top_layers(plain, 1), rows, tokenizer, TASK).mean_loss
@@ -152,8 +153,8 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     ck = models.save_checkpoint(model, tokenizer, tmp_path / "ld")
     back, _ = models.load_checkpoint(ck)
     assert len(back.base_model.encoder.layer) == 1
-    torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(train.predict_logits(model, rows, tokenizer)[0]))
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
+                               torch.from_numpy(batches.predict_logits(model, rows, tokenizer)[0]))
     json.dumps(info)
 
 

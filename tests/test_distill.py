@@ -15,6 +15,7 @@ from axformer.compress import distill
 from axformer.surgery import elements, hard_attention
 from axformer.encoders import models
 from axformer.training import train
+from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
@@ -134,8 +135,8 @@ def test_student_learns_and_round_trips(data_dir, tmp_path):
     loaded, _ = models.load_checkpoint(tmp_path / "student")
     assert loaded.config.num_hidden_layers == 2
     assert loaded.config.axformer_distill["teacher_layers"] == [0, 2]
-    a, _ = train.predict_logits(student, ds, tok, batch_size=16)
-    b, _ = train.predict_logits(loaded, ds, tok, batch_size=16)
+    a, _ = batches.predict_logits(student, ds, tok, batch_size=16)
+    b, _ = batches.predict_logits(loaded, ds, tok, batch_size=16)
     np.testing.assert_array_equal(a, b)
 
 

@@ -22,6 +22,7 @@ from axformer.compress import distill
 from axformer.surgery import elements, families, hard_attention
 from axformer.encoders import models, mpnet_parts
 from axformer.training import train
+from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
 
@@ -317,7 +318,7 @@ def test_cross_tokenizer_distillation(tmp_path):
         own_in = {k: torch.tensor([ds_t[i][k]]) for k in ("input_ids", "attention_mask")}
         torch.testing.assert_close(table[distill._row_key(ds_s[i]["input_ids"])], _logits(teacher, own_in)[0],
                                    rtol=1e-5, atol=1e-6)
-    padded = next(iter(train.make_loader(ds_s, tok_s, 6, shuffle=False)))
+    padded = next(iter(batches.make_loader(ds_s, tok_s, 6, shuffle=False)))
     looked = distill._lookup(table, padded)
     for b in range(6):
         torch.testing.assert_close(looked[b], table[distill._row_key(ds_s[b]["input_ids"])])
@@ -326,7 +327,7 @@ def test_cross_tokenizer_distillation(tmp_path):
     assert log["steps"] == 8 and all(math.isfinite(x) for x in log["loss_curve"])
     # alpha = 1: the loss is the KD term alone; training moved the student towards the teacher
     kd = lambda m: float(distill.kd_loss(torch.cat([_logits(m, {k: v for k, v in b.items() if k != "labels"})  # noqa
-                                                    for b in train.make_loader(ds_s, tok_s, 8, shuffle=False)]),
+                                                    for b in batches.make_loader(ds_s, tok_s, 8, shuffle=False)]),
                                          torch.stack([table[distill._row_key(r)] for r in ds_s["input_ids"]]),
                                          torch.tensor(ds_s["labels"]), False, 2.0, 1.0))
     fresh, _ = distill.pretrained_student(str(tmp_path / "student"), TASK, tok_t, seed=0)

@@ -11,9 +11,9 @@ import torch
 import baselines
 from axformer.taskdata import data
 from axformer.surgery import elements
-from axformer.measurement import measure
+from axformer.measurement import cost
 from axformer.encoders import models
-from axformer.training import train
+from axformer.training import batches
 from axformer.cli import main
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
@@ -48,7 +48,7 @@ def _hand_fisher(model, ds, tokenizer):
                 return ((ctx.view(b, t, n_heads, d // n_heads) * hm[i][:, None]).view(b, t, d), *out[1:])
             hooks.append(layer.attention.self.register_forward_hook(hh))
             hooks.append(layer.intermediate.register_forward_hook(lambda _m, _a, out, i=i: out * nm[i]))
-        batch = next(iter(train.make_loader(ds.select([r]), tokenizer, 1, shuffle=False)))
+        batch = next(iter(batches.make_loader(ds.select([r]), tokenizer, 1, shuffle=False)))
         labels = batch.pop("labels")
         loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
         grads = torch.autograd.grad(loss, hm + nm)
@@ -87,10 +87,10 @@ def test_unit_costs_match_measured_flops_and_params():
     model = tiny_pretrained(TASK)
     c_h, c_n = unit_costs(model, "flops", 20)
     p_h, p_n = unit_costs(model, "params", 20)
-    f0, p0 = measure.forward_flops(model, 1, 20), elements.count_encoder_params(model)
+    f0, p0 = cost.forward_flops(model, 1, 20), elements.count_encoder_params(model)
     elements.remove_heads(model, 0, [1])
     elements.remove_neurons(model, 1, [3, 7])
-    assert measure.forward_flops(model, 1, 20) == f0 - c_h - 2 * c_n
+    assert cost.forward_flops(model, 1, 20) == f0 - c_h - 2 * c_n
     assert elements.count_encoder_params(model) == p0 - p_h - 2 * p_n
 
 
@@ -153,10 +153,10 @@ def test_mask_tuning_lowers_reconstruction_error(rows, tokenizer):
         hooks.append(layer.attention.self.register_forward_hook(
             lambda _m, _a, out, s=hsc: ((out[0].view(*out[0].shape[:2], 4, -1) * s[:, None]).flatten(2), *out[1:])))
         hooks.append(layer.intermediate.register_forward_hook(lambda _m, _a, out, s=nsc: out * s))
-    masked = train.predict_logits(model, rows, tokenizer)[0]
+    masked = batches.predict_logits(model, rows, tokenizer)[0]
     for h in hooks:
         h.remove()
-    torch.testing.assert_close(torch.from_numpy(train.predict_logits(pruned_model, rows, tokenizer)[0]),
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(pruned_model, rows, tokenizer)[0]),
                                torch.from_numpy(masked), atol=1e-5, rtol=1e-5)
 
 
@@ -188,7 +188,7 @@ def test_constraints_are_met(rows, tokenizer, tmp_path):
     assert elements.count_encoder_params(m2) == info["params_encoder_after"]
     _m, info = fisher(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
                       {"match": str(path), "match_by": "flops", "seq_len": 32, "rearrange": False})
-    assert info["flops_per_seq_after"] <= measure.forward_flops(ax, 1, 32) == info["target"]["flops_per_seq"]
+    assert info["flops_per_seq_after"] <= cost.forward_flops(ax, 1, 32) == info["target"]["flops_per_seq"]
     with pytest.raises(ConfigError, match="either flops_frac or a match target"):
         fisher(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "match": str(path)})
     with pytest.raises(ConfigError, match="needs an amount"):
@@ -210,8 +210,8 @@ def test_pruned_model_reloads_with_identical_logits(rows, tokenizer, tmp_path):
     back, _ = models.load_checkpoint(ck)
     assert elements.architecture(back) == elements.architecture(pruned)
     assert elements.count_encoder_params(back) == info["params_encoder_after"]
-    torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(train.predict_logits(pruned, rows, tokenizer)[0]))
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
+                               torch.from_numpy(batches.predict_logits(pruned, rows, tokenizer)[0]))
 
 
 def test_cli_fisher_step(tmp_path, data_dir):
@@ -249,5 +249,5 @@ def test_edited_parent_and_full_mask_is_the_model(rows, tokenizer, tmp_path):
     assert info["heads_before"] == 4 and info["neurons_before"] == 128 + 118
     back, _ = models.load_checkpoint(models.save_checkpoint(pruned, tokenizer, tmp_path / "ck"))
     assert elements.architecture(back)["layers"][0]["attn_skipped"]
-    torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(train.predict_logits(pruned, rows, tokenizer)[0]))
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
+                               torch.from_numpy(batches.predict_logits(pruned, rows, tokenizer)[0]))

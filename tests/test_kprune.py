@@ -13,7 +13,7 @@ import baselines
 from axformer.taskdata import data
 from axformer.surgery import elements
 from axformer.encoders import models
-from axformer.training import train
+from axformer.training import batches
 from axformer.cli import main
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
@@ -33,7 +33,7 @@ def rows(data_dir, tokenizer):
 
 
 def _batches(model, ds, tokenizer, bs=8):
-    bs_ = [train._model_inputs(b, "cpu") for b in train.make_loader(ds, tokenizer, bs, shuffle=False)]
+    bs_ = [batches.model_inputs(b, "cpu") for b in batches.make_loader(ds, tokenizer, bs, shuffle=False)]
     with torch.no_grad():
         return bs_, [model(**b).logits for b in bs_]
 
@@ -145,8 +145,8 @@ def test_pruned_model_reloads_with_identical_logits(rows, tokenizer, tmp_path):
     back, _ = models.load_checkpoint(ck)
     assert elements.architecture(back) == elements.architecture(pruned)
     assert elements.count_encoder_params(back) == info["params_encoder_after"]
-    torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(train.predict_logits(pruned, rows, tokenizer)[0]))
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
+                               torch.from_numpy(batches.predict_logits(pruned, rows, tokenizer)[0]))
 
 
 def test_cli_kprune_step(tmp_path, data_dir):

@@ -76,3 +76,20 @@ def test_no_module_over_600_lines():
     long = [f"{p.relative_to(PKG.parent)}: {n}" for p in sorted(PKG.rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert not long, long
+
+
+def package_graph(pkg: Path = PKG) -> dict[str, set[str]]:
+    """{subpackage: the other subpackages its modules import}."""
+    return {sub.name: {x for p in sub.glob("*.py") for x in imported_parts(p) if (pkg / x).is_dir()} - {sub.name}
+            for sub in subpackages(pkg)}
+
+
+def test_subpackages_form_layers():
+    """No two subpackages import each other, directly or round a longer loop (a topological order exists)."""
+    graph, order = package_graph(), []
+    while graph:
+        free = sorted(k for k, deps in graph.items() if not deps - set(order))
+        assert free, f"subpackage import cycle among {sorted(graph)}: {graph}"
+        order += free
+        graph = {k: v for k, v in graph.items() if k not in free}
+    assert order.index("taskdata") < order.index("steps") and order[-1] == "steps", order

@@ -15,6 +15,7 @@ from axformer.surgery import elements, hard_attention
 from axformer.encoders import models
 from axformer.search import prune
 from axformer.training import train
+from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 
 
@@ -36,12 +37,12 @@ def test_cached_evaluation_equals_full_forward(fitted):
     task, model, tok, ds = fitted
     model = copy.deepcopy(model)
     ev = prune.CachedEvaluator(model, ds, tok, task, batch_size=16)
-    full, _ = train.predict_logits(model, ds.select(ev.order), tok, batch_size=16)
+    full, _ = batches.predict_logits(model, ds.select(ev.order), tok, batch_size=16)
     for layer in range(len(model.base_model.encoder.layer)):
         np.testing.assert_allclose(ev.logits(layer).numpy(), full, atol=1e-5)
     elements.remove(model, elements.Element(1, "head", 2))  # edits above the cache point are seen
     hard_attention.enable(model, [1], 3)
-    full, _ = train.predict_logits(model, ds.select(ev.order), tok, batch_size=16)
+    full, _ = batches.predict_logits(model, ds.select(ev.order), tok, batch_size=16)
     np.testing.assert_allclose(ev.logits(1).numpy(), full, atol=1e-5)
 
 
@@ -116,8 +117,8 @@ def test_search_result_saves_and_reloads(fitted, tmp_path):
     prune.search(m, ds, tok, task, _cfg(accept_rule="meanloss", topk=0.5))
     ck = models.save_checkpoint(m, tok, tmp_path / "ck")
     m2, _ = models.load_checkpoint(ck)
-    a, _ = train.predict_logits(m, ds, tok, 16)
-    b, _ = train.predict_logits(m2, ds, tok, 16)
+    a, _ = batches.predict_logits(m, ds, tok, 16)
+    b, _ = batches.predict_logits(m2, ds, tok, 16)
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert elements.count_encoder_params(m2) < elements.count_encoder_params(model)
 

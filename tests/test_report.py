@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from axformer.reporting import report
+from axformer.reporting import tables
+from axformer.reporting import figures
 from axformer.utils import ConfigError
 
 # (task, variant, seed) -> (dev metric, params_encoder, params_total, bytes, p50 b1, p50 b32) ; None = no latency
@@ -181,7 +183,7 @@ def test_committed_summaries_share_the_columns() -> None:
 
 def test_variant_table_by_hand(tree: Path) -> None:
     df = report.collect(tree)
-    vt = report.variant_table(df, "sst2")
+    vt = tables.variant_table(df, "sst2")
     assert list(vt["variant"]) == ["finetune", "finetune+axformer", "majority"]
     ax = vt.set_index("variant").loc["finetune+axformer"]
     vals = [0.905, 0.895]
@@ -200,12 +202,12 @@ def test_variant_table_by_hand(tree: Path) -> None:
     maj = vt.set_index("variant").loc["majority"]
     assert math.isnan(maj["speedup_b32"]) and math.isnan(maj["params_encoder_ratio"])
 
-    md = report.to_markdown(vt)
+    md = tables.to_markdown(vt)
     assert "| finetune+axformer |" in md and "0.900 ± 0.007" in md and "1.65×" in md
-    tex = report.to_latex(vt)
+    tex = tables.to_latex(vt)
     assert "\\toprule" in tex and "0.900 $\\pm$ 0.007" in tex and "finetune+axformer" in tex
 
-    head = report.all_tasks_table(df)
+    head = tables.all_tasks_table(df)
     assert list(head["variant"]) == ["finetune", "finetune+axformer", "majority"]
     cell = head.set_index("variant").loc["finetune+axformer", "sst2 (accuracy)"]
     assert cell == f"0.900 ± 0.007 ({sp32:.2f}×)"
@@ -214,23 +216,23 @@ def test_variant_table_by_hand(tree: Path) -> None:
 
 def test_pareto_front() -> None:
     pts = [(1.0, 0.8), (2.0, 0.9), (3.0, 0.85), (2.0, 0.7), (0.5, 0.5), (float("nan"), 0.99), (2.0, 0.9)]
-    assert report.pareto_front(pts) == [True, True, False, False, True, False, True]
-    assert report.pareto_front([]) == []
+    assert figures.pareto_front(pts) == [True, True, False, False, True, False, True]
+    assert figures.pareto_front([]) == []
 
 
 def test_removal_grid() -> None:
-    grid, dims = report.removal_grid(DECISIONS)
+    grid, dims = figures.removal_grid(DECISIONS)
     assert dims["n_layers"] == 6 and dims["n_head"] == 12 and dims["n_ffn_group"] == 12
     assert grid.shape == (6, 12 + 12 + 3)
     attn, ffn, ha = 24, 25, 26
     assert dims["columns"][attn] == ("attn", None) and dims["columns"][ha] == ("hardattn", None)
-    assert grid[4, 3] == report.REMOVED and grid[3, 12 + 2] == report.REMOVED
-    assert grid[5, ffn] == report.REMOVED and (grid[5, 12:24] == report.IMPLIED).all()
-    assert grid[1, attn] == report.REMOVED and (grid[1, :12] == report.IMPLIED).all()
-    assert grid[4, ffn] == report.TRIED and grid[2, 7] == report.TRIED
-    assert list(np.nonzero(grid[:, ha] == report.HARD)[0]) == [0, 2]
+    assert grid[4, 3] == figures.REMOVED and grid[3, 12 + 2] == figures.REMOVED
+    assert grid[5, ffn] == figures.REMOVED and (grid[5, 12:24] == figures.IMPLIED).all()
+    assert grid[1, attn] == figures.REMOVED and (grid[1, :12] == figures.IMPLIED).all()
+    assert grid[4, ffn] == figures.TRIED and grid[2, 7] == figures.TRIED
+    assert list(np.nonzero(grid[:, ha] == figures.HARD)[0]) == [0, 2]
     # no decisions-level sizes: the widths come from the candidates, never a default head count
-    grid2, dims2 = report.removal_grid({**DECISIONS, "n_heads": None, "n_groups": None})
+    grid2, dims2 = figures.removal_grid({**DECISIONS, "n_heads": None, "n_groups": None})
     assert dims2["n_head"] == 8 and dims2["n_ffn_group"] == 3 and grid2.shape == (6, 8 + 3 + 3)
 
 
@@ -361,14 +363,14 @@ def test_search_cost_table_by_hand(tree: Path) -> None:
             q.mkdir(parents=True)
             (q / "metrics.json").write_text(json.dumps({**m, "variant": "finetune+axformer+int8",
                                                         "quantize": {"dtype": "int8"}}))
-    t = report.search_cost_table(report.collect(tree))
+    t = tables.search_cost_table(report.collect(tree))
     assert list(t["Task"]) == ["sst2", "rte"] and list(t["Variant"]) == ["finetune+axformer"] * 2
     sst2 = t.iloc[0]
     assert sst2["Removed"] == "2" and sst2["Passes"] == "40" and sst2["Search loss"] == "0.400 → 0.300"
     # mean search wall 5 s over the fine-tune's 10 s; RTE's search costs 3x its fine-tuning
     assert sst2["Search (s)"] == "5" and sst2["Fine-tune (s)"] == "10" and sst2["Search / fine-tune"] == "0.50"
     assert t.iloc[1]["Search / fine-tune"] == "3.00"
-    md = report.to_markdown(t)
+    md = tables.to_markdown(t)
     assert md.splitlines()[0].endswith("| Search / fine-tune |") and "| sst2 | finetune+axformer | 2 | [0, 2] |" in md
 
 
@@ -393,10 +395,10 @@ def test_search_cost_table_lists_the_fisher_peer(tree: Path) -> None:
         if variant.endswith("int8"):  # the record says it was quantized (the name is not read)
             rec["quantize"] = {"dtype": "int8"}
         (run / "metrics.json").write_text(json.dumps(rec))
-    t = report.search_cost_table(report.collect(tree))
+    t = tables.search_cost_table(report.collect(tree))
     assert list(t["Variant"]) == ["finetune+axformer", "finetune+fisher"]  # the int8 copy shares the search
     row = t.iloc[1]
-    assert row["Removed"] == "12 heads, 1216 neurons" and row["Search (s)"] == "7" and row["Passes"] == report.DASH
+    assert row["Removed"] == "12 heads, 1216 neurons" and row["Search (s)"] == "7" and row["Passes"] == tables.DASH
     assert row["Search loss"] == "0.250 → 0.350" and row["Search / fine-tune"] == "0.70"
 
 
@@ -431,7 +433,7 @@ def test_compute_table_counts_each_step_once(tree: Path) -> None:
     m = json.loads(p.read_text())
     m["steps"] = [s["record"] for s in m["steps"]]
     p.write_text(json.dumps(m))
-    t = report.compute_table(report.collect(tree))
+    t = tables.compute_table(report.collect(tree))
     assert list(t["Task"]) == ["sst2", "rte"] and "Model" not in t.columns
     assert t.iloc[1]["Fine-tuning"] == t.iloc[0]["Fine-tuning"] and t.iloc[1]["Searches"] == "5.0"
     row = t.iloc[0]
@@ -439,7 +441,7 @@ def test_compute_table_counts_each_step_once(tree: Path) -> None:
     assert row["Runs"] == "8" and row["Seeds"] == "2"
     assert row["Fine-tuning"] == f"{20 / 60:.1f}" and row["Searches"] == "5.0" and row["Peers"] == "0.0"
     assert row["Measurement"] == "2.0 (4 of 8 runs)" and row["Total"] == f"{(20 + 300 + 120) / 60:.1f}"
-    md = report.to_markdown(t)
+    md = tables.to_markdown(t)
     assert md.splitlines()[0].startswith("| Task | Runs | Seeds | Fine-tuning | Searches |")
 
 

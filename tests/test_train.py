@@ -9,6 +9,7 @@ import torch
 from axformer.taskdata import data
 from axformer.encoders import models
 from axformer.training import train
+from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 
 
@@ -47,7 +48,7 @@ def test_evaluate_per_sample_losses_match_model_loss(data_dir):
     task, model, tok, ds = _tiny("rte", data_dir, n=20)
     res = train.evaluate(model, ds, tok, task, batch_size=7)
     assert res.losses.shape == (20,) and res.predictions.shape == (20,)
-    batch = next(iter(train.make_loader(ds, tok, 20, shuffle=False)))
+    batch = next(iter(batches.make_loader(ds, tok, 20, shuffle=False)))
     with torch.no_grad():
         out = model(**batch)  # HF's own mean CE
     assert res.mean_loss == pytest.approx(float(out.loss), rel=1e-5)

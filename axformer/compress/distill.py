@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from axformer.surgery import families
 from axformer.training.batches import model_inputs
 from axformer.taskdata.losses import output_logits, per_sample_loss
 from axformer.taskdata.tasks import Task
@@ -94,33 +95,17 @@ class DistillConfig:
 
     def resolve_layers(self, teacher: nn.Module) -> int:
         """The student depth: ``n_layers``, or half the teacher's (at least 1)."""
-        return self.n_layers if self.n_layers is not None else max(1, _n_layers(teacher) // 2)
+        return self.n_layers if self.n_layers is not None else max(1, len(families.layers(teacher)) // 2)
 
 
 # ----------------------------------------------------------------------------------------------- student
 
 
-def _layer_list(model: nn.Module) -> nn.ModuleList:
-    from axformer.surgery import families
-
-    try:
-        return families.of(model).layers(model)
-    except (ValueError, AttributeError):
-        raise ConfigError(
-            f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) is not an encoder "
-            f"of a supported family ({', '.join(families.FAMILIES)}): distillation copies its encoder layers."
-        ) from None
-
-
-def _n_layers(model: nn.Module) -> int:
-    return len(_layer_list(model))
-
-
 def check_unedited(model: nn.Module) -> None:
     """ConfigError unless ``model`` carries no AxFormer edit (no removed element, no hard attention)."""
-    from axformer.surgery import elements, families, hard_attention
+    from axformer.surgery import elements, hard_attention
 
-    layers = _layer_list(model)
+    layers = families.layers(model)
     fam = families.of(model)
     ax = getattr(model.config, "axformer", None) or {}
     problems = []
@@ -167,7 +152,7 @@ def make_student(teacher: nn.Module, n_layers: int | None = None, strategy: str 
     as ``type(teacher)(config)`` and filled with ``load_state_dict(..., strict=True)``; it is returned in eval mode.
     """
     check_unedited(teacher)
-    n_teacher = _n_layers(teacher)
+    n_teacher = len(families.layers(teacher))
     if n_layers is None:
         n_layers = max(1, n_teacher // 2)
     chosen = select_layers(n_teacher, n_layers, strategy)
@@ -179,7 +164,6 @@ def make_student(teacher: nn.Module, n_layers: int | None = None, strategy: str 
     config.axformer_distill = {"teacher_layers": chosen, "teacher_num_layers": n_teacher, "strategy": strategy}
     student = type(teacher)(config)
 
-    from axformer.surgery import families
 
     prefix = f"{teacher.base_model_prefix}.{families.of(teacher).encoder}.layer."
     src = teacher.state_dict()
@@ -209,7 +193,6 @@ def pretrained_student(spec: str, task: Task, teacher_tokenizer, seed: int = 0):
     """
     from transformers import AutoConfig
 
-    from axformer.surgery import families
     from axformer.encoders import models
 
     path = models.resolve_model_spec(spec)

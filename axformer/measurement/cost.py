@@ -217,3 +217,10 @@ def flops_block(model: nn.Module, batch_size: int, seq_len: int, device_peak_flo
         "device_peak_flops": device_peak_flops,
         "floor_ms": floor,
     }
+
+
+def size_block(model, ckpt_dir: str | Path | None) -> dict[str, Any]:
+    """{params_total, params_encoder, bytes_on_disk} of a model (and its saved checkpoint folder)."""
+    total, encoder = param_counts(model)
+    return {"params_total": total, "params_encoder": encoder,
+            "bytes_on_disk": bytes_on_disk(ckpt_dir) if ckpt_dir is not None else None}

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from axformer.measurement.cost import (WEIGHT_SUFFIXES, _is_quantized_module, bytes_on_disk, flops_block,  # noqa: F401
-                            forward_flops, param_counts, peak_flops_measured)
+from axformer.measurement.cost import (_is_quantized_module, bytes_on_disk, flops_block,
+                                       param_counts, peak_flops_measured)
 from axformer.utils import ConfigError, env_info, git_commit
 
 __all__ = [
@@ -37,13 +37,6 @@ __all__ = [
     "time_interleaved",
     "compare",
     "measure_memory",
-    "nvml_info",
-    "nvml_process_used_bytes",
-    "param_counts",
-    "bytes_on_disk",
-    "forward_flops",
-    "peak_flops_measured",
-    "flops_block",
     "env_block",
     "measure_pair",
     "check_device",

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -374,23 +374,22 @@ def aggregate(passes: Sequence[Mapping[str, Any]], names: Sequence[str], batch_s
     return out
 
 
-def time_group(plan: Mapping[str, Any], log=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def time_group(plan: Mapping[str, Any], rows_of: Callable[[str, str | None], tuple[Any, Any, Any]],
+               log=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Time every entry of ``plan`` against its baseline in ``measure.passes`` passes.
 
     ``plan``: {"task", "seed", "baseline": ckpt, "data_dir", "entries": [{"variant", "ckpt", "quantize",
-    "quantize_backend", "quantize_compute_dtype"}], "measure": MeasureConfig fields}. Returns the group's timing
-    record (timing.json) and its raw samples (name -> float32 array, for timing.npz)."""
-    from axformer.measurement import measure
-    from axformer.steps import runs
-    from axformer.taskdata import taskkinds
+    "quantize_backend", "quantize_compute_dtype"}], "measure": MeasureConfig fields}. ``rows_of(baseline,
+    data_dir)`` gives (task, splits, split arguments) of the baseline's lineage (``steps.runs.lineage_rows``:
+    the timing texts and a runtime variant's check / calibration rows come from them). Returns the group's
+    timing record (timing.json) and its raw samples (name -> float32 array, for timing.npz)."""
     from axformer.compress.export import scratch_dir
+    from axformer.measurement import measure
+    from axformer.taskdata import taskkinds
 
     cfg = measure.MeasureConfig(**plan["measure"])
     measure.check_device(cfg)
-    lineage = runs.Lineage.read(plan["baseline"], plan.get("data_dir"))
-    split = lineage.args()
-    task = runs.resolve_task(split)
-    splits = runs.make_splits(task, split)
+    task, splits, split = rows_of(plan["baseline"], plan.get("data_dir"))
     texts_a, texts_b = taskkinds.timing_texts(task, splits.dev, max(cfg.batch_sizes), split.seed)
     pass_set = plan.get("pass_set") or pass_set_id()
     t0 = time.perf_counter()

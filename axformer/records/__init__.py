@@ -2,5 +2,5 @@
 checked against when written and read (record_schema), and run folders / writing metrics.json and step.json
 (results).
 
-May import: taskdata (task names), measurement.cost (size of a checkpoint), axformer.utils.
+May import: taskdata (task names), axformer.utils.
 """

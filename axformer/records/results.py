@@ -83,10 +83,3 @@ def read(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"{p} is not valid JSON ({exc}); delete it and re-run the step that wrote it.") from exc
 
 
-def size_block(model, ckpt_dir: str | Path | None) -> dict[str, Any]:
-    """{params_total, params_encoder, bytes_on_disk} of a model (and its saved checkpoint folder)."""
-    from axformer.measurement.cost import bytes_on_disk, param_counts
-
-    total, encoder = param_counts(model)
-    return {"params_total": total, "params_encoder": encoder,
-            "bytes_on_disk": bytes_on_disk(ckpt_dir) if ckpt_dir is not None else None}

@@ -29,23 +29,18 @@ import pandas as pd
 
 from axformer.records import record_schema
 from axformer.reporting import tidy
-from axformer.reporting.figures import (HARD, IMPLIED, KEPT, REMOVED, TRIED, figure_style, frame_styles,  # noqa: F401
-                              pareto_front, plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars,
-                              removal_grid, slug)
+from axformer.reporting.figures import (frame_styles,  
+                              plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars,
+                              slug)
 from axformer.records.record import Run
-from axformer.reporting.tables import (DASH, _task_order, all_tasks_table, compute_table,  # noqa: F401
-                             families, format_table, pick_batch, search_cost_table, to_latex, to_markdown,
+from axformer.reporting.tables import (_task_order, all_tasks_table, compute_table,  
+                             families, search_cost_table, to_latex, to_markdown,
                              variant_sort_key, variant_table)
 from axformer.utils import ConfigError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# the report's public names, wherever they live (tests and notebooks import them from here)
-__all__ = ["collect", "runs", "frame", "load_run", "render", "write_summary", "variant_table", "format_table",
-           "to_markdown", "to_latex", "all_tasks_table", "search_cost_table", "compute_table", "pick_batch",
-           "variant_sort_key",
-           "pareto_front", "removal_grid", "plot_accuracy_vs_latency", "plot_speedup_size_bars", "plot_removal_map",
-           "figure_style", "KEPT", "REMOVED", "IMPLIED", "TRIED", "HARD", "DASH", "ID_COLUMNS"]
+__all__ = ["collect", "runs", "frame", "load_run", "render", "write_summary", "ID_COLUMNS"]
 
 ID_COLUMNS: tuple[str, ...] = ("task", "model", "variant", "seed", "profile")
 # Top-level blocks that are dicts (or null when not measured); a null block adds no columns.

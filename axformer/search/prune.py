@@ -166,9 +166,6 @@ class CachedEvaluator:
     def n(self) -> int:
         return self._n
 
-    def _layers(self) -> nn.ModuleList:
-        return families.of(self.model).layers(self.model)
-
     def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         # The mask format depends on the attention implementation (eager / sdpa / hard attention), which the
         # search switches, so it is rebuilt per call exactly as the model's forward does (the family adapter adds
@@ -193,7 +190,7 @@ class CachedEvaluator:
         self.cache = []
         for b, h in zip(self.batches, states):
             mask = self._mask(h, b["attention_mask"])
-            for lay in self._layers()[start:layer]:
+            for lay in families.layers(self.model)[start:layer]:
                 h = families.of(self.model).run_layer(lay, h, mask)
             self.cache.append(h)
         self.cache_layer = layer
@@ -210,7 +207,7 @@ class CachedEvaluator:
         out = []
         for b, h in zip(self.batches, self.cache):
             mask = self._mask(h, b["attention_mask"])
-            for lay in self._layers()[layer:]:
+            for lay in families.layers(self.model)[layer:]:
                 h = families.of(self.model).run_layer(lay, h, mask)
             out.append(self._head(h, b["attention_mask"]))
         return concat_logits(out)
@@ -334,7 +331,7 @@ class _Search:
 
     # -- phase 1: hard attention, first -> last layer
     def hard_attention(self) -> None:
-        layers = self.ev._layers()
+        layers = families.layers(self.ev.model)
         for i in range(len(layers)):
             if families.of(self.model).attn_skipped(layers[i]):
                 continue  # attention block already skipped
@@ -395,7 +392,7 @@ class _Search:
 
     # -- phase 2: pruning, last -> first layer
     def _try_remove(self, el: elements.Element, phase: str) -> tuple[bool, str]:
-        layers = self.ev._layers()
+        layers = families.layers(self.ev.model)
         saved_layer = copy.deepcopy(layers[el.layer])
         saved_record = copy.deepcopy(self.model.config.axformer)
         elements.remove(self.model, el, self.cfg.n_groups)
@@ -408,7 +405,7 @@ class _Search:
         return accepted, cls
 
     def prune(self) -> None:
-        n_layers = len(self.ev._layers())
+        n_layers = len(families.layers(self.ev.model))
         for i in reversed(range(n_layers)):
             self.ev.prepare(i)  # layers below i never change from here on
             rec = elements.architecture(self.model)["layers"][i]
@@ -465,7 +462,7 @@ def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
     elements.architecture(model)  # initialise the edit record
     ev = CachedEvaluator(model, search_ds, tokenizer, task, cfg.batch_size)
     s = _Search(model, ev, cfg, lat)
-    n_layers = len(ev._layers())
+    n_layers = len(families.layers(ev.model))
     upper = (n_layers if cfg.mode != "prune" else 0) + (
         0 if cfg.mode == "hardattn" else n_layers * (2 + (cfg.n_groups + model.config.num_attention_heads
                                                           if cfg.granularity == "fine" else 0)))

@@ -3,5 +3,5 @@ every step's arguments and parser (cliargs), a profile's step arguments checked 
 SLURM failures named with the key to raise (cluster). axformer.cli is these calls in a row.
 
 May import: taskdata, encoders, surgery, training, search, compress, measurement, records, axformer.utils,
-axformer.bounds, axformer.device. Only axformer.cli and measurement.timing.time_group import it.
+axformer.bounds, axformer.device. Only axformer.cli imports it.
 """

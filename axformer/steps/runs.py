@@ -100,6 +100,14 @@ def make_splits(task, args: argparse.Namespace):
                                  search_rows=getattr(args, "search_rows", None))
 
 
+def lineage_rows(ckpt: str | os.PathLike, data_dir: str | None = None):
+    """(task, splits, split arguments) checkpoint ``ckpt`` was made with: its lineage read, the task resolved and
+    the train' / search / dev rows rebuilt (what a timing group needs; measurement.timing.time_group's rows_of)."""
+    split = Lineage.read(ckpt, data_dir).args()
+    task = resolve_task(split)
+    return task, make_splits(task, split), split
+
+
 def tokenize_splits(task, splits, tokenizer, max_length: int, names=("train", "search", "dev")) -> dict[str, Any]:
     from axformer.taskdata import taskkinds
 
@@ -202,9 +210,10 @@ def metric(task, dev, search, splits, dev_loss: bool = False) -> dict[str, Any]:
 
 def step_record(path: str | os.PathLike, model, ckpt: Path, splits, **blocks: Any) -> dict[str, Any]:
     """Write a step record (step.json: the blocks a step adds to metrics.json): ``blocks``, size and data."""
+    from axformer.measurement import cost
     from axformer.records import results
 
-    record = {**blocks, "size": results.size_block(model, ckpt), "data": splits.info}
+    record = {**blocks, "size": cost.size_block(model, ckpt), "data": splits.info}
     results.write_step(path, record)
     return record
 

@@ -331,6 +331,17 @@ def of(model_or_config: Any) -> Family:
     return _TABLE[name]
 
 
+def layers(model: nn.Module) -> nn.ModuleList:
+    """The encoder's layer list of ``model``; ValueError naming the supported families where it has none."""
+    try:
+        return of(model).layers(model)
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(
+            f"{type(model).__name__} has no encoder layer list the surgery knows ({exc}); supported: "
+            f"{list(FAMILIES)} encoders with a sequence-classification or question-answering head."
+        ) from None
+
+
 def supported(model_type: str | None) -> bool:
     return model_type in _TABLE
 

@@ -57,6 +57,7 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from axformer.surgery import families
 from axformer.surgery.families import axformer_state as _axformer_state
 
 IMPL_NAME = "axformer_topk"
@@ -376,12 +377,6 @@ AttentionMaskInterface.register(IMPL_NAME, topk_attention_mask)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _layer_list(model: nn.Module) -> nn.ModuleList:
-    from .elements import _layers
-
-    return _layers(model)
-
-
 def _family(model: nn.Module):
     from .families import of
 
@@ -404,7 +399,7 @@ def _patch(model: nn.Module, sa: nn.Module, on: bool) -> None:
 
 
 def _check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:
-    mods = _layer_list(model)
+    mods = families.layers(model)
     if isinstance(layers, (int, str)) or layers is None:
         raise ValueError(f"layers must be a list of ints (got {layers!r}).")
     out = list(layers)
@@ -430,7 +425,7 @@ def _current_base(model: nn.Module) -> str:
 
 def _install(model: nn.Module, layers: list[int], k: int | float, base: str, form: str) -> list[int]:
     active = []
-    for i, layer in enumerate(_layer_list(model)):
+    for i, layer in enumerate(families.layers(model)):
         sa = _self_attention(model, layer)
         if sa is None:
             continue
@@ -454,7 +449,7 @@ def _install(model: nn.Module, layers: list[int], k: int | float, base: str, for
 
 
 def _uninstall(model: nn.Module, base: str) -> None:
-    for layer in _layer_list(model):
+    for layer in families.layers(model):
         sa = _self_attention(model, layer)
         for attr in (_ATTR, _FORM_ATTR):
             if sa is not None and hasattr(sa, attr):
@@ -475,7 +470,7 @@ def enable(model: nn.Module, layers: Iterable[int], k: int | float, topk_form: s
     k = validate_k(k)
     topk_form = validate_form(topk_form)
     layers = _check_layers(model, layers)
-    mods = _layer_list(model)
+    mods = families.layers(model)
     skipped = [i for i in layers if _self_attention(model, mods[i]) is None]
     if skipped:
         raise ValueError(f"layers {skipped} have no attention block (skipped by axformer.surgery.elements); drop them.")
@@ -535,5 +530,5 @@ def enabled_layers(model: nn.Module) -> list[int]:
     """Layers whose attention currently runs top-K (empty when hard attention is off)."""
     if model.config._attn_implementation != IMPL_NAME and _family(model).interface:
         return []
-    return [i for i, layer in enumerate(_layer_list(model))
+    return [i for i, layer in enumerate(families.layers(model))
             if getattr(_self_attention(model, layer), _ATTR, None) is not None]

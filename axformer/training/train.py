@@ -4,9 +4,8 @@
 fraction of search samples it leaves no worse, not only on the mean loss.
 
 Span QA (SQuAD) goes through the same loop: logits and losses of both task kinds are defined once in
-losses.py, batching in batches.py, and the scoring of a split by its task kind (taskkinds.py; per-question
-reduction and answer texts: squad.py). The names those modules define are re-exported here for callers
-that import them from the training module (baselines/).
+taskdata/losses.py, batching in batches.py, and the scoring of a split by its task kind (taskdata/taskkinds.py;
+per-question reduction and answer texts: squad.py). Import those names from the modules that define them.
 """
 
 from __future__ import annotations
@@ -19,15 +18,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from axformer.training.batches import BATCH_COLUMNS, make_loader, model_inputs, predict_logits
-from axformer.taskdata.losses import NEG, concat_logits, output_logits, per_sample_loss
+from axformer.training.batches import make_loader, model_inputs, predict_logits
+from axformer.taskdata.losses import output_logits, per_sample_loss
 from axformer.taskdata.taskkinds import EvalResult, evaluate_logits
 from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError, set_seed
 
-__all__ = ["TrainConfig", "train", "evaluate", "EvalResult", "NEG", "BATCH_COLUMNS", "make_loader", "model_inputs",
-           "predict_logits", "output_logits", "per_sample_loss", "concat_logits"]
-_model_inputs = model_inputs  # the name baselines/ import
+__all__ = ["TrainConfig", "train", "evaluate"]
 
 
 @dataclass
