@@ -254,8 +254,9 @@ def test_sigterm_while_building_the_parser_exits_143_with_one_line(tmp_path):
 
 def test_rerun_save_interrupted_between_renames_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from axformer.encoders import models
+    from axformer.taskdata.tasks import get_task
 
-    model, tok = models.load_pretrained(models.TINY, __import__("axformer.taskdata.tasks").tasks.get_task("sst2"))
+    model, tok = models.load_pretrained(models.TINY, get_task("sst2"))
     out = models.save_checkpoint(model, tok, tmp_path / "ckpt")
     before = sorted(p.name for p in out.iterdir())
     real = os.replace
