@@ -137,3 +137,20 @@ def test_bad_declaration_refused_before_any_job(tmp_path, task, change, key, wha
         decl = yaml.safe_load(cfgfile.read_text())["task_defs"][task]
         assert Path(decl[key if key == "dev" else "train"]).name in line, line
     assert "Building DAG" not in err and not (tmp_path / "work" / "smoke").exists()
+
+
+def test_schema_task_def_matches_the_task_module():
+    """The task declaration's shape is written in two places that must agree: the config schema's
+    ``$defs/task_def`` (checked before the DAG) and axformer.taskdata.tasks (checked when a Task is built)."""
+    from axformer.taskdata import tasks
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml")
+                            .read_text())
+    td = schema["$defs"]["task_def"]
+    assert td["additionalProperties"] is False
+    assert set(td["properties"]) == set(tasks.DECL_KEYS)
+    assert set(td["properties"]["format"]["enum"]) == set(tasks.FORMATS)
+    metrics = set(tasks.METRIC_KINDS) | set(tasks.QA_METRICS)
+    assert set(td["properties"]["metric"]["enum"]) == metrics
+    assert set(td["properties"]["secondary"]["items"]["enum"]) == metrics
+    assert set(td["properties"]["hub"]["properties"]) == set(tasks.HUB_KEYS)
