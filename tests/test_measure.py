@@ -15,7 +15,7 @@ from torch import nn
 from transformers import BertForSequenceClassification
 
 from axformer.measurement import measure as M
-from axformer.measurement import nvml
+from axformer.measurement import cost, nvml
 from axformer.utils import ConfigError, atomic_write_json
 from tiny_models import tiny_bert
 
@@ -232,25 +232,25 @@ def hand_flops(B: int, T: int, inters=(INTER,) * LAYERS, attn=(True,) * LAYERS) 
 
 def test_forward_flops_matches_hand_computation():
     model = tiny_model()
-    assert M.forward_flops(model, 2, 8) == hand_flops(2, 8)
+    assert cost.forward_flops(model, 2, 8) == hand_flops(2, 8)
     # literal for the default shapes, B=2 T=8: per layer 32768 + 4096 + 32768 ; heads 4096 ; pooler+cls 1152
     assert hand_flops(2, 8) == 2 * (32768 + 8192 + 32768) + 1152
 
 
 def test_shrinking_linear_reduces_params_and_flops():
     model = tiny_model()
-    total0, enc0 = M.param_counts(model)
+    total0, enc0 = cost.param_counts(model)
     assert total0 == sum(p.numel() for p in model.parameters())
     assert enc0 == sum(p.numel() for p in model.bert.encoder.parameters())
-    f0 = M.forward_flops(model, 2, 8)
+    f0 = cost.forward_flops(model, 2, 8)
 
     layer = model.bert.encoder.layer[0]
     layer.intermediate.dense = nn.Linear(H, 8)
     layer.output.dense = nn.Linear(8, H)
-    total1, enc1 = M.param_counts(model)
+    total1, enc1 = cost.param_counts(model)
     removed = (H * INTER + INTER) - (H * 8 + 8) + (INTER * H) - (8 * H)
     assert total0 - total1 == removed and enc0 - enc1 == removed
-    assert M.forward_flops(model, 2, 8) == hand_flops(2, 8, inters=(8, INTER)) < f0
+    assert cost.forward_flops(model, 2, 8) == hand_flops(2, 8, inters=(8, INTER)) < f0
     # the pruned model still runs
     model(input_ids=torch.ones(1, 8, dtype=torch.long))
 
@@ -259,19 +259,19 @@ def test_shrinking_linear_reduces_params_and_flops():
             return (hidden_states, None)
 
     model.bert.encoder.layer[1].attention = NoAttention()
-    assert M.forward_flops(model, 2, 8) == hand_flops(2, 8, inters=(8, INTER), attn=(True, False))
+    assert cost.forward_flops(model, 2, 8) == hand_flops(2, 8, inters=(8, INTER), attn=(True, False))
 
 
 def test_quantized_model_counts_packed_params():
     model = tiny_model()
-    total0, enc0 = M.param_counts(model)
-    f0 = M.forward_flops(model, 1, 8)
+    total0, enc0 = cost.param_counts(model)
+    f0 = cost.forward_flops(model, 1, 8)
     with warnings.catch_warnings():  # torch.ao.quantization deprecation noise
         warnings.simplefilter("ignore")
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
     assert sum(p.numel() for p in q.parameters()) < total0  # parameters() misses packed weights...
-    assert M.param_counts(q) == (total0, enc0)  # ...param_counts does not
-    assert M.forward_flops(q, 1, 8) == f0
+    assert cost.param_counts(q) == (total0, enc0)  # ...param_counts does not
+    assert cost.forward_flops(q, 1, 8) == f0
     cfg = tiny_cfg(device="cuda")
     if not torch.cuda.is_available():
         return
@@ -283,6 +283,6 @@ def test_bytes_on_disk(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "pytorch_model.bin").write_bytes(b"x" * 10)
     (tmp_path / "tokenizer.json").write_text("{}" * 50)
-    assert M.bytes_on_disk(tmp_path) == 110
+    assert cost.bytes_on_disk(tmp_path) == 110
     with pytest.raises(ConfigError):
-        M.bytes_on_disk(tmp_path / "missing")
+        cost.bytes_on_disk(tmp_path / "missing")
