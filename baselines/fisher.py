@@ -56,10 +56,10 @@ from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines._match import load_decisions, resolve_target
+from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.matching import load_decisions, resolve_target
 
-# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the head + FFN FLOPs"),
     "params_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the head + FFN parameters"),
@@ -498,7 +498,7 @@ def _sample(ds, max_rows: int, seed: int):
 
 def _shell_flops(model: nn.Module, arch: dict[str, Any], seq_len: float) -> float:
     """Forward FLOPs (one sequence of ``seq_len``) of ``model``'s original architecture cut to ``arch``."""
-    from baselines._match import shell_of_arch
+    from baselines.matching import shell_of_arch
 
     return _flops(shell_of_arch(model, arch), seq_len)
 

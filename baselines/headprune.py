@@ -13,7 +13,7 @@ the absolute value is taken per sample, as in the paper, at the cost of one back
 
 Config (``cfg``): ``n_heads`` (int) | ``params_frac`` (kept fraction of the parent's attention-head parameters,
 i.e. of its heads: the budget of a sweep) | ``match`` (decisions.json; ``match_by`` heads [default] or params) |
-``match_params`` / ``target_params`` (see baselines._match); ``batch_size`` (32); ``normalize`` (true);
+``match_params`` / ``target_params`` (see baselines.matching); ``batch_size`` (32); ``normalize`` (true);
 ``split`` ("search"; the data the scores come from); ``step_heads`` (0 = one-shot ranking; k > 0 = re-score
 after every k removals, the iterative variant).
 """
@@ -32,10 +32,10 @@ from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines._match import resolve_target
+from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.matching import resolve_target
 
-# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "n_heads": ArgSpec(int, 0, 100_000, help="heads to remove"),
     "params_frac": ArgSpec(float, 0.0, 1.0, help="kept fraction of the attention-head parameters (a sweep budget)"),

@@ -37,7 +37,7 @@ with replacement from train); the teacher's sub-layer outputs are recomputed per
 least-squares solve that fails or is not finite keeps the original weights (the code catches the error the
 same way).
 
-Config (``cfg``): :data:`ARGS`, the shared declaration of baselines/_args.py (the method's own keys, the amount
+Config (``cfg``): :data:`ARGS`, the shared declaration of baselines/args.py (the method's own keys, the amount
 keys shared with Fisher — ``match`` / ``match_by`` / ``match_params`` / ``target_params`` — and ``seed``,
 ``progress``), parsed by the one baseline-argument parser.
 """
@@ -57,10 +57,10 @@ from axformer.tasks import Task
 from axformer.train import _model_inputs, make_loader, output_logits
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
 from baselines.fisher import Units, _flops, _frozen, _sample, _target, budget_of, structure_record
 
-# The method's own arguments (baselines/_args.py: checked before any job by the workflow, and in the job)
+# The method's own arguments (baselines/args.py: checked before any job by the workflow, and in the job)
 ARGS: dict[str, ArgSpec] = {
     "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the parent's head + FFN FLOPs"),
     "params_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="... or of its head + FFN parameters"),

@@ -28,10 +28,10 @@ from axformer import elements, families, hard_attention, train
 from axformer.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines._match import resolve_target
+from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.matching import resolve_target
 
-# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "k": ArgSpec(int, 0, 10_000, help="top layers to drop"),
     "epochs": ArgSpec(float, 0.0, 1000.0, default=3.0, help="re-training epochs (0 = none)"),

@@ -13,7 +13,7 @@ from axformer import data, elements, hard_attention, models, train
 from axformer.cli import main
 from axformer.tasks import get_task
 from axformer.utils import ConfigError
-from baselines._match import encoder_params_of_arch, removed_heads
+from baselines.matching import encoder_params_of_arch, removed_heads
 from baselines.headprune import head_importance, planted_zero_head
 from baselines.layerdrop import drop_top_layers
 from tiny_models import same_splits, tiny_pretrained

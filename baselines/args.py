@@ -137,7 +137,7 @@ COMMON_ARGS: dict[str, ArgSpec] = {
     "progress": ArgSpec(bool, default=False, help="progress lines on stderr (set by the CLI)"),
 }
 
-# The equal-size matching keys of baselines._match.resolve_target.
+# The equal-size matching keys of baselines.matching.resolve_target.
 MATCH_ARGS: dict[str, ArgSpec] = {
     "match": ArgSpec(str, help="AxFormer decisions.json (the workflow's step key `match` sets it)"),
     "match_by": ArgSpec(str, choices=("heads", "params"), help="what to match AxFormer on"),

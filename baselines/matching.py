@@ -22,7 +22,7 @@ from torch import nn
 
 from axformer import elements
 from axformer.utils import ConfigError
-from baselines._args import MATCH_ARGS
+from baselines.args import MATCH_ARGS
 
 MATCH_BY = ("heads", "params")
 
@@ -82,7 +82,7 @@ def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
 
 
 def _as_count(v: Any, key: str) -> int:
-    """A parameter count, by the declared rule of ``target_params`` (baselines._args)."""
+    """A parameter count, by the declared rule of ``target_params`` (baselines.args)."""
     return MATCH_ARGS["target_params"].parse("match", key, v)
 
 
