@@ -6,7 +6,7 @@ fraction of search samples it leaves no worse, not only on the mean loss.
 Span QA (SQuAD) goes through the same loop: logits and losses of both task kinds are defined once in
 losses.py, batching in batches.py, and the scoring of a split by its task kind (taskkinds.py; per-question
 reduction and answer texts: squad.py). The names those modules define are re-exported here for callers
-that import them from the training module (baselines/).
+that reach them through the training module (tests); package modules import them from their owners.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from axformer.utils import ConfigError, set_seed
 
 __all__ = ["TrainConfig", "train", "evaluate", "EvalResult", "NEG", "BATCH_COLUMNS", "make_loader", "model_inputs",
            "predict_logits", "output_logits", "per_sample_loss", "concat_logits"]
-_model_inputs = model_inputs  # the name baselines/ import
 
 
 @dataclass

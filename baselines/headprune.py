@@ -29,7 +29,8 @@ from torch import nn
 
 from axformer import elements, families
 from axformer.tasks import Task
-from axformer.train import _model_inputs, make_loader, output_logits, per_sample_loss
+from axformer.batches import make_loader, model_inputs
+from axformer.losses import output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
 from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
@@ -46,7 +47,6 @@ ARGS: dict[str, ArgSpec] = {
     "step_heads": ArgSpec(int, 0, 100_000, default=0, help="0 = one-shot; k > 0 = re-score after every k removals"),
     **MATCH_ARGS, **COMMON_ARGS,
 }
-KNOWN_KEYS = set(ARGS)
 
 
 def _present_heads(model: nn.Module) -> dict[int, list[int]]:
@@ -93,7 +93,7 @@ def head_importance(model: nn.Module, ds, tokenizer, task: Task, batch_size: int
         with torch.enable_grad():
             for batch in make_loader(ds, tokenizer, batch_size, shuffle=False):
                 gates.clear()
-                inputs = _model_inputs(batch, device)
+                inputs = model_inputs(batch, device)
                 logits = output_logits(model(**inputs), inputs)  # span QA: (B, T, 2) start / end logits
                 loss = per_sample_loss(logits, batch["labels"].to(device), task.is_regression).sum()
                 order = sorted(gates)
@@ -153,8 +153,6 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
         if target is not None:
             raise ConfigError("headprune: give either params_frac or another amount (n_heads / match / "
                               "target_params), not both.")
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
-            raise ConfigError(f"headprune: params_frac must be a number in [0, 1] (got {frac!r}).")
         target = {"by": "heads", "n_heads": total_heads - int(math.floor(frac * total_heads + 1e-9)),
                   "source": "params_frac", "frac": float(frac)}
     if target is None:

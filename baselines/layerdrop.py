@@ -39,7 +39,6 @@ ARGS: dict[str, ArgSpec] = {
     "batch_size": ArgSpec(int, 1, 65_536, default=32, help="re-training batch size"),
     **MATCH_ARGS, **COMMON_ARGS,
 }
-KNOWN_KEYS = set(ARGS)
 _LAYER_KEY = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")  # DistilBERT: transformer
 
 

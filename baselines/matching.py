@@ -25,6 +25,7 @@ from axformer.utils import ConfigError
 from baselines.args import MATCH_ARGS
 
 MATCH_BY = ("heads", "params")
+PARAM_COUNT = MATCH_ARGS["target_params"]  # the declared rule of a parameter count (baselines/args.py)
 
 
 def load_decisions(path: str | Path) -> dict[str, Any]:
@@ -81,11 +82,6 @@ def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
     return elements.count_encoder_params(shell_of_arch(model, arch))
 
 
-def _as_count(v: Any, key: str) -> int:
-    """A parameter count, by the declared rule of ``target_params`` (baselines.args)."""
-    return MATCH_ARGS["target_params"].parse("match", key, v)
-
-
 def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str) -> dict[str, Any] | None:
     """What to match, or None when no matching key is set.
 
@@ -105,13 +101,15 @@ def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str) -> di
                 raise ConfigError(f"match_params={mp!r} and match={match!r} name different decisions files; give one.")
             match = mp
         elif mp is not True:
-            if target is not None and _as_count(target, "target_params") != _as_count(mp, "match_params"):
+            if target is not None and (PARAM_COUNT.parse("match", "target_params", target)
+                                       != PARAM_COUNT.parse("match", "match_params", mp)):
                 raise ConfigError("match_params and target_params give different targets; give one.")
             target = mp
     if target is not None:
         if by not in (None, "params"):
             raise ConfigError(f"target_params is a parameter count; it cannot be matched by {by!r}.")
-        return {"by": "params", "params_encoder": _as_count(target, "target_params"), "source": "target_params"}
+        return {"by": "params", "params_encoder": PARAM_COUNT.parse("match", "target_params", target),
+                "source": "target_params"}
     if match is None:
         if by is not None or mp is True:
             raise ConfigError("match_by / match_params need --match DECISIONS.json (or --target-params N).")

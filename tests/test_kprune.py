@@ -14,7 +14,7 @@ from axformer import data, elements, models, train
 from axformer.cli import main
 from axformer.tasks import get_task
 from axformer.utils import ConfigError
-from baselines.fisher import Units
+from baselines.structure import Units
 from baselines.headprune import planted_zero_head
 from baselines.args import parse_args
 from baselines.kprune import ARGS, _err, distill_loss, measure_knowledge, select, sublayers, tune_weights
@@ -30,7 +30,7 @@ def rows(data_dir, tokenizer):
 
 
 def _batches(model, ds, tokenizer, bs=8):
-    bs_ = [train._model_inputs(b, "cpu") for b in train.make_loader(ds, tokenizer, bs, shuffle=False)]
+    bs_ = [train.model_inputs(b, "cpu") for b in train.make_loader(ds, tokenizer, bs, shuffle=False)]
     with torch.no_grad():
         return bs_, [model(**b).logits for b in bs_]
 
