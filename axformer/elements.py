@@ -138,7 +138,8 @@ def _family(model: nn.Module) -> families.Family:
     return families.of(model)
 
 
-def _layers(model: nn.Module) -> nn.ModuleList:
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's encoder layers (through its family); ValueError naming the supported families otherwise."""
     try:
         return _family(model).layers(model)
     except (ValueError, AttributeError) as exc:
@@ -175,18 +176,19 @@ def _module_sizes(model: nn.Module, layer: nn.Module) -> tuple[int | None, int |
     return fam.n_heads_now(layer), fam.n_neurons_now(layer)
 
 
-def _is_unedited(model: nn.Module) -> bool:
+def is_unedited(model: nn.Module) -> bool:
+    """True when every layer still has all the heads and FFN neurons its config declares."""
     full = (_n_orig_heads(model), _n_orig_neurons(model))
-    return all(_module_sizes(model, layer) == full for layer in _layers(model))
+    return all(_module_sizes(model, layer) == full for layer in encoder_layers(model))
 
 
 def _record(model: nn.Module) -> dict[str, Any]:
     """The live ``config.axformer["arch"]`` record, created for an unedited model, checked against the modules."""
-    layers = _layers(model)
+    layers = encoder_layers(model)
     ax = families.axformer_state(model)
     arch = ax.get("arch")
     if arch is None:
-        if not _is_unedited(model):
+        if not is_unedited(model):
             raise ValueError(
                 "the model's encoder was edited outside axformer.elements (module sizes differ from the config) and "
                 "has no config.axformer['arch'] record; edit models only through axformer.elements."
@@ -211,7 +213,7 @@ def _record(model: nn.Module) -> dict[str, Any]:
 
 def _validate_record(model: nn.Module, arch: Any) -> None:
     """Check a record's structure (no module check). Raises ValueError naming the problem."""
-    n_layers = len(_layers(model))
+    n_layers = len(encoder_layers(model))
     if isinstance(arch, dict) and "arch" in arch and "layers" not in arch:
         raise ValueError("pass the record config.axformer['arch'] (with key 'layers'), not config.axformer itself.")
     if not isinstance(arch, dict) or not isinstance(arch.get("layers"), list):
@@ -249,7 +251,7 @@ def architecture(model: nn.Module) -> dict[str, Any]:
 
 
 def _check_layer(model: nn.Module, layer: int) -> nn.Module:
-    layers = _layers(model)
+    layers = encoder_layers(model)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
         raise ValueError(f"layer must be an int in [0, {len(layers)}) (got {layer!r}).")
     return layers[layer]
@@ -447,7 +449,7 @@ def count_params(module: nn.Module) -> int:
 def count_encoder_params(model: nn.Module) -> int:
     """Number of parameters in the encoder layers (``base_model.encoder``; DistilBERT: ``transformer``);
     embeddings, pooler and head excluded. MPNet's shared relative-position bias sits in its encoder and counts."""
-    _layers(model)
+    encoder_layers(model)
     return count_params(_family(model).encoder_module(model))
 
 
@@ -469,9 +471,9 @@ def apply_architecture(model: nn.Module, record: dict[str, Any]) -> None:
     target = copy.deepcopy(record)  # `record` may be the live dict inside model.config
     _validate_record(model, target)
     ax = families.axformer_state(model)
-    if _is_unedited(model):
+    if is_unedited(model):
         # Freshly built model: whatever the config says, the modules are full size -> start from a full record.
-        ax["arch"] = {"layers": [_full_layer_record(model) for _ in _layers(model)]}
+        ax["arch"] = {"layers": [_full_layer_record(model) for _ in encoder_layers(model)]}
     current = _record(model)
     for i, (cur, tgt) in enumerate(zip(current["layers"], target["layers"])):
         for key, what in (("heads", "heads"), ("neurons", "FFN neurons")):

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from axformer.quantize import DEFAULT_SKIP, _name_matches
+from axformer.quantize import DEFAULT_SKIP, name_matches
 from axformer.utils import ConfigError
 
 INSTALL = 'pip install -e ".[ort]"'
@@ -274,7 +274,7 @@ def linear_matmul_nodes(onnx_path: str | os.PathLike, skip: Sequence[str] = DEFA
         module, is_linear = _module_path(node)
         if not is_linear or not any(i in init for i in node.input[1:2]):  # the weight must be a constant
             continue
-        (kept if any(_name_matches(module, p) for p in skip) else targets).append(node.name)
+        (kept if any(name_matches(module, p) for p in skip) else targets).append(node.name)
     return targets, kept
 
 

@@ -377,9 +377,9 @@ AttentionMaskInterface.register(IMPL_NAME, topk_attention_mask)
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList:
-    from .elements import _layers
+    from .elements import encoder_layers
 
-    return _layers(model)
+    return encoder_layers(model)
 
 
 def _family(model: nn.Module):

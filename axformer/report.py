@@ -32,7 +32,7 @@ from axformer.figures import (HARD, IMPLIED, KEPT, REMOVED, TRIED, figure_style,
                               pareto_front, plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars,
                               removal_grid, slug)
 from axformer.record import Run
-from axformer.tables import (DASH, _task_order, all_tasks_table, compute_table,  # noqa: F401
+from axformer.tables import (DASH, task_order, all_tasks_table, compute_table,  # noqa: F401
                              families, format_table, pick_batch, search_cost_table, to_latex, to_markdown,
                              variant_sort_key, variant_table)
 from axformer.utils import ConfigError, atomic_write_text
@@ -364,7 +364,7 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
         notes.append(msg)
     notes += extrapolation_notes(df)
     tables_dir = figures_dir / "tables"
-    for task in _task_order(df["task"].dropna().unique()) if not df.empty else []:
+    for task in task_order(df["task"].dropna().unique()) if not df.empty else []:
         vt = variant_table(df, task)
         metric = vt["metric"].iloc[0]
         for model in sorted(set(vt["model"]) - set(vt.loc[vt["variant"] == "finetune", "model"])):

@@ -85,7 +85,7 @@ def read(path: str | Path, kind: str | None = None) -> dict[str, Any]:
 
 def size_block(model, ckpt_dir: str | Path | None) -> dict[str, Any]:
     """{params_total, params_encoder, bytes_on_disk} of a model (and its saved checkpoint folder)."""
-    from axformer.measure import bytes_on_disk, param_counts
+    from axformer.cost import bytes_on_disk, param_counts
 
     total, encoder = param_counts(model)
     return {"params_total": total, "params_encoder": encoder,
