@@ -46,8 +46,9 @@ def drop_top_layers(model: nn.Module, k: int) -> nn.Module:
     """A new model equal to ``model`` without its top ``k`` encoder layers (weights copied, config trimmed)."""
     layers = families.of(model).layers(model)
     n = len(layers)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
-        raise ConfigError(f"layerdrop: k must be an int in [0, {n - 1}] for a {n}-layer encoder (got {k!r}).")
+    # the declared rule of `k`, with this encoder's bound: at least one layer stays
+    k = ArgSpec(int, 0, n - 1, required=True, note=f"The encoder has {n} layers; at least one stays.").parse(
+        "layerdrop", "k", k)
     keep = n - k
     arch = elements.architecture(model)
     cfg = copy.deepcopy(model.config)

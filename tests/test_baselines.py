@@ -16,7 +16,7 @@ from axformer.utils import ConfigError
 from baselines.matching import encoder_params_of_arch, removed_heads
 from baselines.headprune import head_importance, planted_zero_head
 from baselines.layerdrop import drop_top_layers
-from tiny_models import same_splits, tiny_pretrained
+from tiny_models import same_splits, tiny_bert, tiny_pretrained
 
 TASK = get_task("sst2")
 
@@ -152,6 +152,14 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     torch.testing.assert_close(torch.from_numpy(train.predict_logits(back, rows, tokenizer)[0]),
                                torch.from_numpy(train.predict_logits(model, rows, tokenizer)[0]))
     json.dumps(info)
+
+
+def test_layerdrop_k_is_checked_by_the_declared_rule_with_the_encoders_bound():
+    model = tiny_bert()  # 3 layers: k in [0, 2]
+    for k in (3, -1, 1.5, True, None):
+        with pytest.raises(ConfigError, match=r"^layerdrop: k must be an integer in \[0, 2\] \(got .*\)\. The encoder has 3"):
+            drop_top_layers(model, k)
+    assert len(drop_top_layers(model, 2).bert.encoder.layer) == 1
 
 
 def test_layerdrop_match_picks_smallest_k(rows, tokenizer):
