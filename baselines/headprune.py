@@ -139,7 +139,7 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
     if len(ds) == 0:
         raise ConfigError(f"headprune: the {split} split is empty; nothing to score heads on.")
 
-    target = resolve_target(model, cfg, default_by="heads")
+    target = resolve_target(model, cfg, default_by="heads", method="headprune")
     if cfg.get("n_heads") is not None:
         if target is not None:
             raise ConfigError("headprune: give either n_heads or a match target (match / match_params / "

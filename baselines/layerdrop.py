@@ -84,7 +84,7 @@ def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
     n = len(layers)
     if cfg.get("match_by") == "heads":
         raise ConfigError("layerdrop removes whole layers: it matches AxFormer by parameters (match_by=params).")
-    target = resolve_target(model, cfg, default_by="params")
+    target = resolve_target(model, cfg, default_by="params", method="layerdrop")
     per_layer = [elements.count_params(layer) for layer in layers]
     if cfg.get("k") is not None:
         if target is not None:

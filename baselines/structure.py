@@ -141,7 +141,7 @@ def constraint(model: nn.Module, cfg: dict[str, Any], name: str = "fisher") -> d
         return {"by": "flops", "arch": dec["arch"], "source": str(cfg["match"])}
     if by == "heads":
         raise ConfigError(f"{name} prunes heads and FFN neurons: match_by must be 'params' or 'flops' (got 'heads').")
-    target = resolve_target(model, cfg, default_by="params")
+    target = resolve_target(model, cfg, default_by="params", method=name)
     if target is None:
         raise ConfigError(f"{name} needs an amount: match (--match DECISIONS.json; match_by params or flops), "
                           "target_params (--target-params N), flops_frac (--arg flops_frac=0.5) or params_frac "

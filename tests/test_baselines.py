@@ -154,6 +154,17 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     json.dumps(info)
 
 
+def test_matching_refusals_name_the_method_and_the_keys(rows, tokenizer):
+    model = tiny_pretrained(TASK)
+    cases = [("headprune", {"match_params": 123, "target_params": 456},
+              r"^headprune: match_params=123 and target_params=456 give different targets"),
+             ("layerdrop", {"target_params": 10**13}, r"^layerdrop: target_params must be an integer in \[0, "),
+             ("fisher", {"match_by": "params"}, r"^fisher: match_by / match_params need --match")]
+    for method, cfg, words in cases:
+        with pytest.raises(ConfigError, match=words):
+            baselines.get(method)(model, tokenizer, TASK, same_splits(rows), cfg)
+
+
 def test_layerdrop_k_is_checked_by_the_declared_rule_with_the_encoders_bound():
     model = tiny_bert()  # 3 layers: k in [0, 2]
     for k in (3, -1, 1.5, True, None):
