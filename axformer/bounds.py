@@ -7,7 +7,7 @@ new numeric flag without an entry here fails ``tests/test_security.py`` (it woul
 workflow config's own numbers have their ranges in ``workflow/schemas/config.schema.yaml`` (``maximum`` on
 every number) and ``workflow/rules/common.smk`` refuses non-finite values before the schema is consulted
 (JSON Schema's ``minimum`` / ``maximum`` let NaN through); a baseline's ``arg`` values have theirs in the
-method's ``ARGS`` declaration (``baselines/_args.py``).
+method's ``ARGS`` declaration (``baselines/args.py``).
 
 The upper bounds are far above any sensible run and far below what hangs or exhausts a machine: they are
 there so that a typo (``seeds: 1000000``, ``min_seconds: .inf``) is refused in one line instead of running

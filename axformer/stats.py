@@ -536,7 +536,7 @@ def adjust_pvalues(p: Sequence[float], method: str = "holm") -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
-def _nan(x: Any) -> bool:
+def is_missing(x: Any) -> bool:
     try:
         return x is None or math.isnan(float(x))
     except (TypeError, ValueError):
@@ -545,7 +545,7 @@ def _nan(x: Any) -> bool:
 
 def verdict_accuracy(low: float, high: float) -> str:
     """"more accurate" / "less accurate" when the interval of the difference excludes 0, else "within noise"."""
-    if _nan(low) or _nan(high):
+    if is_missing(low) or is_missing(high):
         return NA
     return "more accurate" if low > 0 else "less accurate" if high < 0 else "within noise"
 
@@ -554,17 +554,17 @@ def verdict_speed(low: float, high: float, floor_low: float = 1.0, floor_high: f
     """"faster" / "slower" when the speedup interval excludes 1.0 *and* the A/A noise band ``[floor_low,
     floor_high]`` (finetune timed against a copy of itself in its own job: the interval from one job's
     iterations misses drift between jobs, so a model can look 2 % "slower" than itself), else "within noise"."""
-    if _nan(low) or _nan(high):
+    if is_missing(low) or is_missing(high):
         return NA
-    hi_floor = 1.0 if _nan(floor_high) else max(1.0, floor_high)
-    lo_floor = 1.0 if _nan(floor_low) else min(1.0, floor_low)
+    hi_floor = 1.0 if is_missing(floor_high) else max(1.0, floor_high)
+    lo_floor = 1.0 if is_missing(floor_low) else min(1.0, floor_low)
     return "faster" if low > hi_floor else "slower" if high < lo_floor else "within noise"
 
 
 def verdict_size(*ratios: float, tol: float = SIZE_TOLERANCE) -> str:
     """"smaller" if any size ratio to finetune (encoder parameters, bytes on disk) is below 1 - tol, "larger"
     if one is above 1 + tol and none below, else "same"; "n/a" when no ratio is known (no model)."""
-    known = [float(r) for r in ratios if not _nan(r)]
+    known = [float(r) for r in ratios if not is_missing(r)]
     if not known:
         return NA
     if min(known) < 1.0 - tol:
@@ -578,7 +578,7 @@ def verdict_adjusted(verdict: str, p_adjusted: float, level: float = LEVEL) -> s
     never creates a verdict the unadjusted interval did not give (the speed verdict's A/A band stays)."""
     if verdict in (NA, "within noise", "same", "smaller", "larger"):
         return verdict
-    if _nan(p_adjusted):
+    if is_missing(p_adjusted):
         return NA
     alpha = round(1.0 - level, 12)  # 1 - 0.95 is 0.050000000000000044 in floating point
     return verdict if p_adjusted < alpha else "within noise"

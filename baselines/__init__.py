@@ -9,7 +9,7 @@ Every method is a function
 * ``splits_tokenized``: ``{"train": ..., "search": ..., "dev": ...}`` tokenized ``datasets.Dataset``s — the
   parent's own splits (train' for any re-training, search for any data-driven choice; never dev).
 * ``cfg``: plain dict of method arguments (from the CLI flags and ``--arg key=value``). Keys every method may
-  see: ``seed``, ``progress``; the matching keys ``match`` / ``match_by`` / ``target_params`` (baselines._match).
+  see: ``seed``, ``progress``; the matching keys ``match`` / ``match_by`` / ``target_params`` (baselines.matching).
 * ``info``: JSON-serialisable dict; ``axformer baseline`` writes it into the step record under
   ``baseline.info`` (and ``axformer measure --step-json`` copies it into metrics.json).
 

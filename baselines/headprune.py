@@ -13,7 +13,7 @@ the absolute value is taken per sample, as in the paper, at the cost of one back
 
 Config (``cfg``): ``n_heads`` (int) | ``params_frac`` (kept fraction of the parent's attention-head parameters,
 i.e. of its heads: the budget of a sweep) | ``match`` (decisions.json; ``match_by`` heads [default] or params) |
-``match_params`` / ``target_params`` (see baselines._match); ``batch_size`` (32); ``normalize`` (true);
+``match_params`` / ``target_params`` (see baselines.matching); ``batch_size`` (32); ``normalize`` (true);
 ``split`` ("search"; the data the scores come from); ``step_heads`` (0 = one-shot ranking; k > 0 = re-score
 after every k removals, the iterative variant).
 """
@@ -29,15 +29,14 @@ from torch import nn
 
 from axformer.surgery import elements, families
 from axformer.taskdata.tasks import Task
-from axformer.training.batches import model_inputs
+from axformer.training.batches import make_loader, model_inputs
 from axformer.taskdata.losses import output_logits, per_sample_loss
-from axformer.training.batches import make_loader
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines._match import resolve_target
+from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.matching import resolve_target
 
-# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "n_heads": ArgSpec(int, 0, 100_000, help="heads to remove"),
     "params_frac": ArgSpec(float, 0.0, 1.0, help="kept fraction of the attention-head parameters (a sweep budget)"),
@@ -48,7 +47,6 @@ ARGS: dict[str, ArgSpec] = {
     "step_heads": ArgSpec(int, 0, 100_000, default=0, help="0 = one-shot; k > 0 = re-score after every k removals"),
     **MATCH_ARGS, **COMMON_ARGS,
 }
-KNOWN_KEYS = set(ARGS)
 
 
 def _present_heads(model: nn.Module) -> dict[int, list[int]]:
@@ -141,7 +139,7 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
     if len(ds) == 0:
         raise ConfigError(f"headprune: the {split} split is empty; nothing to score heads on.")
 
-    target = resolve_target(model, cfg, default_by="heads")
+    target = resolve_target(model, cfg, default_by="heads", method="headprune")
     if cfg.get("n_heads") is not None:
         if target is not None:
             raise ConfigError("headprune: give either n_heads or a match target (match / match_params / "
@@ -155,8 +153,6 @@ def headprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
         if target is not None:
             raise ConfigError("headprune: give either params_frac or another amount (n_heads / match / "
                               "target_params), not both.")
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
-            raise ConfigError(f"headprune: params_frac must be a number in [0, 1] (got {frac!r}).")
         target = {"by": "heads", "n_heads": total_heads - int(math.floor(frac * total_heads + 1e-9)),
                   "source": "params_frac", "frac": float(frac)}
     if target is None:

@@ -25,7 +25,7 @@ MHA of layer 1, ... — and at each *target* sub-layer runs three steps on the c
 
 Costs are Kwon et al.'s analytic FLOPs per head / neuron at the sample's mean real length (the same as the
 reference's ``capacity.py``), or parameters; the budget (``flops_frac`` / ``params_frac`` of the parent's head +
-FFN part, or AxFormer's size through ``match``) comes from :func:`baselines.fisher.budget_of`, so K-prune and
+FFN part, or AxFormer's size through ``match``) comes from :func:`baselines.structure.budget_of`, so K-prune and
 Fisher are held to the same constraint. The kept cost never exceeds the budget (each target keeps at most
 what the remaining budget buys).
 
@@ -37,7 +37,7 @@ with replacement from train); the teacher's sub-layer outputs are recomputed per
 least-squares solve that fails or is not finite keeps the original weights (the code catches the error the
 same way).
 
-Config (``cfg``): :data:`ARGS`, the shared declaration of baselines/_args.py (the method's own keys, the amount
+Config (``cfg``): :data:`ARGS`, the shared declaration of baselines/args.py (the method's own keys, the amount
 keys shared with Fisher — ``match`` / ``match_by`` / ``match_params`` / ``target_params`` — and ``seed``,
 ``progress``), parsed by the one baseline-argument parser.
 """
@@ -54,18 +54,17 @@ from torch import nn
 
 from axformer.surgery import elements, families
 from axformer.taskdata.tasks import Task
-from axformer.training.batches import model_inputs
+from axformer.training.batches import make_loader, model_inputs
 from axformer.taskdata.losses import output_logits
-from axformer.training.batches import make_loader
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines.fisher import Units, _flops, _frozen, _sample, _target, budget_of, structure_record
+from baselines.args import COMMON_ARGS, ArgSpec, parse_args
+from baselines.structure import (BUDGET_ARGS, MATCH_COST_ARGS, Units, budget_of, constraint, flops_at, frozen,
+                                 length_sorted_sample, structure_record)
 
-# The method's own arguments (baselines/_args.py: checked before any job by the workflow, and in the job)
+# The method's own arguments (baselines/args.py: checked before any job by the workflow, and in the job)
 ARGS: dict[str, ArgSpec] = {
-    "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the parent's head + FFN FLOPs"),
-    "params_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="... or of its head + FFN parameters"),
+    **BUDGET_ARGS,
     "num_tokens": ArgSpec(int, 1, 100_000_000, default=100_000, help="sample size in real tokens (the paper's)"),
     "batch_size": ArgSpec(int, 1, 65_536, default=32, help="measurement / tuning batch size"),
     "lam_pred": ArgSpec(float, 0.0, 1e6, default=1.0, help="weight of predictive knowledge (reference script: 1)"),
@@ -77,12 +76,9 @@ ARGS: dict[str, ArgSpec] = {
     "tune": ArgSpec(bool, default=True, help="knowledge-preserving weight tuning (off: mask search only)"),
     "split": ArgSpec(str, choices=("search", "train"), default="search", help="the data the sample comes from",
                      note="dev is for reporting only."),
-    **MATCH_ARGS,
-    "match_by": ArgSpec(str, choices=("params", "flops"), help="match AxFormer's parameters or FLOPs"),
+    **MATCH_COST_ARGS,
     **COMMON_ARGS,
 }
-DEFAULTS: dict[str, Any] = {k: s.default for k, s in ARGS.items() if s.default is not None}
-SHARED_KEYS = {"match", "match_by", "match_params", "target_params", "seed", "progress"}
 PAPER = ("Park, Choi & Kang 2024, Accurate Retraining-free Pruning for Pretrained Encoder-based Language Models "
          "(ICLR 2024, arXiv 2308.03449), K-prune")
 
@@ -121,7 +117,7 @@ def measure_knowledge(model: nn.Module, teacher: nn.Module, batches: list[dict[s
     """One pass over the sample at target sub-layer ``target``.
 
     Returns ``{"pred": {(layer, kind): (n_units,) float64}, "rep": {...}}`` for the target and every sub-layer
-    above it (columns in :class:`~baselines.fisher.Units` order), and the target's least-squares statistics
+    above it (columns in :class:`~baselines.structure.Units` order), and the target's least-squares statistics
     over real tokens: ``gram`` = F^T F (D x D, over the output projection's input dimensions), ``cross`` =
     F^T B (D x hidden) and ``bnorm`` = ||B||^2 with B = teacher's pre-LayerNorm output - student input -
     bias; ``n_rows``, ``n_tokens``.
@@ -166,7 +162,7 @@ def measure_knowledge(model: nn.Module, teacher: nn.Module, batches: list[dict[s
     cross = torch.zeros(d_in, w_target.shape[0], dtype=torch.float64)
     bnorm, n_rows, n_tok = 0.0, 0, 0
     try:
-        with _frozen(model), _frozen(teacher):
+        with frozen(model), frozen(teacher):
             for inputs, z_t in zip(batches, teacher_logits):
                 masks.clear()
                 feats.clear()
@@ -253,13 +249,11 @@ def kprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
 
     t0 = time.perf_counter()
     a = parse_args("kprune", ARGS, cfg)
-    target = _target(model, {k: v for k, v in a.items() if k in SHARED_KEYS | {"flops_frac", "params_frac"}},
-                     name="kprune")  # before any work: a bad decisions file fails here
+    target = constraint(model, a, name="kprune")  # before any work: a bad decisions file fails here
     ds = splits_tokenized[a["split"]]
     if len(ds) == 0:
         raise ConfigError(f"kprune: the {a['split']} split is empty; nothing to measure knowledge on.")
-    progress = bool(cfg.get("progress", False))
-    seed = int(cfg.get("seed", 0) or 0)
+    progress, seed = a["progress"], a["seed"]
 
     def say(msg: str) -> None:
         if progress:
@@ -270,19 +264,19 @@ def kprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
         raise ConfigError("kprune: the model has no heads or FFN neurons left to prune.")
     mean_len_all = sum(len(x) for x in ds["input_ids"]) / len(ds)
     n_rows = min(len(ds), max(1, math.ceil(a["num_tokens"] / mean_len_all)))
-    sample = _sample(ds, n_rows, seed)
+    sample = length_sorted_sample(ds, n_rows, seed)
     device = next(model.parameters()).device
     batches = [model_inputs(b, device) for b in make_loader(sample, tokenizer, a["batch_size"], shuffle=False)]
     n_tok = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
     seq_len = n_tok / len(sample)
     teacher = copy.deepcopy(model)
-    with _frozen(teacher), torch.no_grad():
+    with frozen(teacher), torch.no_grad():
         teacher_logits = [output_logits(teacher(**b), b).detach() for b in batches]
 
     by, c_h, c_n, budget = budget_of(model, target, units, seq_len, name="kprune")
     costs = {"mha": c_h, "ffn": c_n}
     params_before = elements.count_encoder_params(model)
-    flops_before = _flops(model, seq_len)
+    flops_before = flops_at(model, seq_len)
     fam = families.of(model)
     hsz = fam.head_size(model.config)
     left = budget
@@ -321,7 +315,7 @@ def kprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
     del teacher
     after = Units.of(model)
     arch = elements.architecture(model)
-    flops_after = _flops(model, seq_len)
+    flops_after = flops_at(model, seq_len)
     info: dict[str, Any] = {
         "paper": PAPER,
         "importance": "per sub-layer, bottom-up: (lam_pred * K_pred + lam_rep * K_rep) / cost (heads x mu); K_pred = "
@@ -353,5 +347,5 @@ def kprune(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, cfg:
     return model, info
 
 
-__all__ = ["kprune", "ARGS", "DEFAULTS", "sublayers", "distill_loss", "measure_knowledge", "select",
+__all__ = ["kprune", "ARGS", "sublayers", "distill_loss", "measure_knowledge", "select",
            "tune_weights"]

@@ -29,10 +29,10 @@ from axformer.training import train
 from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
-from baselines._args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
-from baselines._match import resolve_target
+from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.matching import resolve_target
 
-# the cfg keys this method takes (baselines/_args.py; checked before any job by the workflow, and here)
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
 ARGS: dict[str, ArgSpec] = {
     "k": ArgSpec(int, 0, 10_000, help="top layers to drop"),
     "epochs": ArgSpec(float, 0.0, 1000.0, default=3.0, help="re-training epochs (0 = none)"),
@@ -40,7 +40,6 @@ ARGS: dict[str, ArgSpec] = {
     "batch_size": ArgSpec(int, 1, 65_536, default=32, help="re-training batch size"),
     **MATCH_ARGS, **COMMON_ARGS,
 }
-KNOWN_KEYS = set(ARGS)
 _LAYER_KEY = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")  # DistilBERT: transformer
 
 
@@ -48,8 +47,9 @@ def drop_top_layers(model: nn.Module, k: int) -> nn.Module:
     """A new model equal to ``model`` without its top ``k`` encoder layers (weights copied, config trimmed)."""
     layers = families.of(model).layers(model)
     n = len(layers)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
-        raise ConfigError(f"layerdrop: k must be an int in [0, {n - 1}] for a {n}-layer encoder (got {k!r}).")
+    # the declared rule of `k`, with this encoder's bound: at least one layer stays
+    k = ArgSpec(int, 0, n - 1, required=True, note=f"The encoder has {n} layers; at least one stays.").parse(
+        "layerdrop", "k", k)
     keep = n - k
     arch = elements.architecture(model)
     cfg = copy.deepcopy(model.config)
@@ -85,7 +85,7 @@ def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
     n = len(layers)
     if cfg.get("match_by") == "heads":
         raise ConfigError("layerdrop removes whole layers: it matches AxFormer by parameters (match_by=params).")
-    target = resolve_target(model, cfg, default_by="params")
+    target = resolve_target(model, cfg, default_by="params", method="layerdrop")
     per_layer = [elements.count_params(layer) for layer in layers]
     if cfg.get("k") is not None:
         if target is not None:

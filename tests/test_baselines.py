@@ -17,10 +17,10 @@ from axformer.training import batches
 from axformer.cli import main
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
-from baselines._match import encoder_params_of_arch, removed_heads
+from baselines.matching import encoder_params_of_arch, removed_heads
 from baselines.headprune import head_importance, planted_zero_head
 from baselines.layerdrop import drop_top_layers
-from tiny_models import same_splits, tiny_pretrained
+from tiny_models import same_splits, tiny_bert, tiny_pretrained
 
 TASK = get_task("sst2")
 
@@ -156,6 +156,25 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
                                torch.from_numpy(batches.predict_logits(model, rows, tokenizer)[0]))
     json.dumps(info)
+
+
+def test_matching_refusals_name_the_method_and_the_keys(rows, tokenizer):
+    model = tiny_pretrained(TASK)
+    cases = [("headprune", {"match_params": 123, "target_params": 456},
+              r"^headprune: match_params=123 and target_params=456 give different targets"),
+             ("layerdrop", {"target_params": 10**13}, r"^layerdrop: target_params must be an integer in \[0, "),
+             ("fisher", {"match_by": "params"}, r"^fisher: match_by / match_params need --match")]
+    for method, cfg, words in cases:
+        with pytest.raises(ConfigError, match=words):
+            baselines.get(method)(model, tokenizer, TASK, same_splits(rows), cfg)
+
+
+def test_layerdrop_k_is_checked_by_the_declared_rule_with_the_encoders_bound():
+    model = tiny_bert()  # 3 layers: k in [0, 2]
+    for k in (3, -1, 1.5, True, None):
+        with pytest.raises(ConfigError, match=r"^layerdrop: k must be an integer in \[0, 2\] \(got .*\)\. The encoder has 3"):
+            drop_top_layers(model, k)
+    assert len(drop_top_layers(model, 2).bert.encoder.layer) == 1
 
 
 def test_layerdrop_match_picks_smallest_k(rows, tokenizer):

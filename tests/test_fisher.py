@@ -17,8 +17,9 @@ from axformer.training import batches
 from axformer.cli import main
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
-from baselines.fisher import (Units, apply_plan, block_loss, fisher_diag, mask_gradients, rearrange, search,
-                              tune_masks, unit_costs)
+from baselines.fisher import block_loss, fisher_diag, mask_gradients, rearrange, search
+from baselines.mask_tuning import apply_plan, tune_masks
+from baselines.structure import Units, unit_costs
 from baselines.headprune import planted_zero_head
 from tiny_models import same_splits, tiny_pretrained
 

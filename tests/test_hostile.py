@@ -79,7 +79,7 @@ def test_cli_refuses_smuggled_option_in_arg_before_loading(tmp_path, capsys):
 # ------------------------------------------------------------------------------- the declared-argument mechanism
 def test_every_builtin_baseline_declares_its_args_and_parses_with_the_shared_parser():
     import baselines
-    from baselines._args import ArgSpec, declared
+    from baselines.args import ArgSpec, declared
 
     for name in baselines.BUILTIN:
         spec = declared(name)
@@ -90,7 +90,7 @@ def test_every_builtin_baseline_declares_its_args_and_parses_with_the_shared_par
 
 
 def test_argspec_rules():
-    from baselines._args import ArgSpec
+    from baselines.args import ArgSpec
 
     s = ArgSpec(int, 0, 10)
     assert s.parse("m", "k", 3.0) == 3 and s.parse("m", "k", None) is None

@@ -17,9 +17,9 @@ from axformer.training import batches
 from axformer.cli import main
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
-from baselines.fisher import Units
+from baselines.structure import Units
 from baselines.headprune import planted_zero_head
-from baselines._args import parse_args
+from baselines.args import parse_args
 from baselines.kprune import ARGS, _err, distill_loss, measure_knowledge, select, sublayers, tune_weights
 from tiny_models import same_splits, tiny_pretrained
 

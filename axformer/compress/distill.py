@@ -121,7 +121,7 @@ def check_unedited(model: nn.Module) -> None:
     if hard_attention.enabled_layers(model) or any(
             getattr(fam.self_attention(layer), "axformer_topk", None) is not None for layer in layers):
         problems.append("hard attention is installed")
-    if not problems and not elements._is_unedited(model):
+    if not problems and not elements.is_unedited(model):
         problems.append("module sizes differ from the config")
     if problems:
         raise ConfigError(

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from axformer.compress.quantize import DEFAULT_SKIP, _name_matches
+from axformer.compress.quantize import DEFAULT_SKIP, name_matches
 from axformer.compress.runtimes import (ORT_MODES, OV_INSTALL, OV_MODES, OV_PACKAGES, OrtModel, OvModel, RuntimeModel,
                                        ort_settings, ov_config, require_ort, require_runtime)
 from axformer.utils import ConfigError
@@ -230,7 +230,7 @@ def linear_matmul_nodes(onnx_path: str | os.PathLike, skip: Sequence[str] = DEFA
         module, is_linear = _module_path(node)
         if not is_linear or not any(i in init for i in node.input[1:2]):  # the weight must be a constant
             continue
-        (kept if any(_name_matches(module, p) for p in skip) else targets).append(node.name)
+        (kept if any(name_matches(module, p) for p in skip) else targets).append(node.name)
     return targets, kept
 
 

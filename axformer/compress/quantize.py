@@ -119,7 +119,7 @@ class QuantizeConfig:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _name_matches(name: str, pattern: str) -> bool:
+def name_matches(name: str, pattern: str) -> bool:
     """True when ``pattern`` is a run of whole dotted components of ``name``."""
     return f".{pattern}." in f".{name}."
 
@@ -172,7 +172,7 @@ def _linear_targets(model: nn.Module, skip: tuple[str, ...]) -> tuple[list[str],
         if is_quantized_linear(mod):
             raise ConfigError(f"module {name!r} is already int8 ({type(mod).__name__}); quantize an fp32 model.")
         if isinstance(mod, nn.Linear):
-            (skipped if any(_name_matches(name, p) for p in skip) else targets).append(name)
+            (skipped if any(name_matches(name, p) for p in skip) else targets).append(name)
     return targets, skipped
 
 

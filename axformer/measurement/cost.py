@@ -21,7 +21,8 @@ from axformer.utils import ConfigError
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def _is_quantized_module(m: nn.Module) -> bool:
+def is_quantized_module(m: nn.Module) -> bool:
+    """True for a PyTorch int8 (torch.ao quantized / packed-parameter) module."""
     return hasattr(m, "_packed_params") or type(m).__module__.startswith("torch.ao.nn.quantized")
 
 
@@ -100,7 +101,7 @@ def _linear_shape(m: nn.Module) -> tuple[int, int] | None:
     if isinstance(m, nn.Linear):
         out_f, in_f = m.weight.shape
         return int(in_f), int(out_f)
-    if _is_quantized_module(m) and hasattr(m, "in_features") and hasattr(m, "out_features"):
+    if is_quantized_module(m) and hasattr(m, "in_features") and hasattr(m, "out_features"):
         return int(m.in_features), int(m.out_features)
     return None
 

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from axformer.measurement.cost import (_is_quantized_module, bytes_on_disk, flops_block,
-                                       param_counts, peak_flops_measured)
+from axformer.measurement.cost import (bytes_on_disk, flops_block, is_quantized_module, param_counts,
+                                       peak_flops_measured)
 from axformer.utils import ConfigError, env_info, git_commit
 
 __all__ = [
@@ -242,7 +242,7 @@ def check_device(cfg: MeasureConfig, models: Iterable[nn.Module] = ()) -> torch.
                 f'measure.device is "{cfg.device}" but only {torch.cuda.device_count()} CUDA device(s) exist.'
             )
         for model in models:
-            if any(_is_quantized_module(m) for m in model.modules()):
+            if any(is_quantized_module(m) for m in model.modules()):
                 raise ConfigError(
                     "an int8 dynamic-quantized model (torch.ao quantized Linear) runs on CPU only; "
                     'measure it with measure.device "cpu".'
@@ -265,7 +265,7 @@ def _num_threads(n: int):
 def _has_int8(model: nn.Module) -> bool:
     from axformer.compress.quantize import count_int8_linears
 
-    return any(_is_quantized_module(m) for m in model.modules()) or count_int8_linears(model) > 0
+    return any(is_quantized_module(m) for m in model.modules()) or count_int8_linears(model) > 0
 
 
 def cast_for_measure(model: nn.Module, cfg: MeasureConfig) -> nn.Module:

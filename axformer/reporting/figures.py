@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from axformer.records.record import FAMILIES
-from axformer.reporting.tables import _num, families, pick_batch, variant_sort_key, variant_table
+from axformer.reporting.tables import families, num_column, pick_batch, variant_sort_key, variant_table
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def frame_styles(df: pd.DataFrame) -> dict[str, Style]:
     return styles({str(v): fam.get(str(v), "reference") for v in df["variant"].dropna().unique()})
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -226,7 +226,7 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, task: str, figures_dir: str | os.
     multi_model = sub["model"].nunique() > 1
     pts: list[tuple[str, str, float, float | None, float, float | None]] = []
     for (model, variant), g in sub.groupby(["model", "variant"], sort=False):
-        lat = _num(g, f"latency_b{b}_p50_ms") if b is not None else pd.Series(np.nan, index=g.index)
+        lat = num_column(g, f"latency_b{b}_p50_ms") if b is not None else pd.Series(np.nan, index=g.index)
         if lat.notna().sum() == 0:
             msg = f"accuracy_vs_latency_{task}: skipped {model}/{variant}: no latency measured" + (f" at batch {b}" if b else "")
             log.info(msg)
@@ -236,14 +236,14 @@ def plot_accuracy_vs_latency(df: pd.DataFrame, task: str, figures_dir: str | os.
             msg = f"accuracy_vs_latency_{task}: {model}/{variant}: {int(lat.isna().sum())} seed(s) without latency left out of the x mean"
             log.info(msg)
             notes.append(msg)
-        dev = _num(g, "metric_dev")
+        dev = num_column(g, "metric_dev")
         pts.append((str(model), str(variant), float(lat.mean()), _sd(lat), float(dev.mean()), _sd(dev)))
     pts.sort(key=lambda p: (p[0], FAMILIES.index(style[p[1]].family) if style[p[1]].family in FAMILIES else 9,
                             variant_sort_key(p[1], style[p[1]].family)))
     labels = [_label(p[0], p[1], multi_model) for p in pts] + (["Pareto front"] if pts else [])
     width = SINGLE_COLUMN_IN
     with matplotlib.rc_context(figure_style()):
-        fig = _new_figure(width, 2.5 + 0.16 * legend_rows(labels, width))
+        fig = new_figure(width, 2.5 + 0.16 * legend_rows(labels, width))
         ax = fig.add_subplot()
         device = None
         if b is not None and f"latency_b{b}_device" in sub.columns:
@@ -295,7 +295,7 @@ def plot_speedup_size_bars(df: pd.DataFrame, task: str, figures_dir: str | os.Pa
     n = max(len(keep), 1)
     width = DOUBLE_COLUMN_IN
     with matplotlib.rc_context(figure_style()):
-        fig = _new_figure(width, 1.0 + 0.22 * n * max(1, len(speed_cols)) ** 0.5)
+        fig = new_figure(width, 1.0 + 0.22 * n * max(1, len(speed_cols)) ** 0.5)
         ax_s, ax_z = fig.subplots(1, 2, sharey=True, width_ratios=[3, 2])
         y = np.arange(len(keep))
         colours = [style[str(v)].colour if str(v) in style else "0.5" for v in keep["variant"]]
@@ -305,7 +305,7 @@ def plot_speedup_size_bars(df: pd.DataFrame, task: str, figures_dir: str | os.Pa
             vals, errs = [], []
             for _, r in keep.iterrows():
                 g = sub[(sub["model"] == r["model"]) & (sub["variant"] == r["variant"])]
-                sp = _num(g, f"latency_b{b}_speedup").fillna(_num(g, f"latency_b{b}_baseline_p50_ms") / _num(g, f"latency_b{b}_p50_ms"))
+                sp = num_column(g, f"latency_b{b}_speedup").fillna(num_column(g, f"latency_b{b}_baseline_p50_ms") / num_column(g, f"latency_b{b}_p50_ms"))
                 vals.append(r[col])
                 errs.append(_sd(sp) or 0.0)
             pos = y + ((len(speed_cols) - 1) / 2 - i) * h  # the first batch size on top
@@ -415,7 +415,7 @@ def plot_removal_map(decisions: dict[str, Any], figures_dir: str | os.PathLike, 
     hard = decisions.get("hard_attention") or {}
     width = DOUBLE_COLUMN_IN
     with matplotlib.rc_context(figure_style()):
-        fig = _new_figure(width, 1.5 + min(0.24, width / max(ncol, 1)) * n_layers)
+        fig = new_figure(width, 1.5 + min(0.24, width / max(ncol, 1)) * n_layers)
         ax = fig.add_subplot()
         ax.imshow(rgb, aspect="equal", interpolation="nearest", origin="upper")
         ax.grid(False)

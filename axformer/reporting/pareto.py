@@ -211,7 +211,7 @@ def plot_task(pts: pd.DataFrame, task: str, figures_dir: str | os.PathLike,
     width = F.DOUBLE_COLUMN_IN
     metric = str(sub["metric"].dropna().iloc[0]) if sub["metric"].notna().any() else "metric"
     with matplotlib.rc_context(F.figure_style()):
-        fig = F._new_figure(width, 2.6 + 0.16 * F.legend_rows(labels, width))
+        fig = F.new_figure(width, 2.6 + 0.16 * F.legend_rows(labels, width))
         panels = fig.subplots(1, 2, sharey=True)
         for axp, (col, lo, hi, xlabel) in zip(panels, (
                 ("speedup", "speedup_low", "speedup_high", f"speedup (×, batch {int(sub['speed_batch'].iloc[0])})"),
@@ -276,7 +276,7 @@ def render(df: pd.DataFrame, vt: pd.DataFrame, csv_path: str | os.PathLike, figu
     csv = Path(csv_path)
     atomic_write_text(csv, pts.to_csv(index=False))
     out = [csv]
-    for task in R._task_order(pts["task"].dropna().unique()):
+    for task in R.task_order(pts["task"].dropna().unique()):
         if (pts["task"] == task).any():
             out += plot_task(pts, task, figures_dir, style)
     ax = pts[pts["kind"] == "AxFormer"]

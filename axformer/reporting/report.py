@@ -28,14 +28,12 @@ import numpy as np
 import pandas as pd
 
 from axformer.records import record_schema
-from axformer.reporting import tidy
-from axformer.reporting.figures import (frame_styles,  
-                              plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars,
-                              slug)
 from axformer.records.record import Run
-from axformer.reporting.tables import (_task_order, all_tasks_table, compute_table,  
-                             families, search_cost_table, to_latex, to_markdown,
-                             variant_sort_key, variant_table)
+from axformer.reporting import tidy
+from axformer.reporting.figures import (frame_styles, plot_accuracy_vs_latency, plot_removal_map,
+                                        plot_speedup_size_bars, slug)
+from axformer.reporting.tables import (all_tasks_table, compute_table, families, search_cost_table, task_order,
+                                       to_latex, to_markdown, variant_sort_key, variant_table)
 from axformer.utils import ConfigError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -360,7 +358,7 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
         notes.append(msg)
     notes += extrapolation_notes(df)
     tables_dir = figures_dir / "tables"
-    for task in _task_order(df["task"].dropna().unique()) if not df.empty else []:
+    for task in task_order(df["task"].dropna().unique()) if not df.empty else []:
         vt = variant_table(df, task)
         metric = vt["metric"].iloc[0]
         for model in sorted(set(vt["model"]) - set(vt.loc[vt["variant"] == "finetune", "model"])):

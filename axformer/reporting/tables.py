@@ -56,12 +56,13 @@ def is_quantized(df: pd.DataFrame) -> pd.Series:
     return df["commands"].map(lambda c: "quantize" in str(c).split(">"))
 
 
-def _task_order(tasks: Iterable[str]) -> list[str]:
+def task_order(tasks: Iterable[str]) -> list[str]:
+    """``tasks`` once each, the built-in tasks in their declared order first, then the others by name."""
     known = list(TASKS)
     return sorted(set(tasks), key=lambda t: (known.index(t) if t in known else len(known), t))
 
 
-def _batch_sizes(df: pd.DataFrame, field: str = "p50_ms") -> list[int]:
+def measured_batch_sizes(df: pd.DataFrame, field: str = "p50_ms") -> list[int]:
     sizes = set()
     for col in df.columns:
         m = _LAT_RE.match(col)
@@ -72,7 +73,7 @@ def _batch_sizes(df: pd.DataFrame, field: str = "p50_ms") -> list[int]:
 
 def pick_batch(df: pd.DataFrame, preferred: int = 32) -> int | None:
     """The batch size to plot: ``preferred`` if any run measured it, else 1, else the smallest measured."""
-    sizes = _batch_sizes(df)
+    sizes = measured_batch_sizes(df)
     for b in (preferred, 1):
         if b in sizes:
             return b
@@ -88,7 +89,8 @@ def _speedup(sub: pd.DataFrame, b: int) -> pd.Series:
     return rec.fillna(base / p50)
 
 
-def _num(sub: pd.DataFrame, col: str) -> pd.Series:
+def num_column(sub: pd.DataFrame, col: str) -> pd.Series:
+    """Column ``col`` of ``sub`` as numbers (NaN where missing or not numeric; all NaN when absent)."""
     if col not in sub.columns:
         return pd.Series(np.nan, index=sub.index, dtype=float)
     return pd.to_numeric(sub[col], errors="coerce")
@@ -107,11 +109,11 @@ def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     extra = TASKS[task].secondary if task in TASKS and TASKS[task].is_qa else ()
     if sub.empty:
         raise ConfigError(f"no runs for task {task!r} in the results; tasks present: {sorted(df.get('task', pd.Series()).dropna().unique())}.")
-    batches = _batch_sizes(sub, "speedup") or _batch_sizes(sub)
+    batches = measured_batch_sizes(sub, "speedup") or measured_batch_sizes(sub)
     rows = []
     for (model, variant), g in sub.groupby(["model", "variant"], sort=False):
         metric_names = g["metric_name"].dropna().unique() if "metric_name" in g.columns else []
-        dev = _num(g, "metric_dev")
+        dev = num_column(g, "metric_dev")
         row: dict[str, Any] = {
             "model": model,
             "variant": variant,
@@ -119,13 +121,13 @@ def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
             "n_seeds": int(g["seed"].nunique()),
             "metric_mean": dev.mean(),
             "metric_std": dev.std(ddof=1) if dev.notna().sum() > 1 else np.nan,
-            **{f"{name}_mean": _num(g, f"metric_secondary_{name}").mean() for name in extra},
-            "_enc": _num(g, "size_params_encoder").mean(),
-            "_tot": _num(g, "size_params_total").mean(),
+            **{f"{name}_mean": num_column(g, f"metric_secondary_{name}").mean() for name in extra},
+            "_enc": num_column(g, "size_params_encoder").mean(),
+            "_tot": num_column(g, "size_params_total").mean(),
         }
         for b in batches:
             row[f"speedup_b{b}"] = _speedup(g, b).mean()
-        row["size_mb"] = _num(g, "size_bytes_on_disk").mean() / 1e6
+        row["size_mb"] = num_column(g, "size_bytes_on_disk").mean() / 1e6
         rows.append(row)
     table = pd.DataFrame(rows)
     for model, idx in table.groupby("model").groups.items():
@@ -146,7 +148,7 @@ def variant_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     return table.iloc[order].reset_index(drop=True)
 
 
-def _fmt(x: Any, digits: int = 3, suffix: str = "") -> str:
+def format_number(x: Any, digits: int = 3, suffix: str = "") -> str:
     try:
         xf = float(x)
     except (TypeError, ValueError):
@@ -154,35 +156,35 @@ def _fmt(x: Any, digits: int = 3, suffix: str = "") -> str:
     return DASH if math.isnan(xf) else f"{xf:.{digits}f}{suffix}"
 
 
-def _fmt_mean_std(mean: Any, std: Any, digits: int = 3) -> str:
-    s = _fmt(mean, digits)
-    if s != DASH and _fmt(std, digits) != DASH:
-        s += f" ± {_fmt(std, digits)}"
+def format_mean_std(mean: Any, std: Any, digits: int = 3) -> str:
+    s = format_number(mean, digits)
+    if s != DASH and format_number(std, digits) != DASH:
+        s += f" ± {format_number(std, digits)}"
     return s
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """Turn a :func:`variant_table` into display strings (``mean ± std``, ``1.37×``, ``–`` for missing)."""
     if "metric_mean" not in table.columns:
-        return table.apply(lambda col: col.map(lambda v: _fmt(v) if isinstance(v, float) else (DASH if v is None else str(v))))
+        return table.apply(lambda col: col.map(lambda v: format_number(v) if isinstance(v, float) else (DASH if v is None else str(v))))
     metric = table["metric"].iloc[0] if len(table) else "metric"
     out = pd.DataFrame(index=table.index)
     if table["model"].nunique() > 1:
         out["Model"] = table["model"].astype(str)
     out["Variant"] = table["variant"].astype(str)
     out["Seeds"] = table["n_seeds"].astype(int).astype(str)
-    out[f"Dev {metric}"] = [_fmt_mean_std(m, s) for m, s in zip(table["metric_mean"], table["metric_std"])]
+    out[f"Dev {metric}"] = [format_mean_std(m, s) for m, s in zip(table["metric_mean"], table["metric_std"])]
     for col in table.columns:  # secondary metrics a table carries (SQuAD: exact_match)
         m = re.fullmatch(r"(.+)_mean", col)
         if m and col != "metric_mean":
-            out[f"Dev {m.group(1)}"] = table[col].map(lambda v: _fmt(v))
-    out["Encoder params (×FT)"] = table["params_encoder_ratio"].map(lambda v: _fmt(v, 2))
-    out["Total params (×FT)"] = table["params_total_ratio"].map(lambda v: _fmt(v, 2))
+            out[f"Dev {m.group(1)}"] = table[col].map(lambda v: format_number(v))
+    out["Encoder params (×FT)"] = table["params_encoder_ratio"].map(lambda v: format_number(v, 2))
+    out["Total params (×FT)"] = table["params_total_ratio"].map(lambda v: format_number(v, 2))
     for col in table.columns:
         m = re.fullmatch(r"speedup_b(\d+)", col)
         if m:
-            out[f"Speedup b{m.group(1)}"] = table[col].map(lambda v: _fmt(v, 2, "×"))
-    out["Size (MB)"] = table["size_mb"].map(lambda v: _fmt(v, 1))
+            out[f"Speedup b{m.group(1)}"] = table[col].map(lambda v: format_number(v, 2, "×"))
+    out["Size (MB)"] = table["size_mb"].map(lambda v: format_number(v, 1))
     return out
 
 
@@ -235,7 +237,7 @@ def to_latex(table: pd.DataFrame, path: str | os.PathLike | None = None, caption
 def all_tasks_table(df: pd.DataFrame, batch_size: int = 32) -> pd.DataFrame:
     """Headline table: rows = variants (``model: variant`` if several models), columns = tasks,
     cells ``"metric ± std (speedup×)"`` with speedup at ``batch_size`` (falling back to 1)."""
-    tasks = _task_order(df["task"].dropna().unique()) if "task" in df.columns else []
+    tasks = task_order(df["task"].dropna().unique()) if "task" in df.columns else []
     multi_model = df["model"].nunique() > 1 if "model" in df.columns else False
     fam = families(df)
     cells: dict[str, dict[str, str]] = {}
@@ -247,10 +249,10 @@ def all_tasks_table(df: pd.DataFrame, batch_size: int = 32) -> pd.DataFrame:
         for _, r in vt.iterrows():
             label = f"{r['model']}: {r['variant']}" if multi_model else str(r["variant"])
             keys[label] = (str(r["model"]), variant_sort_key(str(r["variant"]), fam.get(str(r["variant"]))))
-            cell = _fmt_mean_std(r["metric_mean"], r["metric_std"])
+            cell = format_mean_std(r["metric_mean"], r["metric_std"])
             sp = r.get(f"speedup_b{b}", np.nan) if b is not None else np.nan
-            if _fmt(sp) != DASH:
-                cell += f" ({_fmt(sp, 2, '×')})"
+            if format_number(sp) != DASH:
+                cell += f" ({format_number(sp, 2, '×')})"
             cells.setdefault(label, {})[f"{task} ({r['metric']})"] = cell
     if not cells:
         return pd.DataFrame(columns=["variant"])
@@ -285,25 +287,25 @@ def search_cost_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = _peer_search_rows(df)  # peers that score and remove heads / neurons (Fisher, ...): searches too
     for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
         ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
-        ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
-        wall = _num(g, "search_wall_s").mean()
+        ft_wall = num_column(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
+        wall = num_column(g, "search_wall_s").mean()
         ha = g["search_hard_attention_layers"].iloc[0] if "search_hard_attention_layers" in g.columns else None
         rows.append({
             "Task": str(task),
             "Variant": str(variant) if df["model"].nunique() == 1 else f"{model}: {variant}",
-            "Removed": _fmt(g["search_removed"].map(_count_list).mean() if "search_removed" in g.columns else np.nan, 0),
+            "Removed": format_number(g["search_removed"].map(_count_list).mean() if "search_removed" in g.columns else np.nan, 0),
             "Hard-attention layers": DASH if not isinstance(ha, str) else (ha if ha != "[]" else "none"),
-            "Passes": _fmt(_num(g, "search_passes").mean(), 0),
-            "Search loss": f"{_fmt(_num(g, 'search_loss_before').mean())} → {_fmt(_num(g, 'search_loss_after').mean())}",
-            "Search (s)": _fmt(wall, 0),
-            "Fine-tune (s)": _fmt(ft_wall, 0),
-            "Search / fine-tune": _fmt(wall / ft_wall if ft_wall else np.nan, 2),
+            "Passes": format_number(num_column(g, "search_passes").mean(), 0),
+            "Search loss": f"{format_number(num_column(g, 'search_loss_before').mean())} → {format_number(num_column(g, 'search_loss_after').mean())}",
+            "Search (s)": format_number(wall, 0),
+            "Fine-tune (s)": format_number(ft_wall, 0),
+            "Search / fine-tune": format_number(wall / ft_wall if ft_wall else np.nan, 2),
             "_key": (task, variant_sort_key(str(variant), fam.get(str(variant)))),
         })
     if not rows:
         return pd.DataFrame(columns=["Task", "Variant"])
     out = pd.DataFrame(rows)
-    order = _task_order(out["Task"].unique())
+    order = task_order(out["Task"].unique())
     out["_t"] = out["Task"].map(order.index)
     out = out.sort_values(["_t", "_key"], kind="stable").drop(columns=["_t", "_key"])
     return out.reset_index(drop=True)
@@ -323,21 +325,21 @@ def _peer_search_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for (task, model, variant), g in sub.groupby(["task", "model", "variant"], sort=False):
         ft = df[(df["task"] == task) & (df["model"] == model) & (df["variant"] == "finetune")]
-        ft_wall = _num(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
-        wall = _num(g, "baseline_wall_s").mean()
-        removed = [(_num(g, f"baseline_info_{k}_before") - _num(g, f"baseline_info_{k}_after")).mean()
+        ft_wall = num_column(ft, "train_wall_s").mean() if "train_wall_s" in ft.columns else np.nan
+        wall = num_column(g, "baseline_wall_s").mean()
+        removed = [(num_column(g, f"baseline_info_{k}_before") - num_column(g, f"baseline_info_{k}_after")).mean()
                    if f"baseline_info_{k}_after" in g.columns else np.nan for k in ("heads", "neurons")]
         rows.append({
             "Task": str(task),
             "Variant": str(variant) if df["model"].nunique() == 1 else f"{model}: {variant}",
-            "Removed": ", ".join(f"{_fmt(n, 0)} {k}" for n, k in zip(removed, ("heads", "neurons"))
+            "Removed": ", ".join(f"{format_number(n, 0)} {k}" for n, k in zip(removed, ("heads", "neurons"))
                                  if not math.isnan(n)),
             "Hard-attention layers": DASH,
             "Passes": DASH,
-            "Search loss": f"{_fmt(_num(ft, 'metric_search_loss').mean())} → {_fmt(_num(g, 'metric_search_loss').mean())}",
-            "Search (s)": _fmt(wall, 0),
-            "Fine-tune (s)": _fmt(ft_wall, 0),
-            "Search / fine-tune": _fmt(wall / ft_wall if ft_wall else np.nan, 2),
+            "Search loss": f"{format_number(num_column(ft, 'metric_search_loss').mean())} → {format_number(num_column(g, 'metric_search_loss').mean())}",
+            "Search (s)": format_number(wall, 0),
+            "Fine-tune (s)": format_number(ft_wall, 0),
+            "Search / fine-tune": format_number(wall / ft_wall if ft_wall else np.nan, 2),
             "_key": (task, variant_sort_key(str(variant), fam.get(str(variant)))),
         })
     return rows
@@ -388,16 +390,16 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
                 if not keys & seen:
                     total[col] += float(wall)
                 seen |= keys
-        measured = _num(g, "measure_wall_s")
+        measured = num_column(g, "measure_wall_s")
         row = {"Task": str(task), "Model": str(model), "Runs": str(len(g)),
                "Seeds": str(g["seed"].nunique()) if "seed" in g.columns else DASH}
-        row.update({col: _fmt(v / 60, 1) for col, v in total.items()})
-        row["Measurement"] = (f"{_fmt(measured.sum() / 60, 1)} ({int(measured.notna().sum())} of {len(g)} runs)"
+        row.update({col: format_number(v / 60, 1) for col, v in total.items()})
+        row["Measurement"] = (f"{format_number(measured.sum() / 60, 1)} ({int(measured.notna().sum())} of {len(g)} runs)"
                               if measured.notna().any() else DASH)
-        row["Total"] = _fmt((sum(total.values()) + measured.sum()) / 60, 1)
+        row["Total"] = format_number((sum(total.values()) + measured.sum()) / 60, 1)
         rows.append(row)
     out = pd.DataFrame(rows)
-    order = _task_order(out["Task"].unique())
+    order = task_order(out["Task"].unique())
     out["_t"] = out["Task"].map(order.index)
     out = out.sort_values(["_t", "Model"], kind="stable").drop(columns="_t").reset_index(drop=True)
     return out if df["model"].nunique() > 1 else out.drop(columns="Model")

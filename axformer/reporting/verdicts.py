@@ -199,11 +199,11 @@ def verdict_table(df: pd.DataFrame, results_dir: str | os.PathLike, batch_size: 
         return pd.DataFrame(columns=list(COLUMNS))
     loader = _Loader(Path(results_dir))
     rows: list[dict[str, Any]] = []
-    for task in R._task_order(df["task"].dropna().unique()):
+    for task in R.task_order(df["task"].dropna().unique()):
         for model, g in df[df["task"] == task].groupby("model", sort=True):
             ft = g[g["variant"] == "finetune"].drop_duplicates("seed").set_index("seed")
-            batches = sorted({1, 32} | set(R._batch_sizes(g)))
-            b_speed = batch_size if batch_size in R._batch_sizes(g) else 1
+            batches = sorted({1, 32} | set(R.measured_batch_sizes(g)))
+            b_speed = batch_size if batch_size in R.measured_batch_sizes(g) else 1
             for variant in sorted(g["variant"].unique(), key=lambda v: R.variant_sort_key(str(v))):
                 gv = g[g["variant"] == variant].drop_duplicates("seed").set_index("seed")
                 rows.append(_row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed, level, notes))
@@ -329,7 +329,7 @@ def _row(task, model, variant, gv, ft, batches, b_speed, loader, resamples, seed
 
 # ------------------------------------------------------------------------------------------------ render
 def _signed(x: float, digits: int = 3) -> str:
-    return R.DASH if S._nan(x) else f"{x:+.{digits}f}".replace("-", "−")
+    return R.DASH if S.is_missing(x) else f"{x:+.{digits}f}".replace("-", "−")
 
 
 def display_table(vt: pd.DataFrame) -> pd.DataFrame:
@@ -341,17 +341,17 @@ def display_table(vt: pd.DataFrame) -> pd.DataFrame:
     out["Variant"] = vt["variant"].astype(str)
     out["Seeds"] = vt["n_seeds"].astype(int).astype(str)
     out["Metric"] = vt["metric"].astype(str)
-    out["Finetune"] = vt["base_value"].map(lambda v: R._fmt(v))
-    out["Variant value"] = [R._fmt_mean_std(m, s) for m, s in zip(vt["value"], vt["value_std"])]
-    out["Δ [95% CI]"] = [f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]" if not S._nan(lo) else _signed(d)
+    out["Finetune"] = vt["base_value"].map(lambda v: R.format_number(v))
+    out["Variant value"] = [R.format_mean_std(m, s) for m, s in zip(vt["value"], vt["value_std"])]
+    out["Δ [95% CI]"] = [f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]" if not S.is_missing(lo) else _signed(d)
                          for d, lo, hi in zip(vt["delta"], vt["ci_low"], vt["ci_high"])]
     # b1 and b32 always; the speed verdict's own batch too where a profile reports another (base: b8)
     extra = sorted({int(b) for b in vt.get("speed_batch", pd.Series(dtype=float)).dropna()} - {1, 32})
     for b in [1, 32] + [b for b in extra if f"speedup_b{b}" in vt.columns]:
         out[f"Speedup b{b} [95%]"] = [
-            R.DASH if S._nan(v) else (f"{v:.2f}× [{lo:.2f}, {hi:.2f}]" if not S._nan(lo) else f"{v:.2f}×")
+            R.DASH if S.is_missing(v) else (f"{v:.2f}× [{lo:.2f}, {hi:.2f}]" if not S.is_missing(lo) else f"{v:.2f}×")
             for v, lo, hi in zip(vt[f"speedup_b{b}"], vt[f"speedup_b{b}_low"], vt[f"speedup_b{b}_high"])]
-    out["Encoder ×FT"] = vt["encoder_ratio"].map(lambda v: R._fmt(v, 2))
+    out["Encoder ×FT"] = vt["encoder_ratio"].map(lambda v: R.format_number(v, 2))
     out["Accuracy"] = vt["verdict_accuracy"].astype(str)
     if "verdict_accuracy_adjusted" in vt:
         out[f"Accuracy ({_ADJUSTMENT_NAME[ADJUSTMENT]})"] = vt["verdict_accuracy_adjusted"].astype(str)
@@ -388,7 +388,7 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
 
     width = F.DOUBLE_COLUMN_IN
     with matplotlib.rc_context(F.figure_style()):
-        fig = F._new_figure(width, 2.3 * nrow + 0.5 + 0.16 * F.legend_rows(list(styles), width))
+        fig = F.new_figure(width, 2.3 * nrow + 0.5 + 0.16 * F.legend_rows(list(styles), width))
         for i, ((task, model), g) in enumerate(panels):
             ax = fig.add_subplot(nrow, ncol, i + 1)
             xs: list[float] = []
@@ -396,10 +396,10 @@ def plot_verdicts(vt: pd.DataFrame, figures_dir: str | os.PathLike, notes: list[
                 b = int(r["speed_batch"])
                 x, xl, xh = r[f"speedup_b{b}"], r[f"speedup_b{b}_low"], r[f"speedup_b{b}_high"]
                 y, yl, yh = r["delta"], r["ci_low"], r["ci_high"]
-                if S._nan(x) or S._nan(y):
+                if S.is_missing(x) or S.is_missing(y):
                     continue
-                xerr = None if S._nan(xl) else [[max(x - xl, 0)], [max(xh - x, 0)]]
-                yerr = None if S._nan(yl) else [[max(y - yl, 0)], [max(yh - y, 0)]]
+                xerr = None if S.is_missing(xl) else [[max(x - xl, 0)], [max(xh - x, 0)]]
+                yerr = None if S.is_missing(yl) else [[max(y - yl, 0)], [max(yh - y, 0)]]
                 xs.append(float(x))
                 colour, marker = styles[r["variant"]]
                 ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, color=colour, ms=6, elinewidth=0.9,

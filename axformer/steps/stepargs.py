@@ -222,7 +222,7 @@ def _baseline(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     from axformer.steps.cliargs import parse_kv
 
     from axformer.steps.cliargs import BASELINE_FLAGS
-    from baselines._args import check_cfg
+    from baselines.args import check_cfg
 
     baselines.get(ns.method)  # unknown name: ConfigError listing the registered ones
     extra = parse_kv(ns.arg)

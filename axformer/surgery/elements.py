@@ -165,7 +165,8 @@ def _module_sizes(model: nn.Module, layer: nn.Module) -> tuple[int | None, int |
     return fam.n_heads_now(layer), fam.n_neurons_now(layer)
 
 
-def _is_unedited(model: nn.Module) -> bool:
+def is_unedited(model: nn.Module) -> bool:
+    """True when every layer still has all the heads and FFN neurons its config declares."""
     full = (_n_orig_heads(model), _n_orig_neurons(model))
     return all(_module_sizes(model, layer) == full for layer in families.layers(model))
 
@@ -176,7 +177,7 @@ def _record(model: nn.Module) -> dict[str, Any]:
     ax = families.axformer_state(model)
     arch = ax.get("arch")
     if arch is None:
-        if not _is_unedited(model):
+        if not is_unedited(model):
             raise ValueError(
                 "the model's encoder was edited outside axformer.surgery.elements (module sizes differ from the config) and "
                 "has no config.axformer['arch'] record; edit models only through axformer.surgery.elements."
@@ -459,7 +460,7 @@ def apply_architecture(model: nn.Module, record: dict[str, Any]) -> None:
     target = copy.deepcopy(record)  # `record` may be the live dict inside model.config
     _validate_record(model, target)
     ax = families.axformer_state(model)
-    if _is_unedited(model):
+    if is_unedited(model):
         # Freshly built model: whatever the config says, the modules are full size -> start from a full record.
         ax["arch"] = {"layers": [_full_layer_record(model) for _ in families.layers(model)]}
     current = _record(model)

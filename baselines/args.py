@@ -47,6 +47,7 @@ class ArgSpec:
     words: tuple[str, ...] = ()
     help: str = ""
     note: str = ""  # appended to a refusal (why the range is what it is)
+    required: bool = False  # None (not given) is refused instead of becoming the default
 
     def __post_init__(self):
         types = self.types()
@@ -77,7 +78,7 @@ class ArgSpec:
 
     def parse(self, method: str, key: str, value: Any) -> Any:
         """``value`` converted to the declared type, or ConfigError naming ``method: key``."""
-        if value is None:
+        if value is None and not self.required:
             return self.default
         if isinstance(value, str) and value in self.words:
             return value
@@ -137,7 +138,7 @@ COMMON_ARGS: dict[str, ArgSpec] = {
     "progress": ArgSpec(bool, default=False, help="progress lines on stderr (set by the CLI)"),
 }
 
-# The equal-size matching keys of baselines._match.resolve_target.
+# The equal-size matching keys of baselines.matching.resolve_target.
 MATCH_ARGS: dict[str, ArgSpec] = {
     "match": ArgSpec(str, help="AxFormer decisions.json (the workflow's step key `match` sets it)"),
     "match_by": ArgSpec(str, choices=("heads", "params"), help="what to match AxFormer on"),

@@ -22,9 +22,10 @@ from torch import nn
 
 from axformer.surgery import elements
 from axformer.utils import ConfigError
-from baselines._args import MATCH_ARGS
+from baselines.args import MATCH_ARGS
 
 MATCH_BY = ("heads", "params")
+PARAM_COUNT = MATCH_ARGS["target_params"]  # the declared rule of a parameter count (baselines/args.py)
 
 
 def load_decisions(path: str | Path) -> dict[str, Any]:
@@ -81,13 +82,9 @@ def encoder_params_of_arch(model: nn.Module, arch: dict[str, Any]) -> int:
     return elements.count_encoder_params(shell_of_arch(model, arch))
 
 
-def _as_count(v: Any, key: str) -> int:
-    """A parameter count, by the declared rule of ``target_params`` (baselines._args)."""
-    return MATCH_ARGS["target_params"].parse("match", key, v)
-
-
-def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str) -> dict[str, Any] | None:
-    """What to match, or None when no matching key is set.
+def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str,
+                   method: str = "match") -> dict[str, Any] | None:
+    """What to match, or None when no matching key is set; ``method`` is the peer named in refusals.
 
     Returns ``{"by": "heads", "n_heads": N, "source": path}`` or
     ``{"by": "params", "params_encoder": P, "source": path | "target_params"}``.
@@ -98,32 +95,38 @@ def resolve_target(model: nn.Module, cfg: dict[str, Any], default_by: str) -> di
     mp = cfg.get("match_params")
     if mp not in (None, False):
         if by not in (None, "params"):
-            raise ConfigError(f"match_params conflicts with match_by={by!r}.")
+            raise ConfigError(f"{method}: match_params conflicts with match_by={by!r}; give one of them.")
         by = "params"
         if isinstance(mp, str):
             if match not in (None, mp):
-                raise ConfigError(f"match_params={mp!r} and match={match!r} name different decisions files; give one.")
+                raise ConfigError(f"{method}: match_params={mp!r} and match={match!r} name different decisions files; "
+                                  "give one.")
             match = mp
         elif mp is not True:
-            if target is not None and _as_count(target, "target_params") != _as_count(mp, "match_params"):
-                raise ConfigError("match_params and target_params give different targets; give one.")
+            if target is not None and (PARAM_COUNT.parse(method, "target_params", target)
+                                       != PARAM_COUNT.parse(method, "match_params", mp)):
+                raise ConfigError(f"{method}: match_params={mp!r} and target_params={target!r} give different "
+                                  "targets; give one.")
             target = mp
     if target is not None:
         if by not in (None, "params"):
-            raise ConfigError(f"target_params is a parameter count; it cannot be matched by {by!r}.")
-        return {"by": "params", "params_encoder": _as_count(target, "target_params"), "source": "target_params"}
+            raise ConfigError(f"{method}: target_params is a parameter count; it cannot be matched by {by!r} "
+                              "(drop match_by or set match_by=params).")
+        return {"by": "params", "params_encoder": PARAM_COUNT.parse(method, "target_params", target),
+                "source": "target_params"}
     if match is None:
         if by is not None or mp is True:
-            raise ConfigError("match_by / match_params need --match DECISIONS.json (or --target-params N).")
+            raise ConfigError(f"{method}: match_by / match_params need --match DECISIONS.json (or --target-params N).")
         return None
     by = by or default_by
     if by not in MATCH_BY:
-        raise ConfigError(f"match_by must be one of {list(MATCH_BY)} (got {by!r}).")
+        raise ConfigError(f"{method}: match_by must be one of {list(MATCH_BY)} (got {by!r}).")
     dec = load_decisions(match)
     n_orig = int(model.config.num_attention_heads)
     if by == "heads":
         return {"by": "heads", "n_heads": removed_heads(dec, n_orig), "source": str(match)}
     arch = dec.get("arch")
     if not isinstance(arch, dict):
-        raise ConfigError(f"{match} has no 'arch' record, needed to match by parameters.")
+        raise ConfigError(f"{method}: {match} has no 'arch' record, needed to match by parameters; re-run "
+                          "`axformer approximate` or give --target-params N.")
     return {"by": "params", "params_encoder": encoder_params_of_arch(model, arch), "source": str(match)}
