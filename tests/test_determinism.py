@@ -90,6 +90,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # renders the default tree's report twice (~10 s): the slow tier
 def test_report_renders_the_same_bytes_twice(results: Path, tmp_path: Path) -> None:
     _render_here(results, tmp_path / "a")
     _render_apart(results, tmp_path / "b", "1")

@@ -62,7 +62,8 @@ def _columns(ds) -> dict[str, list]:
     return {c: list(ds[c]) for c in ("text_a", "text_b", "label", "idx")}
 
 
-@pytest.mark.parametrize("task", sorted(LEGACY))
+# SST-2 (67k train rows read twice) is the slow one: it runs in the slow tier
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.slow) if t == "sst2" else t for t in sorted(LEGACY)])
 def test_builtin_declarations_read_and_split_exactly_as_the_old_reader(data_dir, task, monkeypatch):
     parts = ["dev"] if task == "qnli" else ["train", "dev"]
     for split in parts:
