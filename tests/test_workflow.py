@@ -28,7 +28,9 @@ SNAKEFILE = REPO / "Snakefile"
 CONFIG_DIR = REPO / "workflow" / "config"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+STEP_REGISTRY = CONFIG_DIR / "steps.yaml"
 PROFILES = ("default", "paper", "smoke", "base", "official")
+ALL_PROFILES = ("smoke", "default", "bench", "base", "paper", "gpu", "official")
 # the paper's own model, where the hub is reachable: one override of paper.yaml (its comment says so)
 PAPER_ON_HUB = ("--config", 'models=["bert-base-uncased"]', "allow_hub=true")
 
@@ -36,7 +38,10 @@ pytestmark = pytest.mark.skipif(shutil.which("axformer") is None, reason="the ax
 
 
 def load_profile(name: str) -> dict:
-    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    """A profile as the workflow reads it: its steps laid over the step registry (no schema defaults yet)."""
+    from axformer.profiles import load_profile as resolved
+
+    return resolved(CONFIG_DIR / f"{name}.yaml", STEP_REGISTRY)
 
 
 def skip_without_mpnet(cfg: dict) -> None:
@@ -363,6 +368,67 @@ def test_schema_documents_every_key():
         assert "description" in sub and ("default" in sub or key == "command"), f"steps.*.{key}"
     for key, sub in schema["properties"]["measure"]["properties"].items():
         assert {"type", "description", "default"} <= set(sub), f"measure.{key}"
+
+
+# ------------------------------------------------------------------------------------------------ step registry
+@pytest.mark.parametrize("profile", ALL_PROFILES)
+def test_profiles_resolve_to_their_frozen_steps(profile):
+    """Every profile, its steps laid over the step registry (workflow/config/steps.yaml) and the schema's defaults
+    filled in, has exactly the steps it had before the registry existed.
+
+    tests/data/profile_steps.json was made at commit 480dad3 (before the registry, when every profile spelled out
+    each step) by loading each of the seven profile files with yaml.safe_load, running
+    snakemake.utils.validate(cfg, workflow/schemas/config.schema.yaml) on it (which fills in the defaults) and
+    writing {profile: cfg["steps"]} with json.dumps(sort_keys=True); the same steps were read back from the
+    workflow itself (its validated `config` at parse time) for all seven. A deliberate change of a profile's
+    steps regenerates the file the same way from the resolved profiles (load_profile here) and says so."""
+    from snakemake.utils import validate
+
+    frozen = json.loads((REPO / "tests" / "data" / "profile_steps.json").read_text())[profile]
+    cfg = load_profile(profile)
+    validate(cfg, str(SCHEMA))
+    assert json.loads(json.dumps(cfg["steps"])) == frozen
+
+
+def test_step_registry_entries_are_steps_and_profiles_restate_none():
+    """The registry holds complete steps (the schema's step definition, unknown keys refused); a profile states
+    only what differs from the registry entry of its name (no command, no arg repeated with the same value)."""
+    from snakemake.utils import validate
+
+    from axformer.profiles import load_registry
+
+    registry = load_registry(STEP_REGISTRY)
+    validate({"steps": copy.deepcopy(registry)}, str(SCHEMA))  # raises on a bad entry
+    assert {s["command"] for s in registry.values()} == {"finetune", "approximate", "distill", "baseline",
+                                                          "quantize"}
+    restated = []
+    for profile in ALL_PROFILES:
+        raw = yaml.safe_load((CONFIG_DIR / f"{profile}.yaml").read_text())
+        for name, entry in raw["steps"].items():
+            base = registry.get(name, {})
+            restated += [f"{profile}: steps.{name}.{k}" for k in entry if k != "args" and base.get(k) == entry[k]]
+            restated += [f"{profile}: steps.{name}.args.{k}" for k, v in entry.get("args", {}).items()
+                         if base.get("args", {}).get(k, object()) == v]
+    assert not restated, restated
+
+
+def test_registry_merge_keeps_user_overrides():
+    """A step entry from a profile or an override (--configfile, --config) is laid over the registry entry of its
+    name: args key by key, other values replaced; a new name stays as given; the registry's other steps are not
+    added. The override shapes of the workflow tests resolve to themselves."""
+    from axformer.profiles import load_registry, resolve_steps
+
+    registry = load_registry(STEP_REGISTRY)
+    fisher = {"command": "baseline", "args": {"method": "fisher", "arg": ["flops_frac=0.5", "--ckpt=/elsewhere"]}}
+    new = {"command": "approximate", "args": {"mode": "hardattn", "topk": 4}}
+    out = resolve_steps({"fisher": fisher, "axformer_k4": new, "headprune": {"args": {"n_heads": 1}, "match": None},
+                         "int8": {"args": {"quantize_backend": "bitsandbytes"}}}, registry)
+    assert list(out) == ["fisher", "axformer_k4", "headprune", "int8"]
+    assert out["fisher"] == fisher and out["axformer_k4"] == new
+    assert out["headprune"] == {"command": "baseline", "args": {"method": "headprune", "n_heads": 1}, "match": None}
+    assert out["int8"]["args"] == {"quantize": "int8", "quantize_backend": "bitsandbytes"}
+    assert registry["int8"]["args"]["quantize_backend"] == "auto"  # the registry itself is not changed
+    assert resolve_steps(out, registry) == out  # resolving twice changes nothing (a resolved profile as a file)
 
 
 @pytest.mark.slow
