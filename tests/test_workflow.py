@@ -603,3 +603,58 @@ def test_workflow_tests_pass_with_a_relative_axformer_data(data_dir):
                           "tests/test_workflow.py::test_default_paper_and_base_dry_run[default]"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "1 passed" in res.stdout, (res.stdout + res.stderr)[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------ plan-time imports
+HEAVY = ("torch", "transformers", "matplotlib")
+# the axformer modules the workflow files import at parse time (config.smk, checks.smk, paths.smk, report.smk,
+# tasks.smk, the Snakefile's onerror)
+WORKFLOW_IMPORTS = ("bounds", "cluster", "data", "models", "profiles", "results", "stepargs", "tasks", "utils")
+
+_RECORD_IMPORTS = """
+import os, sys, traceback
+class _Record:
+    def find_spec(self, name, path=None, target=None):
+        if name in {heavy!r}:
+            stack = [f"{{os.path.basename(f.filename)}}:{{f.lineno}}" for f in traceback.extract_stack()]
+            with open({out!r}, "a") as fh:
+                fh.write(name + " <- " + " > ".join(stack) + "\\n")
+        return None
+sys.meta_path.insert(0, _Record())
+"""
+
+
+@pytest.mark.parametrize("module", WORKFLOW_IMPORTS)
+def test_workflow_modules_import_without_torch(module):
+    """Each axformer module the workflow imports while it parses loads none of torch, transformers, matplotlib
+    (a fresh interpreter: this one has them already)."""
+    code = f"import sys, axformer.{module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]", f"axformer.{module} imports {res.stdout.strip()}"
+
+
+@pytest.mark.slow
+def test_smoke_dry_run_imports(tmp_path, data_dir):
+    """`snakemake -n` of the smoke profile never imports matplotlib, and torch / transformers only through the
+    step-argument check (axformer.stepargs builds the `axformer` CLI parser from the step config dataclasses,
+    whose modules import torch at module level: the part of issue 37's goal still open). Prints the wall time."""
+    import time
+
+    site = tmp_path / "site"
+    site.mkdir()
+    record = tmp_path / "imports.txt"
+    (site / "sitecustomize.py").write_text(_RECORD_IMPORTS.format(heavy=HEAVY, out=str(record)))
+    env = {**os.environ, "AXFORMER_DATA": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path / "w"),
+                          "-n", "--cores", "1", "--configfile", str(CONFIG_DIR / "smoke.yaml")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    print(f"smoke dry run: {time.perf_counter() - start:.1f} s wall")
+    assert res.returncode == 0, res.stderr[-3000:]
+    firsts = record.read_text().splitlines() if record.exists() else []
+    print("\n".join(firsts))
+    assert not [ln for ln in firsts if ln.startswith("matplotlib")]
+    assert all("stepargs.py" in ln for ln in firsts), firsts
