@@ -63,7 +63,7 @@ def test_every_rule_shell_substitution_is_quoted():
     """Each {...} in a rule's shell line is `:q`, or a params function that builds its flags with shlex."""
     prequoted = {"params.args", "params.split", "params.model", "params.data_dir", "params.quantize",
                  "params.measure", "params.match", "params.device", "params.task_def",
-                 "params.bootstrap", "params.readme"}  # device, task_def: shlex-quoted in common.smk; bootstrap: two int()
+                 "params.bootstrap", "params.readme"}  # device, task_def: shlex-quoted in paths.smk; bootstrap: two int()
     # values; readme: "" or "--readme <shlex-quoted path>" (report.smk)
     seen = 0
     for path in RULES:
