@@ -21,7 +21,10 @@ def merge(base: Any, over: Any) -> Any:
     """``over`` laid over ``base``: two mappings merge key by key (recursively); otherwise ``over`` wins.
     Neither argument is changed."""
     if isinstance(base, dict) and isinstance(over, dict):
-        out = copy.deepcopy(base)
+        # key order: the base's, new keys after it; an ``over`` that names every key of the base keeps its own
+        # order (a step's args reach its command line in this order, and Snakemake re-runs a finished job whose
+        # command line changed)
+        out = {} if set(base) <= set(over) else copy.deepcopy(base)
         for key, value in over.items():
             out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
         return out
