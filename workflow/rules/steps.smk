@@ -1,4 +1,4 @@
-# The steps that build a checkpoint from their parent's: one rule shape, three rules (named after their
+# The steps that build a checkpoint from their parent's: one rule shape (the helpers below), three rules (named after their
 # command; the SLURM profile and axformer/cluster.py refer to these names). Every entry of config `steps` with
 # one of these commands runs here; a new step of that kind is a registry or profile entry, not new rule code.
 #
@@ -30,31 +30,80 @@ def parent_step_shell(command, before_args, after_threads):
             + " --device {params.device} --no-progress > {log:q} 2>&1")
 
 
-for _command, _own in PARENT_STEP_RULES.items():
+def _own(command, part):
+    return PARENT_STEP_RULES[command][part]
 
-    rule:
-        name:
-            _command
-        input:
-            parent=parent_ckpt,
-            **_own["input"],
-        output:
-            ckpt=ckpt_output(CKPT_DIR),
-            record=STEP_RECORD,
-            **_own["output"],
-        log:
-            f"{LOGS}/{RUN}/{_command}.log",
-        wildcard_constraints:
-            variant=variant_ending_in(steps_with(_command)),
-        params:
-            device=step_device,
-            args=step_flags,
-            data_dir=data_dir,
-            **_own["params"],
-        threads: step_threads
-        resources:
-            mem_mb=step_resource("mem_mb"),
-            runtime=step_resource("runtime"),
-            gpu=step_resource("gpu"),
-        shell:
-            parent_step_shell(_command, _own["before_args"], _own["after_threads"])
+
+# Three rule statements, not a loop: a `shell:` expression is evaluated again when the job runs, so it may only
+# name module-level values (a loop variable would hold the last command by then).
+STEP_RESOURCES = dict(mem_mb=step_resource("mem_mb"), runtime=step_resource("runtime"), gpu=step_resource("gpu"))
+
+
+def step_rule_input(command):
+    return dict(parent=parent_ckpt, **_own(command, "input"))
+
+
+def step_rule_output(command):
+    return dict(ckpt=ckpt_output(CKPT_DIR), record=STEP_RECORD, **_own(command, "output"))
+
+
+def step_rule_params(command):
+    return dict(device=step_device, args=step_flags, data_dir=data_dir, **_own(command, "params"))
+
+
+def step_rule_shell(command):
+    return parent_step_shell(command, _own(command, "before_args"), _own(command, "after_threads"))
+
+
+rule approximate:
+    input:
+        **step_rule_input("approximate"),
+    output:
+        **step_rule_output("approximate"),
+    log:
+        f"{LOGS}/{RUN}/approximate.log",
+    wildcard_constraints:
+        variant=variant_ending_in(steps_with("approximate")),
+    params:
+        **step_rule_params("approximate"),
+    threads: step_threads
+    resources:
+        **STEP_RESOURCES,
+    shell:
+        step_rule_shell("approximate")
+
+
+rule distill:
+    input:
+        **step_rule_input("distill"),
+    output:
+        **step_rule_output("distill"),
+    log:
+        f"{LOGS}/{RUN}/distill.log",
+    wildcard_constraints:
+        variant=variant_ending_in(steps_with("distill")),
+    params:
+        **step_rule_params("distill"),
+    threads: step_threads
+    resources:
+        **STEP_RESOURCES,
+    shell:
+        step_rule_shell("distill")
+
+
+rule baseline:
+    input:
+        **step_rule_input("baseline"),
+    output:
+        **step_rule_output("baseline"),
+    log:
+        f"{LOGS}/{RUN}/baseline.log",
+    wildcard_constraints:
+        variant=variant_ending_in(steps_with("baseline")),
+    params:
+        **step_rule_params("baseline"),
+    threads: step_threads
+    resources:
+        **STEP_RESOURCES,
+    shell:
+        step_rule_shell("baseline")
