@@ -1,6 +1,7 @@
-# The steps that build a checkpoint from their parent's: one rule shape (the helpers below), three rules (named after their
-# command; the SLURM profile and axformer/cluster.py refer to these names). Every entry of config `steps` with
-# one of these commands runs here; a new step of that kind is a registry or profile entry, not new rule code.
+# The steps that build a checkpoint from their parent's: one rule shape (the helpers below), three rules named
+# after their command (the SLURM profile and axformer/cluster.py refer to these names). Every entry of config
+# `steps` with one of these commands runs here; a new step of that kind is a registry or profile entry, not new
+# rule code.
 #
 #   approximate  AxFormer (DESIGN §3): the accuracy-driven search on the search split, with frozen weights:
 #                axformer (hard attention, then pruning) and its ablations (prune, hardattn, blocks, accept
@@ -34,8 +35,6 @@ def _own(command, part):
     return PARENT_STEP_RULES[command][part]
 
 
-# Three rule statements, not a loop: a `shell:` expression is evaluated again when the job runs, so it may only
-# name module-level values (a loop variable would hold the last command by then).
 STEP_RESOURCES = dict(mem_mb=step_resource("mem_mb"), runtime=step_resource("runtime"), gpu=step_resource("gpu"))
 
 
@@ -55,6 +54,8 @@ def step_rule_shell(command):
     return parent_step_shell(command, _own(command, "before_args"), _own(command, "after_threads"))
 
 
+# Three rule statements, not a loop: a `shell:` expression is evaluated again when the job runs, so it may only
+# name module-level values (a loop variable would hold the last command by then).
 rule approximate:
     input:
         **step_rule_input("approximate"),
