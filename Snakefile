@@ -1,6 +1,7 @@
 # AxFormer benchmark: fine-tune -> AxFormer / distill / baselines -> int8 -> measure -> report.
-# The DAG (docs/DESIGN.md §2) is composed from the profile: see workflow/rules/common.smk for the
-# variant grammar and workflow/schemas/config.schema.yaml for every config key.
+# The DAG (docs/DESIGN.md §2) is composed from the profile: see workflow/rules/paths.smk for the
+# variant grammar, workflow/config/steps.yaml for the step registry every profile starts from and
+# workflow/schemas/config.schema.yaml for every config key.
 #
 #   snakemake --cores all                                                   # default profile (MiniLM, CPU)
 #   snakemake --cores 2 --configfile workflow/config/smoke.yaml             # < 1 min smoke run
@@ -14,13 +15,16 @@ min_version("9.0")
 
 
 # A profile given with --configfile replaces default.yaml (it is not merged into it), so every profile
-# file is the complete record of its run; --config KEY=VALUE still overrides single keys.
+# file (with the step registry it names steps from) is the complete record of its run; --config KEY=VALUE
+# still overrides single keys.
 if not workflow.overwrite_configfiles:
 
     configfile: os.path.join(workflow.basedir, "workflow", "config", "default.yaml")
 
 
-include: "workflow/rules/common.smk"
+include: "workflow/rules/config.smk"  # load, step registry, schema
+include: "workflow/rules/checks.smk"  # pre-run checks: refused in one line before the DAG
+include: "workflow/rules/paths.smk"  # paths, variant grammar, input functions
 
 
 # `snakemake --report report.html`: the workflow's description; every figure and table of the report rule is
@@ -34,8 +38,7 @@ wildcard_constraints:
 
 include: "workflow/rules/tasks.smk"
 include: "workflow/rules/finetune.smk"
-include: "workflow/rules/axformer.smk"
-include: "workflow/rules/compress.smk"
+include: "workflow/rules/steps.smk"  # approximate, distill, baseline: one rule shape
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/report.smk"

@@ -5,7 +5,7 @@
 (``axformer.steps.stepargs``, before any job) refuse a NaN, an infinity or an absurd value with the flag named. A
 new numeric flag without an entry here fails ``tests/test_security.py`` (it would escape the rule). The
 workflow config's own numbers have their ranges in ``workflow/schemas/config.schema.yaml`` (``maximum`` on
-every number) and ``workflow/rules/common.smk`` refuses non-finite values before the schema is consulted
+every number) and ``workflow/rules/config.smk`` refuses non-finite values before the schema is consulted
 (JSON Schema's ``minimum`` / ``maximum`` let NaN through); a baseline's ``arg`` values have theirs in the
 method's ``ARGS`` declaration (``baselines/args.py``).
 

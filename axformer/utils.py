@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import random
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -53,6 +54,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
         raise ConfigError(f"{path}: key '{nonfinite_key(obj)}' is not a finite number ({exc}); "
                           "JSON has no NaN / Infinity: fix the value before writing.") from exc
     atomic_write_text(path, text + "\n")
+
+
+def slug(s: str) -> str:
+    """A file-name part: every run of characters other than letters, digits and ``_.-`` becomes one ``-``
+    (figure files; here, not in axformer.reporting.figures, so the workflow names them without importing matplotlib)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(s)).strip("-")
 
 
 def key_path(path: Any) -> str:

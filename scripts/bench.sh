@@ -13,10 +13,13 @@ set -euo pipefail
 : "${AXFORMER_DATA:?set AXFORMER_DATA to the data folder (e.g. ../shared/data)}"
 read -r -a TASKS <<< "${TASKS:-cola mrpc stsb sst2 rte}"
 # a run's metrics.json, and its decisions.json where the variant's last step (before int8) is a search
-# (the search steps are the bench profile's `approximate` steps, read from its config, not listed twice)
-DECISION_STEPS=" $(python3 -c 'import sys, yaml
-steps = yaml.safe_load(open(sys.argv[1]))["steps"]
-print(" ".join(n for n, s in steps.items() if s.get("command") == "approximate"))' workflow/config/bench.yaml) "
+# (the search steps are the bench profile's `approximate` steps, read from its config laid over the step
+# registry, not listed twice)
+DECISION_STEPS=" $(python3 -c 'import sys
+from axformer.steps.profiles import load_profile
+steps = load_profile(sys.argv[1], sys.argv[2])["steps"]
+print(" ".join(n for n, s in steps.items() if s.get("command") == "approximate"))' workflow/config/bench.yaml \
+  workflow/config/steps.yaml) "
 run() {
   local d="results/bench/$1/minilm/$2/seed${3:-0}" last="${2%%+int8*}"
   echo "$d/metrics.json"

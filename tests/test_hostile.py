@@ -185,7 +185,10 @@ def _schema_errors(cfg: dict) -> list[str]:
 
 
 def _smoke() -> dict:
-    return yaml.safe_load(SMOKE.read_text())
+    """The smoke profile as the workflow reads it: its steps laid over the step registry."""
+    from axformer.steps.profiles import load_profile
+
+    return load_profile(SMOKE, SMOKE.parent / "steps.yaml")
 
 
 @pytest.mark.parametrize("change, key", [

@@ -64,12 +64,15 @@ def test_every_rule_shell_substitution_is_quoted():
     """Each {...} in a rule's shell line is `:q`, or a params function that builds its flags with shlex."""
     prequoted = {"params.args", "params.split", "params.model", "params.data_dir", "params.quantize",
                  "params.measure", "params.match", "params.device", "params.task_def",
-                 "params.bootstrap", "params.readme"}  # device, task_def: shlex-quoted in common.smk; bootstrap: two int()
+                 "params.bootstrap", "params.readme"}  # device, task_def: shlex-quoted in paths.smk; bootstrap: two int()
     # values; readme: "" or "--readme <shlex-quoted path>" (report.smk)
     seen = 0
     for path in RULES:
         text = path.read_text()
-        for block in re.findall(r"shell:\n((?:\s+\".*\"\n?)+)", text):
+        blocks = re.findall(r"shell:\n((?:\s+\".*\"\n?)+)", text)
+        if path.name == "steps.smk":  # one rule shape: its shell words are string pieces (parent_step_shell)
+            blocks += re.findall(r"(?<![A-Za-z])\"[^\"\n]*\"", text)  # every plain (not f-) string literal
+        for block in blocks:
             for field in re.findall(r"\{([^{}]+)\}", block):
                 seen += 1
                 assert field.endswith(":q") or field in prequoted, f"{path.name}: unquoted {{{field}}}"

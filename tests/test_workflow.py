@@ -28,7 +28,9 @@ SNAKEFILE = REPO / "Snakefile"
 CONFIG_DIR = REPO / "workflow" / "config"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+STEP_REGISTRY = CONFIG_DIR / "steps.yaml"
 PROFILES = ("default", "paper", "smoke", "base", "official")
+ALL_PROFILES = ("smoke", "default", "bench", "base", "paper", "gpu", "official")
 # the paper's own model, where the hub is reachable: one override of paper.yaml (its comment says so)
 PAPER_ON_HUB = ("--config", 'models=["bert-base-uncased"]', "allow_hub=true")
 
@@ -36,7 +38,10 @@ pytestmark = pytest.mark.skipif(shutil.which("axformer") is None, reason="the ax
 
 
 def load_profile(name: str) -> dict:
-    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    """A profile as the workflow reads it: its steps laid over the step registry (no schema defaults yet)."""
+    from axformer.steps.profiles import load_profile as resolved
+
+    return resolved(CONFIG_DIR / f"{name}.yaml", STEP_REGISTRY)
 
 
 def skip_without_mpnet(cfg: dict) -> None:
@@ -365,6 +370,69 @@ def test_schema_documents_every_key():
         assert {"type", "description", "default"} <= set(sub), f"measure.{key}"
 
 
+# ------------------------------------------------------------------------------------------------ step registry
+@pytest.mark.parametrize("profile", ALL_PROFILES)
+def test_profiles_resolve_to_their_frozen_steps(profile):
+    """Every profile, its steps laid over the step registry (workflow/config/steps.yaml) and the schema's defaults
+    filled in, has exactly the steps it had before the registry existed.
+
+    tests/data/profile_steps.json was made at commit 480dad3 (before the registry, when every profile spelled out
+    each step) by loading each of the seven profile files with yaml.safe_load, running
+    snakemake.utils.validate(cfg, workflow/schemas/config.schema.yaml) on it (which fills in the defaults) and
+    writing {profile: cfg["steps"]} with json.dumps(sort_keys=True); the same steps were read back from the
+    workflow itself (its validated `config` at parse time) for all seven. A deliberate change of a profile's
+    steps regenerates the file the same way from the resolved profiles (load_profile here) and says so."""
+    from snakemake.utils import validate
+
+    frozen = json.loads((REPO / "tests" / "data" / "profile_steps.json").read_text())[profile]
+    cfg = load_profile(profile)
+    validate(cfg, str(SCHEMA))
+    assert json.loads(json.dumps(cfg["steps"])) == frozen
+
+
+def test_step_registry_entries_are_steps_and_profiles_restate_none():
+    """The registry holds complete steps (the schema's step definition, unknown keys refused); a profile states
+    only what differs from the registry entry of its name (no command, no arg repeated with the same value, except
+    in an args mapping that names every registry arg: it keeps its own order, so its command line is unchanged)."""
+    from snakemake.utils import validate
+
+    from axformer.steps.profiles import load_registry
+
+    registry = load_registry(STEP_REGISTRY)
+    validate({"steps": copy.deepcopy(registry)}, str(SCHEMA))  # raises on a bad entry
+    assert {s["command"] for s in registry.values()} == {"finetune", "approximate", "distill", "baseline",
+                                                          "quantize"}
+    restated = []
+    for profile in ALL_PROFILES:
+        raw = yaml.safe_load((CONFIG_DIR / f"{profile}.yaml").read_text())
+        for name, entry in raw["steps"].items():
+            base = registry.get(name, {})
+            restated += [f"{profile}: steps.{name}.{k}" for k in entry if k != "args" and base.get(k) == entry[k]]
+            full = set(base.get("args", {})) <= set(entry.get("args", {}))  # a full args keeps its key order
+            restated += [f"{profile}: steps.{name}.args.{k}" for k, v in entry.get("args", {}).items()
+                         if not full and base.get("args", {}).get(k, object()) == v]
+    assert not restated, restated
+
+
+def test_registry_merge_keeps_user_overrides():
+    """A step entry from a profile or an override (--configfile, --config) is laid over the registry entry of its
+    name: args key by key, other values replaced; a new name stays as given; the registry's other steps are not
+    added. The override shapes of the workflow tests resolve to themselves."""
+    from axformer.steps.profiles import load_registry, resolve_steps
+
+    registry = load_registry(STEP_REGISTRY)
+    fisher = {"command": "baseline", "args": {"method": "fisher", "arg": ["flops_frac=0.5", "--ckpt=/elsewhere"]}}
+    new = {"command": "approximate", "args": {"mode": "hardattn", "topk": 4}}
+    out = resolve_steps({"fisher": fisher, "axformer_k4": new, "headprune": {"args": {"n_heads": 1}, "match": None},
+                         "int8": {"args": {"quantize_backend": "bitsandbytes"}}}, registry)
+    assert list(out) == ["fisher", "axformer_k4", "headprune", "int8"]
+    assert out["fisher"] == fisher and out["axformer_k4"] == new
+    assert out["headprune"] == {"command": "baseline", "args": {"method": "headprune", "n_heads": 1}, "match": None}
+    assert out["int8"]["args"] == {"quantize": "int8", "quantize_backend": "bitsandbytes"}
+    assert registry["int8"]["args"]["quantize_backend"] == "auto"  # the registry itself is not changed
+    assert resolve_steps(out, registry) == out  # resolving twice changes nothing (a resolved profile as a file)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", ["default", "paper", "paper-on-hub", "base"])
 def test_default_paper_and_base_dry_run(tmp_path, data_dir, profile):
@@ -537,3 +605,58 @@ def test_workflow_tests_pass_with_a_relative_axformer_data(data_dir):
                           "tests/test_workflow.py::test_default_paper_and_base_dry_run[default]"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "1 passed" in res.stdout, (res.stdout + res.stderr)[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------ plan-time imports
+HEAVY = ("torch", "transformers", "matplotlib")
+# the axformer modules the workflow files import at parse time (config.smk, checks.smk, paths.smk, report.smk,
+# tasks.smk, the Snakefile's onerror)
+WORKFLOW_IMPORTS = ("bounds", "cluster", "data", "models", "profiles", "results", "stepargs", "tasks", "utils")
+
+_RECORD_IMPORTS = """
+import os, sys, traceback
+class _Record:
+    def find_spec(self, name, path=None, target=None):
+        if name in {heavy!r}:
+            stack = [f"{{os.path.basename(f.filename)}}:{{f.lineno}}" for f in traceback.extract_stack()]
+            with open({out!r}, "a") as fh:
+                fh.write(name + " <- " + " > ".join(stack) + "\\n")
+        return None
+sys.meta_path.insert(0, _Record())
+"""
+
+
+@pytest.mark.parametrize("module", WORKFLOW_IMPORTS)
+def test_workflow_modules_import_without_torch(module):
+    """Each axformer module the workflow imports while it parses loads none of torch, transformers, matplotlib
+    (a fresh interpreter: this one has them already)."""
+    code = f"import sys, axformer.{module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]", f"axformer.{module} imports {res.stdout.strip()}"
+
+
+@pytest.mark.slow
+def test_smoke_dry_run_imports(tmp_path, data_dir):
+    """`snakemake -n` of the smoke profile never imports matplotlib, and torch / transformers only through the
+    step-argument check (axformer.steps.stepargs builds the `axformer` CLI parser from the step config dataclasses,
+    whose modules import torch at module level: the part of issue 37's goal still open). Prints the wall time."""
+    import time
+
+    site = tmp_path / "site"
+    site.mkdir()
+    record = tmp_path / "imports.txt"
+    (site / "sitecustomize.py").write_text(_RECORD_IMPORTS.format(heavy=HEAVY, out=str(record)))
+    env = {**os.environ, "AXFORMER_DATA": str(data_dir), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path / "w"),
+                          "-n", "--cores", "1", "--configfile", str(CONFIG_DIR / "smoke.yaml")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    print(f"smoke dry run: {time.perf_counter() - start:.1f} s wall")
+    assert res.returncode == 0, res.stderr[-3000:]
+    firsts = record.read_text().splitlines() if record.exists() else []
+    print("\n".join(firsts))
+    assert not [ln for ln in firsts if ln.startswith("matplotlib")]
+    assert all("stepargs.py" in ln for ln in firsts), firsts

