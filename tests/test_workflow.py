@@ -253,13 +253,16 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
     paper = load_profile("paper")
     assert stats["finetune"] == len(paper["tasks"]) * len(paper["models"]) * paper["seeds"]
     # per-rule cluster resources from the profile's set-resources
-    measure_res = r"rule measure:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive\b"
-    assert re.search(measure_res, res.stdout, re.S)
+    # the time job times, alone on its node; a measure job only evaluates (no timing slot, not exclusive)
+    time_res = r"rule time:.*?resources: [^\n]*gpu=1[^\n]*timing=1[^\n]*slurm_extra=--exclusive\b"
+    assert re.search(time_res, res.stdout, re.S)
+    measure_blocks = re.findall(r"rule measure:\n(?:[^\n]+\n)*?\s+resources: ([^\n]*)", res.stdout)
+    assert measure_blocks and not any("timing=" in b or "exclusive" in b for b in measure_blocks), measure_blocks[0]
     # GPUs only where a step runs on CUDA: every paper step that books one says device: cuda, and the
     # rules without a model (majority, report) book none
     for name, st in paper["steps"].items():
         assert (st.get("gpu", 0) > 0) == (st.get("device") == "cuda"), name
-    for rule in ("finetune", "approximate", "distill", "baseline", "measure", "majority", "report"):
+    for rule in ("finetune", "approximate", "distill", "baseline", "time", "measure", "majority", "report"):
         blocks = re.findall(rf"rule {rule}:\n(?:[^\n]+\n)*?\s+resources: ([^\n]*)", res.stdout)
         assert blocks, rule
         booked = {bool(re.search(r"\bgpu=[1-9]", b)) for b in blocks}
@@ -267,7 +270,7 @@ def test_slurm_profile_dry_run(tmp_path, data_dir):
     assert "--device cuda" in res.stdout  # the CUDA steps are told to use it
     prof = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
     assert prof["executor"] == "slurm"
-    assert {"finetune", "approximate", "distill", "baseline", "measure"} <= set(prof["set-resources"])
+    assert {"finetune", "approximate", "distill", "baseline", "time", "measure"} <= set(prof["set-resources"])
 
 
 # ------------------------------------------------------------------------------------------------ (4)

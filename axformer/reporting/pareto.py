@@ -39,7 +39,7 @@ from matplotlib.lines import Line2D
 
 from axformer.reporting import figures as F
 from axformer.reporting import tables as R
-from axformer.utils import atomic_write_text
+from axformer.utils import atomic_write_text, slug
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def plot_task(pts: pd.DataFrame, task: str, figures_dir: str | os.PathLike,
         handles = [Line2D([], [], color=m_style[m].colour, marker=m_style[m].marker, lw=1.0, ms=5) for m in methods]
         handles += [Line2D([], [], color=v_style[v].colour, marker=v_style[v].marker, ls="", ms=6) for v in ax_vars]
         F.legend_below(fig, handles, labels, width)
-        return F.save(fig, Path(figures_dir), f"pareto_{F.slug(task)}")
+        return F.save(fig, Path(figures_dir), f"pareto_{slug(task)}")
 
 
 def _err(g: pd.DataFrame, col: str = "delta", lo: str = "ci_low", hi: str = "ci_high"):

@@ -2,7 +2,8 @@
 # sizes, models, each step's args as its CLI step takes them, the variant grammar, optional extras. Each refuses
 # in one line naming the config key (config.smk's _config_error), before the DAG, locks or any job.
 
-from axformer.taskdata.data import check_task_files, load_split_index, task_file
+from axformer.taskdata.data import check_task_files, task_file
+from axformer.taskdata.splits import load_split_index
 from axformer.encoders.models import check_model_spec
 from axformer.records.results import model_name
 from axformer.steps.stepargs import StepArgError, check_step_args
