@@ -61,6 +61,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from axformer.measurement import cost
     from axformer.records import results
     from axformer.training import train
+    from axformer.training import train_config
 
     runs.nonneg("seed", args.seed)
     runs.setup(args, args.ckpt, args.metrics)
@@ -69,7 +70,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     model, tokenizer = models.load_pretrained(args.model, task, seed=args.seed)
     model.to(device)
     task, splits, tok = runs.load_task_data(args, tokenizer)
-    cfg = config_from(train.TrainConfig, args, cliargs.TRAIN_FLAGS, seed=args.seed, progress=not args.no_progress)
+    cfg = config_from(train_config.TrainConfig, args, cliargs.TRAIN_FLAGS, seed=args.seed, progress=not args.no_progress)
     select = search_selector(args.select, tok["search"], tokenizer, task)
     log = train.train(model, tok["train"], tokenizer, task, cfg, select=select)
     if select is not None:
@@ -91,6 +92,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 @command("approximate")
 def cmd_approximate(args: argparse.Namespace) -> None:
     from axformer.search import prune
+    from axformer.search import prune_config
     from axformer.taskdata import taskkinds
     from axformer.utils import atomic_write_json
 
@@ -98,7 +100,7 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     knobs = given(args, cliargs.PRUNE_NAMES, cliargs.PRUNE_FLAGS)
     if "topk" in knobs:
         knobs["topk"] = parse_k(knobs["topk"])
-    cfg = prune.PruneConfig(progress=not args.no_progress, **knobs)
+    cfg = prune_config.PruneConfig(progress=not args.no_progress, **knobs)
     cfg.validate()
     runs.setup_device(args)
     lineage = runs.Lineage.read(args.parent, args.data_dir)
@@ -216,6 +218,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
     from axformer.measurement import measure
+    from axformer.measurement import measure_config
     from axformer.encoders import models
     from axformer.records import record, results
     from axformer import stats
@@ -230,7 +233,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     if args.memory_isolation is not None:
         knobs["memory_isolation"] = args.memory_isolation == "on"
     runs.setup_device(args)  # "auto" resolved before the config records it
-    cfg = measure.MeasureConfig(device=args.device, **knobs)
+    cfg = measure_config.MeasureConfig(device=args.device, **knobs)
     device = measure.check_device(cfg)  # fail before loading anything
     runtime_int8 = args.quantize.startswith(("int8_ort", "int8_ov"))
     if runtime_int8:
@@ -253,7 +256,8 @@ def cmd_measure(args: argparse.Namespace) -> None:
     variant, vtok = models.load_checkpoint(args.variant)
     quant_info = None
     if args.quantize == "int8":
-        from axformer.compress.quantize import QuantizeConfig, quantize
+        from axformer.compress.quantize import quantize
+        from axformer.compress.quantize_config import QuantizeConfig
 
         qkw = {} if args.quantize_compute_dtype is None else {"compute_dtype": args.quantize_compute_dtype}
         variant, quant_info = quantize(variant, QuantizeConfig(backend=args.quantize_backend, device=str(device),
@@ -373,14 +377,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 @command("distill")
 def cmd_distill(args: argparse.Namespace) -> None:
     from axformer.compress import distill
-    from axformer.training import train
+    from axformer.compress import distill_config
+    from axformer.training import train_config
 
     runs.setup(args, args.ckpt, args.metrics)
-    dcfg = config_from(distill.DistillConfig, args, cliargs.DISTILL_NAMES, cliargs.DISTILL_FLAGS)
+    dcfg = config_from(distill_config.DistillConfig, args, cliargs.DISTILL_NAMES, cliargs.DISTILL_FLAGS)
     dcfg.validate()
     runs.setup_device(args)
     lineage = runs.Lineage.read(args.parent, args.data_dir)
-    cfg = config_from(train.TrainConfig, args, cliargs.TRAIN_FLAGS, base=distill.TRAIN_DEFAULTS, seed=lineage.seed,
+    cfg = config_from(train_config.TrainConfig, args, cliargs.TRAIN_FLAGS, base=distill_config.TRAIN_DEFAULTS, seed=lineage.seed,
                       progress=not args.no_progress)
     cfg.validate()
     split = lineage.args()

@@ -148,9 +148,91 @@ MATCH_ARGS: dict[str, ArgSpec] = {
 }
 
 
+# The amount keys of a peer held to a head + FFN cost budget (fisher, kprune): a kept fraction of the parent's
+# head + FFN FLOPs / parameters, or a match (AxFormer's parameters or FLOPs) / an explicit parameter count.
+BUDGET_ARGS: dict[str, ArgSpec] = {
+    "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the parent's head + FFN FLOPs"),
+    "params_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True,
+                           help="kept fraction of the parent's head + FFN parameters"),
+}
+
+
+MATCH_COST_ARGS: dict[str, ArgSpec] = {
+    **MATCH_ARGS,
+    "match_by": ArgSpec(str, choices=("params", "flops"), help="match AxFormer's parameters or FLOPs"),
+}
+
+
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
+FISHER_ARGS: dict[str, ArgSpec] = {
+    **BUDGET_ARGS,
+    "max_rows": ArgSpec(int, 1, 10_000_000, default=2048, help="rows of the sample (the paper's 2048)"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="gradient / tuning batch size"),
+    "seq_len": ArgSpec(float, 1.0, 1_000_000.0, default="mean", words=("mean",),
+                       help="cost length: 'mean' (of the sample) or a number"),
+    "rearrange": ArgSpec(bool, default=True, help="mask rearrangement"),
+    "tune": ArgSpec(bool, default=True, help="mask tuning"),
+    "damp": ArgSpec(float, 0.0, 1e6, default=0.1, help="damping of the tuning solve (x mean normal diagonal)"),
+    "split": ArgSpec(str, choices=("search", "train"), default="search", help="the data the sample comes from",
+                     note="dev is for reporting only."),
+    **MATCH_COST_ARGS,
+    **COMMON_ARGS,
+}
+
+
+# The method's own arguments (baselines/args.py: checked before any job by the workflow, and in the job)
+KPRUNE_ARGS: dict[str, ArgSpec] = {
+    **BUDGET_ARGS,
+    "num_tokens": ArgSpec(int, 1, 100_000_000, default=100_000, help="sample size in real tokens (the paper's)"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="measurement / tuning batch size"),
+    "lam_pred": ArgSpec(float, 0.0, 1e6, default=1.0, help="weight of predictive knowledge (reference script: 1)"),
+    "lam_rep": ArgSpec(float, 0.0, 1e6, default=2.5e-4,
+                       help="weight of representational knowledge (reference script: 2.5e-4)"),
+    "mu": ArgSpec(float, 0.0, 1e6, default=64.0, help="head-score multiplier (reference script: 64)"),
+    "temperature": ArgSpec(float, 0.0, 1000.0, exclusive_low=True, default=2.0,
+                           help="softmax temperature of the predictive knowledge (reference: 2)"),
+    "tune": ArgSpec(bool, default=True, help="knowledge-preserving weight tuning (off: mask search only)"),
+    "split": ArgSpec(str, choices=("search", "train"), default="search", help="the data the sample comes from",
+                     note="dev is for reporting only."),
+    **MATCH_COST_ARGS,
+    **COMMON_ARGS,
+}
+
+
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
+HEADPRUNE_ARGS: dict[str, ArgSpec] = {
+    "n_heads": ArgSpec(int, 0, 100_000, help="heads to remove"),
+    "params_frac": ArgSpec(float, 0.0, 1.0, help="kept fraction of the attention-head parameters (a sweep budget)"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="scoring batch size"),
+    "normalize": ArgSpec(bool, default=True, help="L2-normalise the scores per layer"),
+    "split": ArgSpec(str, choices=("search", "train"), default="search",
+                     help="the data the scores come from", note="dev is for reporting only."),
+    "step_heads": ArgSpec(int, 0, 100_000, default=0, help="0 = one-shot; k > 0 = re-score after every k removals"),
+    **MATCH_ARGS, **COMMON_ARGS,
+}
+
+
+# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
+LAYERDROP_ARGS: dict[str, ArgSpec] = {
+    "k": ArgSpec(int, 0, 10_000, help="top layers to drop"),
+    "epochs": ArgSpec(float, 0.0, 1000.0, default=3.0, help="re-training epochs (0 = none)"),
+    "lr": ArgSpec(float, 0.0, 1.0, exclusive_low=True, default=5e-5, help="re-training learning rate"),
+    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="re-training batch size"),
+    **MATCH_ARGS, **COMMON_ARGS,
+}
+
+# The built-in peers' declarations by method name: what the workflow's pre-run check reads (no torch import).
+DECLARED: dict[str, dict[str, ArgSpec]] = {"fisher": FISHER_ARGS, "kprune": KPRUNE_ARGS, "headprune": HEADPRUNE_ARGS,
+                                           "layerdrop": LAYERDROP_ARGS}
+
+
 def declared(method: str) -> dict[str, ArgSpec] | None:
-    """The ``ARGS`` declaration of baseline ``method`` (its module is imported), or None when it declares none."""
+    """The ``ARGS`` declaration of baseline ``method``: a built-in's from :data:`DECLARED`, another (registered)
+    method's from its module, which is imported; None when it declares none."""
     import sys
+
+    if method in DECLARED:
+        return DECLARED[method]
 
     import baselines
 

@@ -53,26 +53,14 @@ from axformer.taskdata.losses import output_logits, per_sample_loss
 from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
-from baselines.args import COMMON_ARGS, ArgSpec, parse_args
+from baselines.args import FISHER_ARGS, ArgSpec, parse_args
 from baselines.mask_tuning import apply_plan, tune_masks
-from baselines.structure import (BUDGET_ARGS, MATCH_COST_ARGS, Units, budget_of, constraint, flops_at, frozen,
+from baselines.structure import (Units, budget_of, constraint, flops_at, frozen,
                                  length_sorted_sample, structure_record)
 
-# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
-ARGS: dict[str, ArgSpec] = {
-    **BUDGET_ARGS,
-    "max_rows": ArgSpec(int, 1, 10_000_000, default=2048, help="rows of the sample (the paper's 2048)"),
-    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="gradient / tuning batch size"),
-    "seq_len": ArgSpec(float, 1.0, 1_000_000.0, default="mean", words=("mean",),
-                       help="cost length: 'mean' (of the sample) or a number"),
-    "rearrange": ArgSpec(bool, default=True, help="mask rearrangement"),
-    "tune": ArgSpec(bool, default=True, help="mask tuning"),
-    "damp": ArgSpec(float, 0.0, 1e6, default=0.1, help="damping of the tuning solve (x mean normal diagonal)"),
-    "split": ArgSpec(str, choices=("search", "train"), default="search", help="the data the sample comes from",
-                     note="dev is for reporting only."),
-    **MATCH_COST_ARGS,
-    **COMMON_ARGS,
-}
+# the method's cfg keys: declared in baselines/args.py, which the workflow's pre-run check reads without torch
+ARGS: dict[str, ArgSpec] = FISHER_ARGS
+
 PAPER = ("Kwon, Kim, Mahoney, Hassoun, Keutzer & Gholami 2022, A Fast Post-Training Pruning Framework for "
          "Transformers (NeurIPS 2022, arXiv 2204.09656)")
 

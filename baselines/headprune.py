@@ -33,20 +33,12 @@ from axformer.training.batches import make_loader, model_inputs
 from axformer.taskdata.losses import output_logits, per_sample_loss
 from axformer.utils import ConfigError
 from baselines import register
-from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.args import HEADPRUNE_ARGS, ArgSpec, parse_args
 from baselines.matching import resolve_target
 
-# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
-ARGS: dict[str, ArgSpec] = {
-    "n_heads": ArgSpec(int, 0, 100_000, help="heads to remove"),
-    "params_frac": ArgSpec(float, 0.0, 1.0, help="kept fraction of the attention-head parameters (a sweep budget)"),
-    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="scoring batch size"),
-    "normalize": ArgSpec(bool, default=True, help="L2-normalise the scores per layer"),
-    "split": ArgSpec(str, choices=("search", "train"), default="search",
-                     help="the data the scores come from", note="dev is for reporting only."),
-    "step_heads": ArgSpec(int, 0, 100_000, default=0, help="0 = one-shot; k > 0 = re-score after every k removals"),
-    **MATCH_ARGS, **COMMON_ARGS,
-}
+# the method's cfg keys: declared in baselines/args.py, which the workflow's pre-run check reads without torch
+ARGS: dict[str, ArgSpec] = HEADPRUNE_ARGS
+
 
 
 def _present_heads(model: nn.Module) -> dict[int, list[int]]:

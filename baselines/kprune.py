@@ -58,27 +58,13 @@ from axformer.training.batches import make_loader, model_inputs
 from axformer.taskdata.losses import output_logits
 from axformer.utils import ConfigError
 from baselines import register
-from baselines.args import COMMON_ARGS, ArgSpec, parse_args
-from baselines.structure import (BUDGET_ARGS, MATCH_COST_ARGS, Units, budget_of, constraint, flops_at, frozen,
+from baselines.args import KPRUNE_ARGS, ArgSpec, parse_args
+from baselines.structure import (Units, budget_of, constraint, flops_at, frozen,
                                  length_sorted_sample, structure_record)
 
-# The method's own arguments (baselines/args.py: checked before any job by the workflow, and in the job)
-ARGS: dict[str, ArgSpec] = {
-    **BUDGET_ARGS,
-    "num_tokens": ArgSpec(int, 1, 100_000_000, default=100_000, help="sample size in real tokens (the paper's)"),
-    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="measurement / tuning batch size"),
-    "lam_pred": ArgSpec(float, 0.0, 1e6, default=1.0, help="weight of predictive knowledge (reference script: 1)"),
-    "lam_rep": ArgSpec(float, 0.0, 1e6, default=2.5e-4,
-                       help="weight of representational knowledge (reference script: 2.5e-4)"),
-    "mu": ArgSpec(float, 0.0, 1e6, default=64.0, help="head-score multiplier (reference script: 64)"),
-    "temperature": ArgSpec(float, 0.0, 1000.0, exclusive_low=True, default=2.0,
-                           help="softmax temperature of the predictive knowledge (reference: 2)"),
-    "tune": ArgSpec(bool, default=True, help="knowledge-preserving weight tuning (off: mask search only)"),
-    "split": ArgSpec(str, choices=("search", "train"), default="search", help="the data the sample comes from",
-                     note="dev is for reporting only."),
-    **MATCH_COST_ARGS,
-    **COMMON_ARGS,
-}
+# the method's cfg keys: declared in baselines/args.py, which the workflow's pre-run check reads without torch
+ARGS: dict[str, ArgSpec] = KPRUNE_ARGS
+
 PAPER = ("Park, Choi & Kang 2024, Accurate Retraining-free Pruning for Pretrained Encoder-based Language Models "
          "(ICLR 2024, arXiv 2308.03449), K-prune")
 

@@ -26,20 +26,16 @@ from torch import nn
 
 from axformer.surgery import elements, families, hard_attention
 from axformer.training import train
+from axformer.training import train_config
 from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError
 from baselines import register
-from baselines.args import COMMON_ARGS, MATCH_ARGS, ArgSpec, parse_args
+from baselines.args import LAYERDROP_ARGS, ArgSpec, parse_args
 from baselines.matching import resolve_target
 
-# the cfg keys this method takes (baselines/args.py; checked before any job by the workflow, and here)
-ARGS: dict[str, ArgSpec] = {
-    "k": ArgSpec(int, 0, 10_000, help="top layers to drop"),
-    "epochs": ArgSpec(float, 0.0, 1000.0, default=3.0, help="re-training epochs (0 = none)"),
-    "lr": ArgSpec(float, 0.0, 1.0, exclusive_low=True, default=5e-5, help="re-training learning rate"),
-    "batch_size": ArgSpec(int, 1, 65_536, default=32, help="re-training batch size"),
-    **MATCH_ARGS, **COMMON_ARGS,
-}
+# the method's cfg keys: declared in baselines/args.py, which the workflow's pre-run check reads without torch
+ARGS: dict[str, ArgSpec] = LAYERDROP_ARGS
+
 _LAYER_KEY = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")  # DistilBERT: transformer
 
 
@@ -104,7 +100,7 @@ def layerdrop(model: nn.Module, tokenizer, task: Task, splits_tokenized: dict, c
     epochs = cfg["epochs"]
     log = None
     if epochs > 0:
-        tcfg = train.TrainConfig(epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+        tcfg = train_config.TrainConfig(epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"],
                                  progress=cfg["progress"])
         log = train.train(small, splits_tokenized["train"], tokenizer, task, tcfg)
     info: dict[str, Any] = {

@@ -7,7 +7,7 @@ of what was removed.
 * :func:`constraint` — the amount a run is given (``flops_frac`` / ``params_frac`` of the parent's head + FFN
   part, AxFormer's parameters or FLOPs through ``match``, ``target_params``) as one constraint record;
   :func:`budget_of` turns it into a budget on the kept heads + neurons, so both peers are held to the same one.
-* :data:`BUDGET_ARGS` / :data:`MATCH_COST_ARGS` — the declared ``cfg`` keys of that amount (baselines/args.py).
+* the declared ``cfg`` keys of that amount: :data:`baselines.args.BUDGET_ARGS` / ``MATCH_COST_ARGS``.
 * :func:`length_sorted_sample`, :func:`frozen`, :func:`flops_at`, :func:`structure_record`.
 """
 
@@ -23,20 +23,9 @@ from torch import nn
 from axformer.surgery import elements
 from axformer.measurement.cost import forward_flops
 from axformer.utils import ConfigError
-from baselines.args import MATCH_ARGS, ArgSpec
+from baselines.args import BUDGET_ARGS
 from baselines.matching import load_decisions, resolve_target, shell_of_arch
 
-# The amount keys of a peer held to a head + FFN cost budget (fisher, kprune): a kept fraction of the parent's
-# head + FFN FLOPs / parameters, or a match (AxFormer's parameters or FLOPs) / an explicit parameter count.
-BUDGET_ARGS: dict[str, ArgSpec] = {
-    "flops_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True, help="kept fraction of the parent's head + FFN FLOPs"),
-    "params_frac": ArgSpec(float, 0.0, 1.0, exclusive_low=True,
-                           help="kept fraction of the parent's head + FFN parameters"),
-}
-MATCH_COST_ARGS: dict[str, ArgSpec] = {
-    **MATCH_ARGS,
-    "match_by": ArgSpec(str, choices=("params", "flops"), help="match AxFormer's parameters or FLOPs"),
-}
 
 
 @dataclass
@@ -189,5 +178,5 @@ def structure_record(before: Units, after: Units, arch: dict[str, Any]) -> dict[
     }
 
 
-__all__ = ["BUDGET_ARGS", "MATCH_COST_ARGS", "Units", "frozen", "length_sorted_sample", "unit_costs", "flops_at",
+__all__ = ["Units", "frozen", "length_sorted_sample", "unit_costs", "flops_at",
            "shell_flops", "constraint", "budget_of", "structure_record"]

@@ -144,7 +144,8 @@ def bench_model(lengths: list[int], config_dir: Path, device: torch.device, dtyp
     """Whole-encoder p50 ms (``measure.time_interleaved``) without hard attention, in layer 4, in every layer."""
     from transformers import AutoConfig, AutoModel
 
-    from axformer.measurement.measure import MeasureConfig, time_interleaved
+    from axformer.measurement.measure import time_interleaved
+    from axformer.measurement.measure_config import MeasureConfig
 
     cfg = AutoConfig.from_pretrained(str(config_dir))
     models = {}

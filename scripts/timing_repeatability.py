@@ -195,6 +195,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from axformer.compress import runtimes
     from axformer.measurement import measure
+    from axformer.measurement import measure_config
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(SEED)
@@ -208,7 +209,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
             hard_attention.enable(variant, [HARD_LAYER], HARD_K)
     elif backend == "torch_int8":
-        from axformer.compress.quantize import QuantizeConfig, quantize
+        from axformer.compress.quantize import quantize
+        from axformer.compress.quantize_config import QuantizeConfig
 
         if st.get("quantized_engine"):
             torch.backends.quantized.engine = st["quantized_engine"]
@@ -236,7 +238,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 m(**x)
                 first[name] = (time.perf_counter() - t0) * 1e3
-        cfg = measure.MeasureConfig(batch_sizes=[bs], seq_len=spec["seq_len"], warmup=spec["warmup"],
+        cfg = measure_config.MeasureConfig(batch_sizes=[bs], seq_len=spec["seq_len"], warmup=spec["warmup"],
                                     min_iters=spec["iters"] * (1 if bs >= 8 else 5), min_seconds=0.0,
                                     threads=spec["threads"],
                                     memory_isolation=False)

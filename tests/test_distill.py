@@ -12,9 +12,11 @@ import torch
 
 from axformer.taskdata import data
 from axformer.compress import distill
+from axformer.compress import distill_config
 from axformer.surgery import elements, hard_attention
 from axformer.encoders import models
 from axformer.training import train
+from axformer.training import train_config
 from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
@@ -64,7 +66,7 @@ def test_bad_input_is_config_error(tmp_path):
         distill.make_student(teacher, 1, strategy="random")
     for bad in (dict(temperature=0.0), dict(alpha=1.5), dict(init="pretrained"), dict(init="other")):
         with pytest.raises(ConfigError):
-            distill.DistillConfig(**bad).validate()
+            distill_config.DistillConfig(**bad).validate()
     edited = copy.deepcopy(teacher)
     elements.remove(edited, elements.Element(0, "head", 1))
     with pytest.raises(ConfigError, match="unedited"):
@@ -121,11 +123,11 @@ def test_student_learns_and_round_trips(data_dir, tmp_path):
     task = get_task("sst2")
     teacher, tok = _teacher(4)
     ds = data.tokenize(data.load_split(task, "train", data_dir).select(range(32)), tok, task, max_length=32)
-    train.train(teacher, ds, tok, task, train.TrainConfig(epochs=12, batch_size=32, lr=2e-3, progress=False))
+    train.train(teacher, ds, tok, task, train_config.TrainConfig(epochs=12, batch_size=32, lr=2e-3, progress=False))
     t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = distill.make_student(teacher, 2)
     log = distill.distill(teacher, student, ds, tok, task,
-                          train.TrainConfig(epochs=12, batch_size=32, lr=2e-3, progress=False), 2.0, 0.5)
+                          train_config.TrainConfig(epochs=12, batch_size=32, lr=2e-3, progress=False), 2.0, 0.5)
     curve = log["loss_curve"]
     assert len(curve) == log["steps"] == 12 and log["temperature"] == 2.0
     assert np.mean(curve[-3:]) < 0.75 * np.mean(curve[:2])

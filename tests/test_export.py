@@ -308,7 +308,8 @@ def test_prepare_process_sets_interop_threads_and_omp_env_before_torch():
 
 
 def test_torch_int8_uses_the_explicit_engine():
-    from axformer.compress.quantize import TORCH_INT8_ENGINE, QuantizeConfig, quantize
+    from axformer.compress.quantize import TORCH_INT8_ENGINE, quantize
+    from axformer.compress.quantize_config import QuantizeConfig
 
     prev = torch.backends.quantized.engine
     other = next((e for e in torch.backends.quantized.supported_engines if e not in (TORCH_INT8_ENGINE, "none")), None)

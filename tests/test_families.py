@@ -21,7 +21,7 @@ from axformer.taskdata import data
 from axformer.compress import distill
 from axformer.surgery import elements, families, hard_attention
 from axformer.encoders import models, mpnet_parts
-from axformer.training import train
+from axformer.training import train_config
 from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 from axformer.utils import ConfigError
@@ -322,7 +322,7 @@ def test_cross_tokenizer_distillation(tmp_path):
     looked = distill._lookup(table, padded)
     for b in range(6):
         torch.testing.assert_close(looked[b], table[distill._row_key(ds_s[b]["input_ids"])])
-    cfg = train.TrainConfig(epochs=2, batch_size=4, lr=3e-3, seed=0, progress=False)
+    cfg = train_config.TrainConfig(epochs=2, batch_size=4, lr=3e-3, seed=0, progress=False)
     log = distill.distill(teacher, st, ds_s, tok_s, TASK, cfg, temperature=2.0, alpha=1.0, teacher_data=(ds_t, tok_t))
     assert log["steps"] == 8 and all(math.isfinite(x) for x in log["loss_curve"])
     # alpha = 1: the loss is the KD term alone; training moved the student towards the teacher

@@ -18,6 +18,7 @@ from torch import nn
 
 from axformer import device as D
 from axformer.measurement import measure as M
+from axformer.measurement.measure_config import MeasureConfig
 from axformer.measurement import memory, nvml
 from axformer.utils import ConfigError
 from tiny_models import tiny_bert
@@ -30,11 +31,11 @@ def tiny_model(seed: int = 0, inter: int = 32, hidden: int = 16, layers: int = 2
                      max_position_embeddings=64, num_labels=2)
 
 
-def tiny_cfg(**kw) -> M.MeasureConfig:
+def tiny_cfg(**kw) -> MeasureConfig:
     base = dict(batch_sizes=[2], seq_len=16, warmup=1, min_iters=3, min_seconds=0.0, threads=1,
                 memory_isolation=False)
     base.update(kw)
-    return M.MeasureConfig(**base)
+    return MeasureConfig(**base)
 
 
 # ------------------------------------------------------------------------------------------ a fake pynvml
@@ -200,7 +201,7 @@ def test_resolve_device():
             D.resolve_device("cuda:0")
     with pytest.raises(ConfigError, match="measure.dtype"):
         D.torch_dtype("int4")
-    assert M.MeasureConfig(device="auto").device in ("cpu", "cuda")
+    assert MeasureConfig(device="auto").device in ("cpu", "cuda")
 
 
 def test_cli_sets_cublas_workspace_before_any_step(monkeypatch):
@@ -249,7 +250,7 @@ def test_dtype_recorded_and_applied(tiny_tokenizer):
     assert res["memory"]["weights_bytes"] == memory.tensor_bytes(var)  # bf16: half of fp32's bytes
     assert memory.tensor_bytes(var) < memory.tensor_bytes(tiny_model(1))
     with pytest.raises(ConfigError, match="measure.dtype"):
-        M.MeasureConfig(dtype="fp8")
+        MeasureConfig(dtype="fp8")
 
 
 def test_int8_variant_keeps_its_dtype_when_measuring_in_fp16():
@@ -270,7 +271,8 @@ def _bnb_cpu_reason():
 
 @pytest.mark.skipif(_bnb_cpu_reason() is not None, reason=f"bitsandbytes on CPU: {_bnb_cpu_reason()}")
 def test_bitsandbytes_cast_warning_recorded_once_in_latency_block(tiny_tokenizer):
-    from axformer.compress.quantize import QuantizeConfig, quantize
+    from axformer.compress.quantize import quantize
+    from axformer.compress.quantize_config import QuantizeConfig
 
     base = tiny_model(0, inter=64, hidden=64)
     q, _ = quantize(copy.deepcopy(base), QuantizeConfig(backend="bitsandbytes", device="cpu"))  # fp32 inputs
@@ -386,6 +388,7 @@ def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
     from axformer.taskdata import data
     from axformer.taskdata import splits
     from axformer.search import prune
+    from axformer.search import prune_config
     from axformer.taskdata.tasks import get_task
 
     task = get_task("sst2")
@@ -396,7 +399,7 @@ def test_cuda_search_runs_on_the_gpu(data_dir, tiny_tokenizer):
     assert all(v.device.type == "cuda" for b in ev.batches for v in b.values())
     losses, metric = ev.score(None)
     assert losses.shape == (len(rows.search),) and 0.0 <= metric <= 1.0
-    res = prune.search(model, ds, tiny_tokenizer, task, prune.PruneConfig(accept_rule="meanloss", granularity="blocks",
+    res = prune.search(model, ds, tiny_tokenizer, task, prune_config.PruneConfig(accept_rule="meanloss", granularity="blocks",
                                                                      progress=False))
     assert res.passes > 1 and next(model.parameters()).device.type == "cuda"
 

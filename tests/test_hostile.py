@@ -161,7 +161,7 @@ def test_cli_flag_numeric_rule(tmp_path, capsys, argv, flag):
 
 @pytest.mark.parametrize("field, value", [("lr", NAN), ("epochs", INF), ("batch_size", NAN)])
 def test_train_config_validate_refuses_non_finite(field, value):
-    from axformer.training.train import TrainConfig
+    from axformer.training.train_config import TrainConfig
 
     with pytest.raises(ConfigError, match=f"train.{field}"):
         TrainConfig(**{field: value}).validate()
@@ -169,7 +169,7 @@ def test_train_config_validate_refuses_non_finite(field, value):
 
 @pytest.mark.parametrize("field", ["less_important", "accept_margin", "lat_seconds", "accept_z"])
 def test_prune_config_validate_refuses_non_finite(field):
-    from axformer.search.prune import PruneConfig
+    from axformer.search.prune_config import PruneConfig
 
     with pytest.raises(ConfigError, match=f"axformer.{field} must be a finite number"):
         PruneConfig(**{field: NAN}).validate()

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import BertForSequenceClassification
 
 from axformer.measurement import measure as M
+from axformer.measurement.measure_config import MeasureConfig
 from axformer.measurement import cost, nvml
 from axformer.utils import ConfigError, atomic_write_json
 from tiny_models import tiny_bert
@@ -27,12 +28,12 @@ def tiny_model(seed: int = 0) -> BertForSequenceClassification:
                      intermediate_size=INTER, max_position_embeddings=64, num_labels=LABELS)
 
 
-def tiny_cfg(**kw) -> M.MeasureConfig:
+def tiny_cfg(**kw) -> MeasureConfig:
     # one thread: the test host's cores are shared, and oversubscribed OpenMP threads make timings erratic
     base = dict(batch_sizes=[1, 2], seq_len=16, warmup=2, min_iters=5, min_seconds=0.2, threads=1,
                 memory_isolation=False)
     base.update(kw)
-    return M.MeasureConfig(**base)
+    return MeasureConfig(**base)
 
 
 TEXTS_A = ["the movie was great", "a bad film"]
@@ -212,7 +213,7 @@ def test_cuda_without_cuda_is_config_error(tiny_tokenizer):
     with pytest.raises(ConfigError, match="CUDA is not available"):
         M.measure_pair(base, base, tiny_tokenizer, TEXTS_A, TEXTS_B, cfg)
     with pytest.raises(ConfigError):
-        M.MeasureConfig(device="tpu")
+        MeasureConfig(device="tpu")
 
 
 # --------------------------------------------------------------------------------------------- size / FLOPs

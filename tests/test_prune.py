@@ -14,7 +14,9 @@ from axformer.taskdata import data
 from axformer.surgery import elements, hard_attention
 from axformer.encoders import models
 from axformer.search import prune
+from axformer.search import prune_config
 from axformer.training import train
+from axformer.training import train_config
 from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 
@@ -25,12 +27,12 @@ def fitted(data_dir):
     task = get_task("sst2")
     model, tok = models.load_pretrained(models.TINY, task, seed=0)
     ds = data.tokenize(data.load_split(task, "train", data_dir).select(range(48)), tok, task, max_length=32)
-    train.train(model, ds, tok, task, train.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
+    train.train(model, ds, tok, task, train_config.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
     return task, model, tok, ds
 
 
 def _cfg(**kw):
-    return prune.PruneConfig(progress=False, batch_size=16, **kw)
+    return prune_config.PruneConfig(progress=False, batch_size=16, **kw)
 
 
 def test_cached_evaluation_equals_full_forward(fitted):
@@ -135,15 +137,15 @@ def test_bad_config():
     from axformer.utils import ConfigError
 
     with pytest.raises(ConfigError, match="accept_frac"):
-        prune.PruneConfig(accept_frac=1.5).validate()
+        prune_config.PruneConfig(accept_frac=1.5).validate()
     with pytest.raises(ConfigError, match="topk"):
-        prune.PruneConfig(topk=0).validate()
+        prune_config.PruneConfig(topk=0).validate()
     with pytest.raises(ConfigError, match="topk_form"):
-        prune.PruneConfig(topk_form="softmax").validate()
+        prune_config.PruneConfig(topk_form="softmax").validate()
     with pytest.raises(ConfigError, match="accept_margin"):
-        prune.PruneConfig(accept_z=-1.0).validate()
+        prune_config.PruneConfig(accept_z=-1.0).validate()
     with pytest.raises(ConfigError, match="accept_rule"):
-        prune.PruneConfig(accept_rule="loss").validate()
+        prune_config.PruneConfig(accept_rule="loss").validate()
 
 
 def test_cli_approximate_after_finetune(tmp_path, data_dir):
@@ -166,7 +168,7 @@ def test_cli_approximate_after_finetune(tmp_path, data_dir):
     # flags not given take PruneConfig's defaults (one place): only the given ones differ
     from dataclasses import asdict
 
-    want = asdict(prune.PruneConfig(accept_rule="meanloss", topk=0.5, progress=False))
+    want = asdict(prune_config.PruneConfig(accept_rule="meanloss", topk=0.5, progress=False))
     assert dec["config"] == want and dec["acceptance"]["accept_margin"] == want["accept_margin"]
     models.load_checkpoint(tmp_path / "ax")
     assert main(ax[:2] + [str(tmp_path / "nothing")] + ax[3:]) == 2  # missing parent: clear error
@@ -231,7 +233,7 @@ def test_guarded_rule_never_trades_the_metric_for_loss():
     base = np.full(100, 0.5)
     lower_loss_worse_metric = (base - 0.1, 0.7)
     s, acc = _judge_all(_cfg(), (base, 0.8), lower_loss_worse_metric, (base - 0.05, 0.8))
-    assert prune.PruneConfig().accept_rule == "guarded"
+    assert prune_config.PruneConfig().accept_rule == "guarded"
     assert acc == [False, True]  # the first lowers the loss a lot but the metric too
     assert _judge_all(_cfg(accept_rule="meanloss"), (base, 0.8), lower_loss_worse_metric)[1] == [True]
 
@@ -421,7 +423,7 @@ class _OrderedStub(_StubEvaluator):
 
 
 def _ocfg(batch_size):
-    return prune.PruneConfig(progress=False, accept_rule="official", batch_size=batch_size)
+    return prune_config.PruneConfig(progress=False, accept_rule="official", batch_size=batch_size)
 
 
 def _judge_official(cfg, base, *cands, order=None):

@@ -10,16 +10,8 @@ import torch
 from torch import nn
 from transformers import BertForSequenceClassification
 
-from axformer.compress.quantize import (
-    DEFAULT_SKIP,
-    QuantizeConfig,
-    bitsandbytes_unavailable_reason,
-    bnb_config,
-    count_int8_linears,
-    int8_weight,
-    is_quantized_linear,
-    quantize,
-)
+from axformer.compress.quantize import bitsandbytes_unavailable_reason, bnb_config, count_int8_linears, int8_weight, is_quantized_linear, quantize
+from axformer.compress.quantize_config import DEFAULT_SKIP, QuantizeConfig
 from axformer.utils import ConfigError
 from tiny_models import tiny_bert
 

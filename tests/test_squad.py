@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from axformer.training import batches, train
+from axformer.training import train_config
 from axformer.taskdata import losses, metrics, squad, taskkinds
 from axformer.encoders import models
 from axformer import stats
@@ -207,7 +208,7 @@ def tiny_qa(data_dir):
     sp = taskkinds.make_splits(task, data_dir, 0, protocol="local", search_max=24, train_max=64, dev_max=24)
     model, tok = models.load_pretrained(models.TINY, task, seed=0)
     tk = {n: taskkinds.tokenize(getattr(sp, n), tok, task, 96) for n in ("train", "search", "dev")}
-    train.train(model, tk["train"], tok, task, train.TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False))
+    train.train(model, tk["train"], tok, task, train_config.TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False))
     return task, model, tok, tk
 
 
@@ -255,6 +256,7 @@ def test_minilm_qa_head_offline_and_checkpoint_roundtrip(tmp_path):
 @pytest.mark.slow
 def test_distill_headprune_int8_on_qa(tiny_qa):
     from axformer.compress import distill, quantize
+    from axformer.compress import quantize_config
     from baselines.headprune import head_importance
 
     task, model, tok, tk = tiny_qa
@@ -267,7 +269,7 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
     assert distill.kd_loss(t, t, batch["labels"], False, 2.0, 0.0).item() == pytest.approx(hard.item(), rel=1e-5)
     assert distill.kd_loss(t, t, batch["labels"], False, 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
     student = distill.make_student(model, 1)
-    log = distill.distill(model, student, tk["train"], tok, task, train.TrainConfig(epochs=1, batch_size=16,
+    log = distill.distill(model, student, tk["train"], tok, task, train_config.TrainConfig(epochs=1, batch_size=16,
                                                                                      progress=False))
     assert type(student).__name__ == "BertForQuestionAnswering" and all(map(math.isfinite, log["loss_curve"]))
     # gradient head importance through the span loss
@@ -275,7 +277,7 @@ def test_distill_headprune_int8_on_qa(tiny_qa):
     scores = [s for row in imp["raw"].values() for s in row.values()]
     assert len(scores) == 8 and all(math.isfinite(s) for s in scores) and max(scores) > 0
     # int8 dynamic: encoder Linears quantized, the QA head kept fp32, span logits close to fp32
-    q, info = quantize.quantize(model, quantize.QuantizeConfig(backend="torch_dynamic", device="cpu"))
+    q, info = quantize.quantize(model, quantize_config.QuantizeConfig(backend="torch_dynamic", device="cpu"))
     assert any("qa_outputs" in m for m in info["skipped_modules"])
     assert isinstance(q.qa_outputs, torch.nn.Linear)
     with torch.no_grad():

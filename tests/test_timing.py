@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from axformer.measurement import measure, timing
+from axformer.measurement import measure_config
 from axformer.utils import ConfigError
 
 
@@ -16,7 +17,7 @@ from axformer.utils import ConfigError
 def _cfg(**kw):
     base = dict(batch_sizes=[1], seq_len=8, warmup=0, min_iters=3, min_seconds=0.0, threads=1, passes=3,
                 pass_retries=2, pass_process="inline", memory_isolation=False)
-    return measure.MeasureConfig(**{**base, **kw})
+    return measure_config.MeasureConfig(**{**base, **kw})
 
 
 def _fake_pass(speedup: float, n: int = 6):

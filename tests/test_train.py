@@ -9,6 +9,7 @@ import torch
 from axformer.taskdata import data
 from axformer.encoders import models
 from axformer.training import train
+from axformer.training import train_config
 from axformer.training import batches
 from axformer.taskdata.tasks import get_task
 
@@ -24,7 +25,7 @@ def _tiny(task_name, data_dir, n=48, seed=0):
 def test_finetune_tiny_lowers_loss_on_real_sst2(data_dir):
     task, model, tok, ds = _tiny("sst2", data_dir, n=32)
     before = train.evaluate(model, ds, tok, task).mean_loss
-    log = train.train(model, ds, tok, task, train.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
+    log = train.train(model, ds, tok, task, train_config.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
     after = train.evaluate(model, ds, tok, task).mean_loss
     assert after < 0.5 * before, (before, after)  # it fits 32 real rows
     assert log["steps"] == 30 * 2
@@ -35,11 +36,11 @@ def test_same_seed_same_loss_curve(data_dir):
     curves = []
     for _ in range(2):
         task, model, tok, ds = _tiny("sst2", data_dir, n=32, seed=1)
-        curves.append(train.train(model, ds, tok, task, train.TrainConfig(epochs=2, batch_size=8, lr=1e-3,
+        curves.append(train.train(model, ds, tok, task, train_config.TrainConfig(epochs=2, batch_size=8, lr=1e-3,
                                                                            seed=1, progress=False))["loss_curve"])
     assert curves[0] == curves[1]
     task, model, tok, ds = _tiny("sst2", data_dir, n=32, seed=2)
-    other = train.train(model, ds, tok, task, train.TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=2,
+    other = train.train(model, ds, tok, task, train_config.TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=2,
                                                                 progress=False))["loss_curve"]
     assert other != curves[0]
 
@@ -61,7 +62,7 @@ def test_regression_stsb_squared_error(data_dir):
     assert res.logits.shape == (16, 1)
     np.testing.assert_allclose(res.losses, (res.logits[:, 0] - res.labels) ** 2, rtol=1e-5)
     assert set(res.metrics) == {"pearson", "spearman"}
-    train.train(model, ds, tok, task, train.TrainConfig(epochs=6, batch_size=8, lr=1e-3, progress=False))
+    train.train(model, ds, tok, task, train_config.TrainConfig(epochs=6, batch_size=8, lr=1e-3, progress=False))
     assert train.evaluate(model, ds, tok, task).mean_loss < res.mean_loss
 
 
@@ -69,7 +70,7 @@ def test_bad_train_config():
     from axformer.utils import ConfigError
 
     with pytest.raises(ConfigError, match="train.lr"):
-        train.TrainConfig(lr=0).validate()
+        train_config.TrainConfig(lr=0).validate()
 
 
 def test_select_keeps_the_best_scoring_epoch(data_dir):
@@ -82,7 +83,7 @@ def test_select_keeps_the_best_scoring_epoch(data_dir):
         snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         return wanted[len(snapshots) - 1]
 
-    log = train.train(model, ds, tok, task, train.TrainConfig(epochs=4, batch_size=8, lr=1e-3, progress=False),
+    log = train.train(model, ds, tok, task, train_config.TrainConfig(epochs=4, batch_size=8, lr=1e-3, progress=False),
                       select=score)
     assert [s["score"] for s in log["select_scores"]] == wanted
     assert log["selected_epoch"] == 2.0 and log["selected_step"] == 4

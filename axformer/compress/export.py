@@ -24,7 +24,7 @@ int8
     rows of the *search* split -- never on dev, which the metric is reported on.
     Only the MatMuls of ``nn.Linear`` layers are quantized (found through the exporter's per-node module
     names), not the attention score matmuls, embeddings or LayerNorms; the task head (classifier / QA
-    head and pooler dense, :data:`axformer.compress.quantize.DEFAULT_SKIP`) stays fp32 for the reason given in
+    head and pooler dense, :data:`axformer.compress.quantize_config.DEFAULT_SKIP`) stays fp32 for the reason given in
     :mod:`axformer.compress.quantize`.
     ``int8_ov``: OpenVINO reads the same fp32 ONNX graph; NNCF post-training quantization
     (``model_type=TRANSFORMER``, ranges from search-split rows, head kept fp32 through an ignored scope)
@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from axformer.compress.quantize import DEFAULT_SKIP, name_matches
+from axformer.compress.quantize import name_matches
+from axformer.compress.quantize_config import DEFAULT_SKIP
 from axformer.compress.runtimes import (ORT_MODES, OV_INSTALL, OV_MODES, OV_PACKAGES, OrtModel, OvModel, RuntimeModel,
                                        ort_settings, ov_config, require_ort, require_runtime)
 from axformer.utils import ConfigError

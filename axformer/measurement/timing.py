@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from axformer.measurement.measure_config import MeasureConfig
 from axformer.utils import ConfigError, git_commit, slurm_allocation
 
 BASELINE = "__baseline__"  # the fine-tuned model every speedup is relative to (timed once per round)
@@ -165,7 +166,8 @@ def _build_entry(entry: Mapping[str, Any], cfg, device) -> tuple[Any, Any, dict[
     mode = entry.get("quantize") or "none"
     refs: dict[str, Any] = {}
     if mode == "int8":
-        from axformer.compress.quantize import QuantizeConfig, quantize
+        from axformer.compress.quantize import quantize
+        from axformer.compress.quantize_config import QuantizeConfig
 
         qkw = {} if entry.get("quantize_compute_dtype") is None else {"compute_dtype": entry["quantize_compute_dtype"]}
         model, _info = quantize(model, QuantizeConfig(backend=entry.get("quantize_backend") or "auto",
@@ -195,7 +197,7 @@ def run_pass(spec: Mapping[str, Any]) -> dict[str, Any]:
     from axformer.encoders import models
     from axformer.device import float_dtypes, quiet_logger, tf32_state
 
-    cfg = measure.MeasureConfig(**spec["measure"])
+    cfg = MeasureConfig(**spec["measure"])
     device = measure.check_device(cfg)
     import torch
 
@@ -387,7 +389,7 @@ def time_group(plan: Mapping[str, Any], rows_of: Callable[[str, str | None], tup
     from axformer.measurement import measure
     from axformer.taskdata import taskkinds
 
-    cfg = measure.MeasureConfig(**plan["measure"])
+    cfg = MeasureConfig(**plan["measure"])
     measure.check_device(cfg)
     task, splits, split = rows_of(plan["baseline"], plan.get("data_dir"))
     texts_a, texts_b = taskkinds.timing_texts(task, splits.dev, max(cfg.batch_sizes), split.seed)

@@ -36,6 +36,7 @@ from torch import nn
 
 from axformer.surgery import hard_attention
 from axformer.measurement import measure
+from axformer.measurement import measure_config
 from axformer import stats
 from axformer.device import model_device
 
@@ -46,7 +47,7 @@ RESAMPLES = 1000  # bootstrap resamples of one timing's rise (a few ms over its 
 class LatencyGuard:
     """Times candidates against the current model on one fixed input batch (interleaved, median latency)."""
 
-    def __init__(self, inputs: dict[str, torch.Tensor], cfg: measure.MeasureConfig, k: int | float):
+    def __init__(self, inputs: dict[str, torch.Tensor], cfg: measure_config.MeasureConfig, k: int | float):
         self.inputs, self.cfg = inputs, cfg
         lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
         keff = hard_attention.effective_k(k, lengths)
@@ -59,7 +60,7 @@ class LatencyGuard:
                    **timing: Any) -> "LatencyGuard":
         """The measurement batch (``measure.make_inputs``: cycled texts padded to ``seq_len``) and its timing on
         ``device``: the search's device (the searched model's), never a default."""
-        cfg = measure.MeasureConfig(batch_sizes=[batch_size], seq_len=seq_len, device=str(torch.device(device)),
+        cfg = measure_config.MeasureConfig(batch_sizes=[batch_size], seq_len=seq_len, device=str(torch.device(device)),
                                     **timing)
         return cls(measure.make_inputs(tokenizer, texts_a, texts_b, batch_size, seq_len), cfg, k)
 

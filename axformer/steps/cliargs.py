@@ -214,7 +214,7 @@ SELECT_CHOICES = ("none", "metric", "loss")
 # ------------------------------------------------------------------------------- the steps
 @step_args("finetune", "fine-tune a pretrained encoder on train' (the baseline)")
 def finetune_args(p: argparse.ArgumentParser) -> None:
-    from axformer.training.train import TrainConfig
+    from axformer.training.train_config import TrainConfig
 
     common_args(p)
     split_args(p)
@@ -253,7 +253,7 @@ PRUNE_HELP = {
 
 @step_args("approximate", "AxFormer search on the search split: hard attention, then accuracy-driven pruning")
 def approximate_args(p: argparse.ArgumentParser) -> None:
-    from axformer.search.prune import PruneConfig
+    from axformer.search.prune_config import PruneConfig
 
     step_outputs(p, "checkpoint to approximate (e.g. the finetune checkpoint)")
     p.add_argument("--decisions", required=True, help="output decisions.json")
@@ -283,7 +283,7 @@ QUANTIZE_CHOICES = ("none", "int8", "int8_ort", "int8_ort_static", "int8_ov")
            "metric (dev + search), size, latency vs the baseline, memory and FLOPs of a variant -> metrics.json")
 def measure_args(p: argparse.ArgumentParser) -> None:
     from axformer.device import DTYPES
-    from axformer.measurement.measure import MeasureConfig
+    from axformer.measurement.measure_config import MeasureConfig
 
     p.add_argument("--task", required=True, help="task name (its declaration comes from the baseline checkpoint)")
     p.add_argument("--seed", type=int, default=0)
@@ -356,8 +356,8 @@ DISTILL_HELP = {"n_layers": "student depth (none: half the teacher's, min 1)",
 
 @step_args("distill", "knowledge distillation of the fine-tuned model into a shallower BERT student on train'")
 def distill_args(p: argparse.ArgumentParser) -> None:
-    from axformer.compress.distill import INITS, STRATEGIES, TRAIN_DEFAULTS, DistillConfig
-    from axformer.training.train import TrainConfig
+    from axformer.compress.distill_config import INITS, STRATEGIES, TRAIN_DEFAULTS, DistillConfig
+    from axformer.training.train_config import TrainConfig
 
     step_outputs(p, "fine-tuned teacher checkpoint (unedited: the finetune checkpoint)")
     config_flags(p, DistillConfig, DISTILL_NAMES, flags=DISTILL_FLAGS, helps=DISTILL_HELP, choices={"strategy": STRATEGIES, "init": INITS})

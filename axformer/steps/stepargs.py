@@ -184,7 +184,7 @@ def _check_model(spec: str, allow_hub: bool | None) -> None:
 
 
 def _finetune(ns: argparse.Namespace, allow_hub: bool | None) -> None:
-    from axformer.training.train import TrainConfig
+    from axformer.training.train_config import TrainConfig
 
     _from_ns(TrainConfig, ns).validate()
     if getattr(ns, "model", None) is not None:
@@ -193,7 +193,7 @@ def _finetune(ns: argparse.Namespace, allow_hub: bool | None) -> None:
 
 def _approximate(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     from axformer.steps.cliargs import parse_k
-    from axformer.search.prune import PruneConfig
+    from axformer.search.prune_config import PruneConfig
 
     # flags left out are None and take PruneConfig's defaults, as in cmd_approximate
     topk = {} if ns.topk is None else {"topk": parse_k(str(ns.topk))}
@@ -205,8 +205,8 @@ def _approximate(ns: argparse.Namespace, allow_hub: bool | None) -> None:
 
 
 def _distill(ns: argparse.Namespace, allow_hub: bool | None) -> None:
-    from axformer.compress.distill import DistillConfig
-    from axformer.training.train import TrainConfig
+    from axformer.compress.distill_config import DistillConfig
+    from axformer.training.train_config import TrainConfig
 
     dcfg = _from_ns(DistillConfig, ns, {"layers": "n_layers"})
     dcfg.validate()
@@ -219,12 +219,11 @@ def _distill(ns: argparse.Namespace, allow_hub: bool | None) -> None:
 
 def _baseline(ns: argparse.Namespace, allow_hub: bool | None) -> None:
     import baselines
-    from axformer.steps.cliargs import parse_kv
+    from axformer.steps.cliargs import BASELINE_FLAGS, parse_kv
+    from baselines.args import DECLARED, check_cfg
 
-    from axformer.steps.cliargs import BASELINE_FLAGS
-    from baselines.args import check_cfg
-
-    baselines.get(ns.method)  # unknown name: ConfigError listing the registered ones
+    if ns.method not in DECLARED:  # a built-in's declaration needs no import of its module (and so no torch)
+        baselines.get(ns.method)  # unknown name: ConfigError listing the registered ones
     extra = parse_kv(ns.arg)
     # the cfg the job would build (cli.cmd_baseline), against the method's own declared keys, types and ranges
     cfg = {k: getattr(ns, k) for k in BASELINE_FLAGS if getattr(ns, k, None) is not None}
@@ -235,7 +234,7 @@ def _baseline(ns: argparse.Namespace, allow_hub: bool | None) -> None:
 
 
 def _measure(ns: argparse.Namespace, allow_hub: bool | None) -> None:
-    from axformer.compress.quantize import QuantizeConfig
+    from axformer.compress.quantize_config import QuantizeConfig
 
     if ns.quantize != "none":
         QuantizeConfig(backend=ns.quantize_backend)  # checks the backend name

@@ -58,24 +58,19 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from axformer.surgery import families
+from axformer.surgery.topk import DEFAULT_FORM, validate_form, validate_k
 from axformer.surgery.families import axformer_state as _axformer_state
 
 IMPL_NAME = "axformer_topk"
 SUPPORTED_BASES = ("eager", "sdpa")
 _ATTR = "axformer_topk"
 _FORM_ATTR = "axformer_topk_form"
-FORMS = ("official", "renorm")
-DEFAULT_FORM = "official"  # the paper's; prune.PruneConfig.topk_form takes its default from here
 LEGACY_FORM = "renorm"  # what a record without "topk_form" was made with
 _EPS = 1e-9  # guards ceil(frac * n) against float round-up, e.g. 0.1 * 30 = 3.0000000000000004
 
 __all__ = [
     "IMPL_NAME",
     "SUPPORTED_BASES",
-    "FORMS",
-    "DEFAULT_FORM",
-    "validate_k",
-    "validate_form",
     "effective_k",
     "enable",
     "disable",
@@ -88,31 +83,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # K
 # --------------------------------------------------------------------------------------------------------------
-
-
-def validate_k(k: Any) -> int | float:
-    """Return ``k`` if it is an int >= 1 or a float in (0, 1]; else raise ValueError."""
-    if isinstance(k, bool):
-        raise ValueError(f"hard-attention k must be an int >= 1 or a float fraction in (0, 1] (got {k!r}).")
-    if isinstance(k, int):
-        if k < 1:
-            raise ValueError(f"hard-attention k as an int must be >= 1 (got {k}).")
-        return int(k)
-    if isinstance(k, float):
-        if not (math.isfinite(k) and 0.0 < k <= 1.0):
-            raise ValueError(
-                f"hard-attention k as a float is a fraction of the sequence length and must be in (0, 1] (got {k}); "
-                "pass an int for an absolute number of keys."
-            )
-        return float(k)
-    raise ValueError(f"hard-attention k must be an int >= 1 or a float in (0, 1] (got {type(k).__name__} {k!r}).")
-
-
-def validate_form(form: Any) -> str:
-    """Return ``form`` if it is one of :data:`FORMS`; else raise ValueError."""
-    if form not in FORMS:
-        raise ValueError(f"hard-attention topk_form must be one of {list(FORMS)} (got {form!r}).")
-    return form
 
 
 def _k_eff_tensor(k: int | float, lengths: torch.Tensor) -> torch.Tensor:

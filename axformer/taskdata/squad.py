@@ -28,17 +28,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from axformer.taskdata import metrics as M
 from axformer.taskdata.data import check_max_length, data_root, task_file
 from axformer.taskdata.splits import SplitConfig, Splits
-from axformer.taskdata.losses import per_sample_loss
 from axformer.taskdata.tasks import Task
 from axformer.utils import ConfigError
+
+if TYPE_CHECKING:  # torch only where logits are scored (score): the CLI parser reads this module's settings
+    import torch
 
 PROTOCOLS = ("standard", "local")
 DEFAULT_FRACTIONS = (0.6, 0.1, 0.3)  # local protocol: fine-tune / search / report articles
@@ -423,6 +424,10 @@ def best_answers(logits: np.ndarray, view: QAView, n_best: int = 20, max_answer_
 
 def score(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, view: QAView, task: Task):
     """(per-question losses, answers, metrics) of window logits (windows, T, 2) against their labels."""
+    import torch
+
+    from axformer.taskdata.losses import per_sample_loss
+
     lt = torch.as_tensor(logits)
     window = per_sample_loss(lt, torch.as_tensor(labels), False).numpy()
     losses = question_losses(window, view)

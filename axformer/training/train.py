@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -22,33 +21,10 @@ from axformer.training.batches import make_loader, model_inputs, predict_logits
 from axformer.taskdata.losses import output_logits, per_sample_loss
 from axformer.taskdata.taskkinds import EvalResult, evaluate_logits
 from axformer.taskdata.tasks import Task
-from axformer.utils import ConfigError, set_seed
+from axformer.training.train_config import TrainConfig
+from axformer.utils import set_seed
 
 __all__ = ["TrainConfig", "train", "evaluate"]
-
-
-@dataclass
-class TrainConfig:
-    """Fine-tuning hyper-parameters (defaults: BERT fine-tuning recipe, Devlin et al. 2019, §A.3)."""
-
-    epochs: float = 3.0
-    batch_size: int = 32
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # linear warm-up over the first 10 % of steps, then linear decay
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_batch_size: int = 128
-    progress: bool = True
-
-    def validate(self) -> None:
-        for key in ("epochs", "batch_size", "lr"):
-            v = getattr(self, key)
-            if not (math.isfinite(v) and v > 0):  # NaN / inf refused too (axformer/bounds.py has the upper bounds)
-                raise ConfigError(f"train.{key} must be > 0 and finite (got {v}).")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0 and 0 <= self.warmup_ratio < 1):
-            raise ConfigError(f"train.weight_decay must be >= 0 and warmup_ratio in [0, 1) (got {self.weight_decay}, "
-                              f"{self.warmup_ratio}).")
 
 
 # Training steps between reads of the loss back to the host (each read waits for the GPU to finish).
