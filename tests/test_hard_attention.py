@@ -12,6 +12,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from axformer.surgery import elements as el
 from axformer.surgery import hard_attention as ha
+from axformer.surgery import topk
 from tiny_models import tiny_bert
 
 HIDDEN, HEADS, LAYERS, INTER = 32, 4, 3, 48
@@ -76,7 +77,7 @@ def test_non_hard_layers_are_bit_identical():
     assert not torch.allclose(got[3], want[3], atol=1e-3)
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 def test_small_k_changes_output(form):
     m = tiny_model()
     ids, mask = padded_batch()
@@ -87,7 +88,7 @@ def test_small_k_changes_output(form):
     assert (got - want).abs().max() > 0.02
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 @pytest.mark.parametrize("k", [1, 3, 100, 0.3, 1.0])
 def test_padding_honoured(k, form):
     m = tiny_model()
@@ -99,7 +100,7 @@ def test_padding_honoured(k, form):
         torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 def test_fraction_k_matches_absolute_k_per_sequence(form):
     m = tiny_model()
     ids, mask = padded_batch()
@@ -162,7 +163,7 @@ def _mask(allowed, kind, T):
     return None
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 @pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
 @pytest.mark.parametrize("keep", [1, 2, 4, 0.5, 0.3])
 def test_function_matches_reference(mask_kind, keep, form):
@@ -182,7 +183,7 @@ def test_function_matches_reference(mask_kind, keep, form):
         assert torch.equal((probs > 0).sum(-1), want)
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 @pytest.mark.parametrize("keep", [2, 4, 20, 0.5])
 def test_static_graph_path_matches_reference(monkeypatch, keep, form):
     """The path CUDA and the ONNX export take (no host reads of tensor values: every sequence through top-K,
@@ -198,7 +199,7 @@ def test_static_graph_path_matches_reference(monkeypatch, keep, form):
     torch.testing.assert_close(out, reference_topk(q, k, v, allowed, keep, form), **REF_TOL)
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 def test_left_padding_and_ties_at_threshold(form):
     torch.manual_seed(1)
     B, H, T, d = 2, 2, 8, 4
@@ -229,7 +230,7 @@ def test_official_and_renorm_differ_and_grad_path():
                                    o_off.detach(), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("form", ha.FORMS)
+@pytest.mark.parametrize("form", topk.FORMS)
 def test_short_sequences_take_the_ordinary_path(form):
     """Per-sequence fallback: in a batch with one long row, the rows within K equal the model without hard
     attention; the long row changes."""
