@@ -313,7 +313,8 @@ def test_tiny_qa_finetune_axformer_measure_cli(tmp_path, data_dir):
                      "--variant", str(c / ckpt), *q, "--step-json", str(c / "ft.json"),
                      *([str(c / "ax.json")] if ckpt == "ax" else []), "--metrics", str(out), "--batch-sizes", "1",
                      "--seq-len", "64", "--warmup", "1", "--min-iters", "3", "--min-seconds", "0", "--passes", "1",
-                     "--pass-process", "inline", *common]) == 0
+                     # no repeat of a pass the host's load marks noisy: the checks below count one pass's rounds
+                     "--pass-retries", "0", "--pass-process", "inline", *common]) == 0
         rec = json.loads(out.read_text())
         assert rec["metric"]["name"] == "f1" and set(rec["metric"]["secondary"]) == {"exact_match"}
         assert rec["metric"]["n_dev"] == 16 and rec["latency"][0]["seq_len"] == 64
