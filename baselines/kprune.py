@@ -59,6 +59,7 @@ from axformer.taskdata.losses import output_logits
 from axformer.utils import ConfigError
 from baselines import register
 from baselines.args import KPRUNE_ARGS, ArgSpec, parse_args
+from baselines.lstsq import solve_normal
 from baselines.structure import (Units, budget_of, constraint, flops_at, frozen,
                                  length_sorted_sample, structure_record)
 
@@ -214,7 +215,7 @@ def tune_weights(gram: torch.Tensor, cross: torch.Tensor, kept_dims: list[int]) 
         return None
     idx = torch.tensor(kept_dims)
     try:
-        sol = torch.linalg.lstsq(gram[idx][:, idx], cross[idx], driver="gelsy").solution
+        sol = solve_normal(gram[idx][:, idx], cross[idx])
     except RuntimeError:
         return None
     return sol if bool(torch.isfinite(sol).all()) else None

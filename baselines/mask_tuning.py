@@ -24,6 +24,7 @@ from torch import nn
 
 from axformer.surgery import elements, families
 from axformer.training.batches import make_loader, model_inputs
+from baselines.lstsq import solve_normal
 from baselines.structure import Units, frozen
 
 SCALE_BOUND = 10.0  # a tuned scale beyond +-10 means a degenerate solve: keep the binary mask (authors' code)
@@ -67,8 +68,7 @@ def _solve(ata: torch.Tensor, atb: torch.Tensor, damp: float) -> torch.Tensor:
     lam = damp * float(torch.diagonal(ata).mean()) if k else 0.0
     lhs = ata + lam * torch.eye(k, dtype=ata.dtype)
     rhs = atb + lam * torch.ones(k, dtype=ata.dtype)
-    # gelsy (pivoted QR): ~100x faster than the SVD drivers at 1,500 unknowns, still rank-revealing at damp = 0
-    return torch.linalg.lstsq(lhs, rhs[:, None], driver="gelsy").solution[:, 0]
+    return solve_normal(lhs, rhs)  # bit-reproducible (baselines/lstsq.py); minimum-norm where singular (damp = 0)
 
 
 def _err(ata: torch.Tensor, atb: torch.Tensor, btb: float, s: torch.Tensor) -> float:
