@@ -59,7 +59,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the worktree's axformer, also in workers
 
 BACKENDS = ("torch_fp32", "torch_int8", "ort_int8", "ov_int8", "hard_attention")
-SETTINGS = ("before", "after")
+SETTINGS = ("before", "after", "short_spin")
+SHORT_SPIN = 10_000  # libgomp busy-wait iterations (its default is 300,000; PASSIVE means 0)
 HARD_LAYER, HARD_K = 4, 30
 SEED = 0
 
@@ -153,11 +154,14 @@ def settings_of(name: str, threads: int) -> dict[str, Any]:
                 "ov": {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32",
                        "PERFORMANCE_HINT": "LATENCY"},
                 "ov_plugin_defaults": True, "quantized_engine": None}
-    if name == "after":
-        return {"omp_env": dict(device.OMP_ENV), "interop_threads": device.TORCH_INTEROP_THREADS,
+    if name in ("after", "short_spin"):
+        # short_spin: as after, but torch's OpenMP workers spin SHORT_SPIN iterations before they sleep instead
+        # of sleeping at once (PASSIVE): hot inside one forward's parallel regions, asleep soon after it
+        omp_env = dict(device.OMP_ENV) if name == "after" else {"GOMP_SPINCOUNT": str(SHORT_SPIN)}
+        return {"omp_env": omp_env, "interop_threads": device.TORCH_INTEROP_THREADS,
                 "ort": runtimes.ort_settings(threads), "ov": runtimes.ov_config(threads), "ov_plugin_defaults": False,
                 "quantized_engine": quantize.TORCH_INT8_ENGINE}
-    raise SystemExit(f"timing_repeatability: unknown setting {name!r} (before, after)")
+    raise SystemExit(f"timing_repeatability: unknown setting {name!r} ({', '.join(SETTINGS)})")
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--processes", type=int, default=5, help="processes per backend and setting (>= 5 for the file)")
     ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--settings", default=",".join(SETTINGS), help="before,after (or one of them)")
+    ap.add_argument("--settings", default="before,after", help="before,after,short_spin (any of them)")
     ap.add_argument("--batch-sizes", default="32,1")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5, help="timed rounds per batch size of batch >= 8 (x5 below 8)")
