@@ -135,6 +135,30 @@ def test_constraints_are_met_and_tuning_helps(rows, tokenizer):
     assert parse_args("kprune", ARGS, {"tune": "false"})["tune"] is False
 
 
+def test_matched_to_axformers_size(rows, tokenizer, tmp_path):
+    """The bench's `finetune+kprune`: no larger than AxFormer's encoder (match_by params), or no more FLOPs."""
+    kprune = baselines.get("kprune")
+    model = tiny_pretrained(TASK)
+    ax = copy.deepcopy(model)
+    removed = ["L1.ffn_group3", "L1.head0", "L0.head2", "L0.ffn_group1", "L0.ffn_group5"]
+    for name in removed:
+        elements.remove(ax, name)
+    path = tmp_path / "decisions.json"
+    path.write_text(json.dumps({"removed": removed, "arch": elements.architecture(ax)}))
+    m2, info = kprune(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
+                      {"match": str(path), "match_by": "params", "batch_size": 8})
+    target = elements.count_encoder_params(ax)
+    assert info["target"]["by"] == "params" and info["target"]["params_encoder"] == target
+    assert elements.count_encoder_params(m2) == info["params_encoder_after"] <= target
+    # the budget is filled: one more head would not fit, so the peer is within one unit of AxFormer's size
+    assert target - info["params_encoder_after"] < info["cost_head"] + info["cost_neuron"]
+    _m, info = kprune(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
+                      {"match": str(path), "match_by": "flops", "batch_size": 8})
+    assert info["flops_per_seq_after"] <= info["target"]["flops_per_seq"]
+    with pytest.raises(ConfigError, match="either flops_frac or"):
+        kprune(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "match": str(path)})
+
+
 def test_pruned_model_reloads_with_identical_logits(rows, tokenizer, tmp_path):
     model = tiny_pretrained(TASK)
     pruned, info = baselines.get("kprune")(model, tokenizer, TASK, same_splits(rows),
