@@ -136,7 +136,8 @@ def test_constraints_are_met_and_tuning_helps(rows, tokenizer):
 
 
 def test_matched_to_axformers_size(rows, tokenizer, tmp_path):
-    """The bench's `finetune+kprune`: no larger than AxFormer's encoder (match_by params), or no more FLOPs."""
+    """The bench's `finetune+kprune`: no larger than AxFormer's encoder (match_by params; the FLOPs match is
+    baselines.structure.budget_of's, shared with Fisher and tested there)."""
     kprune = baselines.get("kprune")
     model = tiny_pretrained(TASK)
     ax = copy.deepcopy(model)
@@ -150,11 +151,8 @@ def test_matched_to_axformers_size(rows, tokenizer, tmp_path):
     target = elements.count_encoder_params(ax)
     assert info["target"]["by"] == "params" and info["target"]["params_encoder"] == target
     assert elements.count_encoder_params(m2) == info["params_encoder_after"] <= target
-    # the budget is filled: one more head would not fit, so the peer is within one unit of AxFormer's size
+    # the selection stops at the first unit that does not fit: less than one unit below AxFormer's size
     assert target - info["params_encoder_after"] < info["cost_head"] + info["cost_neuron"]
-    _m, info = kprune(copy.deepcopy(model), tokenizer, TASK, same_splits(rows),
-                      {"match": str(path), "match_by": "flops", "batch_size": 8})
-    assert info["flops_per_seq_after"] <= info["target"]["flops_per_seq"]
     with pytest.raises(ConfigError, match="either flops_frac or"):
         kprune(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "match": str(path)})
 
