@@ -20,7 +20,8 @@ from axformer.utils import ConfigError
 from baselines.matching import encoder_params_of_arch, removed_heads
 from baselines.headprune import head_importance, planted_zero_head
 from baselines.layerdrop import drop_top_layers
-from tiny_models import same_splits, tiny_bert, tiny_pretrained
+from tiny_models import (assert_same_logits, same_splits, saved_and_reloaded, tiny_bert,
+                         tiny_parent_checkpoint, tiny_pretrained)
 
 TASK = get_task("sst2")
 
@@ -137,11 +138,9 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     torch.testing.assert_close(small.base_model.encoder.layer[0].attention.self.query.weight,
                                parent.base_model.encoder.layer[0].attention.self.query.weight)
     assert parent.config.num_hidden_layers == 2  # the parent is untouched
-    ck = models.save_checkpoint(small, tokenizer, tmp_path / "edited")
-    back, _ = models.load_checkpoint(ck)
+    back = saved_and_reloaded(small, tokenizer, tmp_path / "edited")
     assert back.config.axformer["hard_attention"]["layers"] == [0] and back.config.num_hidden_layers == 1
-    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(batches.predict_logits(small, rows, tokenizer)[0]))
+    assert_same_logits(back, small, rows, tokenizer)
 
     plain = tiny_pretrained(TASK)
     before = train.evaluate(drop_top_layers(plain, 1), rows, tokenizer, TASK).mean_loss
@@ -150,11 +149,9 @@ def test_layerdrop_smaller_model_round_trips_and_trains(rows, tokenizer, tmp_pat
     assert info["layers_after"] == 1 and info["dropped_layers"] == [1] and info["retrained"]
     after = train.evaluate(model, rows, tokenizer, TASK).mean_loss
     assert after < before - 0.1, (before, after)
-    ck = models.save_checkpoint(model, tokenizer, tmp_path / "ld")
-    back, _ = models.load_checkpoint(ck)
+    back = saved_and_reloaded(model, tokenizer, tmp_path / "ld")
     assert len(back.base_model.encoder.layer) == 1
-    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(batches.predict_logits(model, rows, tokenizer)[0]))
+    assert_same_logits(back, model, rows, tokenizer)
     json.dumps(info)
 
 
@@ -195,13 +192,7 @@ def test_layerdrop_match_picks_smallest_k(rows, tokenizer):
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory, data_dir):
     """A (random tiny) parent checkpoint with the finetune step record, so the CLI re-creates its splits."""
-    model, tok = models.load_pretrained(models.TINY, TASK, seed=0)
-    split = {"seed": 0, "search_frac": 0.15, "search_max": 16, "train_max": 16, "dev_max": 16, "max_length": 32,
-             "data_dir": str(data_dir), "allow_hub": False}
-    ck = tmp_path_factory.mktemp("parent") / "ck"
-    models.save_checkpoint(model, tok, ck, extra={"split": split, "task": "sst2", "model_spec": models.TINY,
-                                                  "variant": "finetune"})
-    return ck
+    return tiny_parent_checkpoint(tmp_path_factory.mktemp("parent") / "ck", data_dir, TASK)
 
 
 @pytest.mark.slow

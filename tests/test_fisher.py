@@ -21,7 +21,8 @@ from baselines.fisher import block_loss, fisher_diag, mask_gradients, rearrange,
 from baselines.mask_tuning import apply_plan, tune_masks
 from baselines.structure import Units, unit_costs
 from baselines.headprune import planted_zero_head
-from tiny_models import same_splits, tiny_pretrained
+from tiny_models import (assert_same_logits, same_splits, saved_and_reloaded, tiny_parent_checkpoint,
+                         tiny_pretrained)
 
 TASK = get_task("sst2")
 
@@ -207,21 +208,14 @@ def test_pruned_model_reloads_with_identical_logits(rows, tokenizer, tmp_path):
     pruned, info = baselines.get("fisher")(model, tokenizer, TASK, same_splits(rows),
                                            {"flops_frac": 0.4, "batch_size": 8, "max_rows": 16, "seed": 3})
     assert info["n_rows"] == 16 and info["params_encoder_after"] < info["params_encoder_before"]
-    ck = models.save_checkpoint(pruned, tokenizer, tmp_path / "ck")
-    back, _ = models.load_checkpoint(ck)
+    back = saved_and_reloaded(pruned, tokenizer, tmp_path / "ck")
     assert elements.architecture(back) == elements.architecture(pruned)
     assert elements.count_encoder_params(back) == info["params_encoder_after"]
-    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(batches.predict_logits(pruned, rows, tokenizer)[0]))
+    assert_same_logits(back, pruned, rows, tokenizer)
 
 
 def test_cli_fisher_step(tmp_path, data_dir):
-    model, tok = models.load_pretrained(models.TINY, TASK, seed=0)
-    split = {"seed": 0, "search_frac": 0.15, "search_max": 16, "train_max": 16, "dev_max": 16, "max_length": 32,
-             "data_dir": str(data_dir), "allow_hub": False}
-    parent = models.save_checkpoint(model, tok, tmp_path / "parent",
-                                    extra={"split": split, "task": "sst2", "model_spec": models.TINY,
-                                           "variant": "finetune"})
+    parent = tiny_parent_checkpoint(tmp_path / "parent", data_dir, TASK)
     out = tmp_path / "f"
     assert main(["baseline", "--method", "fisher", "--parent", str(parent), "--ckpt", str(out / "ck"),
                  "--metrics", str(out / "step.json"), "--arg", "flops_frac=0.5", "--variant-name", "finetune+fisher_50",
@@ -248,7 +242,6 @@ def test_edited_parent_and_full_mask_is_the_model(rows, tokenizer, tmp_path):
     assert full["final_rel_err"] < 1e-10 and all(abs(e["rel_before"]) < 1e-5 for e in full["errors"])  # float32 products
     pruned, info = baselines.get("fisher")(model, tokenizer, TASK, same_splits(rows), {"flops_frac": 0.5, "batch_size": 8})
     assert info["heads_before"] == 4 and info["neurons_before"] == 128 + 118
-    back, _ = models.load_checkpoint(models.save_checkpoint(pruned, tokenizer, tmp_path / "ck"))
+    back = saved_and_reloaded(pruned, tokenizer, tmp_path / "ck")
     assert elements.architecture(back)["layers"][0]["attn_skipped"]
-    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(batches.predict_logits(pruned, rows, tokenizer)[0]))
+    assert_same_logits(back, pruned, rows, tokenizer)

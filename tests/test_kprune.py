@@ -21,7 +21,8 @@ from baselines.structure import Units
 from baselines.headprune import planted_zero_head
 from baselines.args import parse_args
 from baselines.kprune import ARGS, _err, distill_loss, measure_knowledge, select, sublayers, tune_weights
-from tiny_models import same_splits, tiny_pretrained
+from tiny_models import (assert_same_logits, same_splits, saved_and_reloaded, tiny_parent_checkpoint,
+                         tiny_pretrained)
 
 TASK = get_task("sst2")
 
@@ -163,21 +164,14 @@ def test_pruned_model_reloads_with_identical_logits(rows, tokenizer, tmp_path):
                                            {"flops_frac": 0.3, "batch_size": 8, "seed": 3})
     assert elements.architecture(pruned) != elements.architecture(tiny_pretrained(TASK))
     assert Units.of(pruned).n_heads() == info["heads_after"]
-    ck = models.save_checkpoint(pruned, tokenizer, tmp_path / "ck")
-    back, _ = models.load_checkpoint(ck)
+    back = saved_and_reloaded(pruned, tokenizer, tmp_path / "ck")
     assert elements.architecture(back) == elements.architecture(pruned)
     assert elements.count_encoder_params(back) == info["params_encoder_after"]
-    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(back, rows, tokenizer)[0]),
-                               torch.from_numpy(batches.predict_logits(pruned, rows, tokenizer)[0]))
+    assert_same_logits(back, pruned, rows, tokenizer)
 
 
 def test_cli_kprune_step(tmp_path, data_dir):
-    model, tok = models.load_pretrained(models.TINY, TASK, seed=0)
-    split = {"seed": 0, "search_frac": 0.15, "search_max": 16, "train_max": 16, "dev_max": 16, "max_length": 32,
-             "data_dir": str(data_dir), "allow_hub": False}
-    parent = models.save_checkpoint(model, tok, tmp_path / "parent",
-                                    extra={"split": split, "task": "sst2", "model_spec": models.TINY,
-                                           "variant": "finetune"})
+    parent = tiny_parent_checkpoint(tmp_path / "parent", data_dir, TASK)
     out = tmp_path / "k"
     assert main(["baseline", "--method", "kprune", "--parent", str(parent), "--ckpt", str(out / "ck"),
                  "--metrics", str(out / "step.json"), "--arg", "flops_frac=0.6", "--variant-name",

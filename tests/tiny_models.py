@@ -5,10 +5,13 @@ Not a test module (pytest collects only ``test_*.py``); the test files import it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from axformer.encoders import models
+from axformer.training import batches
 
 
 def tiny_bert_config(**kw) -> BertConfig:
@@ -34,3 +37,26 @@ def tiny_pretrained(task, seed: int = 0) -> torch.nn.Module:
 def same_splits(ds) -> dict:
     """One dataset as train, search and dev: the unit tests check mechanics, not generalisation."""
     return {"train": ds, "search": ds, "dev": ds}
+
+
+def saved_and_reloaded(model: torch.nn.Module, tokenizer, folder: Path) -> torch.nn.Module:
+    """``model`` saved with ``models.save_checkpoint`` and loaded back with ``models.load_checkpoint``, the
+    writer and loader every step uses."""
+    back, _tok = models.load_checkpoint(models.save_checkpoint(model, tokenizer, folder))
+    return back
+
+
+def assert_same_logits(a: torch.nn.Module, b: torch.nn.Module, rows, tokenizer) -> None:
+    """``a`` and ``b`` give the same logits on ``rows`` (the suite's one prediction loop)."""
+    torch.testing.assert_close(torch.from_numpy(batches.predict_logits(a, rows, tokenizer)[0]),
+                               torch.from_numpy(batches.predict_logits(b, rows, tokenizer)[0]))
+
+
+def tiny_parent_checkpoint(folder: Path, data_dir: Path, task) -> Path:
+    """A random tiny ``finetune`` checkpoint for ``task`` carrying the step record a CLI step reads to re-create
+    its splits (16 rows each, length 32)."""
+    model, tok = models.load_pretrained(models.TINY, task, seed=0)
+    split = {"seed": 0, "search_frac": 0.15, "search_max": 16, "train_max": 16, "dev_max": 16, "max_length": 32,
+             "data_dir": str(data_dir), "allow_hub": False}
+    return models.save_checkpoint(model, tok, folder, extra={"split": split, "task": task.name,
+                                                             "model_spec": models.TINY, "variant": "finetune"})
