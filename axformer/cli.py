@@ -118,7 +118,9 @@ def cmd_approximate(args: argparse.Namespace) -> None:
     timing_texts = None
     if cfg.latency_aware:  # the timing batch: search-split sentences (dev rows never take part in decisions)
         timing_texts = taskkinds.timing_texts(task, splits.search, cfg.lat_batch_size, lineage.seed)
-    res = prune.search(model, tok["search"], tokenizer, task, cfg, timing_texts)
+    # the journal of judged candidates: a re-run of a killed search resumes from it (axformer.search.journal)
+    journal = Path(args.decisions).with_name(Path(args.decisions).stem + ".partial.jsonl")
+    res = prune.search(model, tok["search"], tokenizer, task, cfg, timing_texts, journal=journal)
     lengths = [len(x) for x in tok["search"]["input_ids"]]
     dec = prune.decisions_record(res, model, cfg, task, len(splits.search), lengths)
     variant = args.variant_name or f"{lineage.variant}+axformer"
@@ -132,8 +134,9 @@ def cmd_approximate(args: argparse.Namespace) -> None:
               "latency_aware": cfg.latency_aware, "mode": cfg.mode, "granularity": cfg.granularity,
               "loss_before": res.original["loss"], "loss_after": res.final["loss"],
               "search_metric_before": res.original["metric"], "search_metric_after": res.final["metric"],
-              "device": args.device}
+              "device": args.device, **({"replayed": res.replayed} if res.replayed else {})}
     runs.step_record(args.metrics, model, ckpt, splits, search=search)
+    journal.unlink(missing_ok=True)  # decisions and step record written: the journal has served
     print(f"{task.name} axformer: search loss {res.original['loss']:.4f} -> {res.final['loss']:.4f}, "
           f"removed {len(res.removed)} elements, hard attention in {res.hard_attention_layers}, "
           f"{res.passes} passes in {res.wall_s:.0f} s")

@@ -49,7 +49,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically; NaN / Infinity are refused (they are not JSON)."""
     try:
-        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+        text = json.dumps(obj, indent=2, sort_keys=False, default=json_default, allow_nan=False)
     except ValueError as exc:
         raise ConfigError(f"{path}: key '{nonfinite_key(obj)}' is not a finite number ({exc}); "
                           "JSON has no NaN / Infinity: fix the value before writing.") from exc
@@ -87,8 +87,8 @@ def nonfinite_key(obj: Any, _path: tuple = ()) -> str | None:
     return None
 
 
-def _json_default(o: Any) -> Any:
-    # numpy / torch scalars and paths show up in metrics; make them plain JSON.
+def json_default(o: Any) -> Any:
+    """``json.dumps`` default: numpy / torch scalars and arrays, and paths (they show up in records), as plain JSON."""
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):

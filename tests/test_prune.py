@@ -162,6 +162,8 @@ def test_cli_approximate_after_finetune(tmp_path, data_dir):
     dec = json.loads((tmp_path / "dec.json").read_text())
     step = json.loads((tmp_path / "ax.json").read_text())
     assert dec["n_search"] == 16 and len(dec["candidates"]) == step["search"]["candidates"]
+    assert not (tmp_path / "dec.partial.jsonl").exists()  # the search journal is gone once decisions are written
+    assert "replayed" not in dec and "replayed" not in step["search"]  # nothing was resumed
     assert step["size"]["params_encoder"] <= json.loads((tmp_path / "ft.json").read_text())["size"]["params_encoder"]
     assert dec["hard_attention"]["topk_form"] == "official" and step["search"]["topk_form"] == "official"
     assert all({"gain", "se", "margin"} <= set(c) for c in dec["candidates"])

@@ -36,6 +36,10 @@ confident fine-tuned model the paper's N = 0.5 accepts almost nothing (DESIGN §
 Cost: removing an element of layer i changes nothing below i, so the hidden states entering layer i are
 computed once per layer and every candidate runs only layers i..L-1 (plus pooler and head).
 
+Resuming: with a journal (:mod:`axformer.search.journal`) every judged candidate is logged as it is judged, and a
+re-run of the same search replays the logged verdicts (same edits, no evaluation) before going on live, so a
+search killed by a time limit loses at most one candidate.
+
 Span QA (SQuAD): the head is the token-level ``qa_outputs`` (no pooler); a search sample is a question, its
 loss the span loss of its answer window (squad.question_losses) and the metric SQuAD F1 of the answer texts.
 """
@@ -52,6 +56,7 @@ import torch
 from torch import nn
 
 from axformer.surgery import elements, families, hard_attention
+from axformer.search.journal import SearchJournal, header_for
 from axformer.search.prune_config import PruneConfig
 from axformer.training.batches import make_loader
 from axformer.device import model_device
@@ -193,13 +198,16 @@ class SearchResult:
     passes: int = 0
     wall_s: float = 0.0
     latency: dict[str, Any] = field(default_factory=dict)  # latency_aware: timing setup, A/A noise, re-checks
+    replayed: int = 0  # candidates replayed from the journal of an earlier, killed run (not evaluated here)
 
 
 class _Search:
-    def __init__(self, model, ev: CachedEvaluator, cfg: PruneConfig, lat=None):
+    def __init__(self, model, ev: CachedEvaluator, cfg: PruneConfig, lat=None, journal_path=None):
         self.model, self.ev, self.cfg, self.lat = model, ev, cfg, lat
         self.res = SearchResult()
         self.base_losses, self.base_metric = ev.score(None)
+        self.journal = (SearchJournal(journal_path, header_for(cfg, ev.n, self.base_losses))
+                        if journal_path is not None else None)
         self.best_losses = self.base_losses  # per-sample losses of the current best model (paired margin)
         self.best_loss = self.rule_loss(self.base_losses)
         self.best_metric = self.base_metric
@@ -227,7 +235,10 @@ class _Search:
               latency: dict[str, Any] | None = None) -> tuple[bool, str]:
         """Score the model as it stands now (candidate applied); log and classify the candidate.
         ``latency``: the candidate's timing (latency-aware search); a candidate that slows the model down
-        is rejected whatever its loss."""
+        is rejected whatever its loss. A candidate the journal holds is replayed, not evaluated."""
+        done = self.journal.take(name, phase) if self.journal is not None else None
+        if done is not None:
+            return self._replay(done)
         losses, metric = self.ev.score(layer)
         loss = self.rule_loss(losses)
         frac = float(np.mean(losses <= self.base_losses + self.cfg.tolerance))
@@ -257,13 +268,25 @@ class _Search:
         }
         if latency is not None:
             cand["latency"] = latency
+        if self.journal is not None:
+            self.journal.append(cand, losses if accepted else None)
+        return self._record(cand, losses if accepted else None)
+
+    def _record(self, cand: dict[str, Any], best_losses: np.ndarray | None) -> tuple[bool, str]:
+        """Log a judged candidate; an accepted one (``best_losses`` given) becomes the best model."""
         self.res.candidates.append(cand)
-        if accepted:
-            self.best_loss, self.best_metric, self.best_losses = loss, metric, losses
+        if cand["accepted"]:
+            self.best_loss, self.best_metric, self.best_losses = cand["loss"], cand["metric"], best_losses
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(best_loss=f"{self.best_loss:.4f}", removed=len(self.res.removed))
-        return accepted, cls
+        return cand["accepted"], cand["class"]
+
+    def _replay(self, entry: dict[str, Any]) -> tuple[bool, str]:
+        """A journaled verdict, as it was judged: the caller applies or undoes the edit as for a live one."""
+        self.res.replayed += 1
+        cand = entry["cand"]
+        return self._record(cand, np.asarray(entry["losses"], dtype=np.float64) if cand["accepted"] else None)
 
     # -- phase 1: hard attention, first -> last layer
     def hard_attention(self) -> None:
@@ -273,9 +296,12 @@ class _Search:
                 continue  # attention block already skipped
             chosen = self.res.hard_attention_layers
             self.ev.prepare(i, advance=True)  # layers < i are decided: move the cache forward cheaply
-            current = copy.deepcopy(self.model) if self.lat is not None else None  # timed against the candidate
+            done = self.journal.peek() if self.journal is not None else None
+            timed = self.lat is not None and done is None  # a replayed candidate keeps its journaled timing
+            current = copy.deepcopy(self.model) if timed else None  # timed against the candidate
             hard_attention.enable(self.model, chosen + [i], self.cfg.topk, self.cfg.topk_form)
-            latency = self.lat.compare(current, self.model) if self.lat is not None else None
+            latency = self.lat.compare(current, self.model) if timed else (
+                done["cand"].get("latency") if done is not None and self.lat is not None else None)
             del current
             if latency is not None and latency.get("timed"):
                 self.layer_rise[i] = latency["rise"]
@@ -373,11 +399,12 @@ class _Search:
 
 
 def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
-           timing_texts: tuple[list[str], list[str] | None] | None = None) -> SearchResult:
+           timing_texts: tuple[list[str], list[str] | None] | None = None, journal=None) -> SearchResult:
     """Run the AxFormer search in place on ``model`` (frozen weights); return the decision log.
 
     ``timing_texts`` (texts_a, texts_b or None): the sentences of the latency timing batch, needed when
     ``cfg.latency_aware`` (the CLI passes search-split rows, never dev rows: decisions use the search split).
+    ``journal``: a file path to log each judged candidate to and to resume from (None: no journal).
     """
     from tqdm.auto import tqdm
 
@@ -397,7 +424,7 @@ def search(model: nn.Module, search_ds, tokenizer, task: Task, cfg: PruneConfig,
         p.requires_grad_(False)
     elements.architecture(model)  # initialise the edit record
     ev = CachedEvaluator(model, search_ds, tokenizer, task, cfg.batch_size)
-    s = _Search(model, ev, cfg, lat)
+    s = _Search(model, ev, cfg, lat, journal)
     n_layers = len(families.layers(ev.model))
     upper = (n_layers if cfg.mode != "prune" else 0) + (
         0 if cfg.mode == "hardattn" else n_layers * (2 + (cfg.n_groups + model.config.num_attention_heads
@@ -459,6 +486,7 @@ def decisions_record(res: SearchResult, model: nn.Module, cfg: PruneConfig, task
         "removed": res.removed,
         "passes": res.passes,
         "wall_s": res.wall_s,
+        **({"replayed": res.replayed} if res.replayed else {}),  # resumed: wall_s and passes are the last run's
         "candidates": res.candidates,
         "arch": elements.architecture(model),
     }
