@@ -73,6 +73,22 @@ def _word_tokenizer(vocab_size: int):
         return BertTokenizerFast(vocab_file=str(vocab))
 
 
+@pytest.fixture(scope="session")
+def fitted(data_dir):
+    """(task, model, tokenizer, rows): a tiny BERT fitted on 48 real SST-2 rows, which serve as its search split
+    (test only). Shared by the search and journal tests: a test that edits the model edits a deep copy."""
+    from axformer.encoders import models
+    from axformer.taskdata import data
+    from axformer.taskdata.tasks import get_task
+    from axformer.training import train, train_config
+
+    task = get_task("sst2")
+    model, tok = models.load_pretrained(models.TINY, task, seed=0)
+    ds = data.tokenize(data.load_split(task, "train", data_dir).select(range(48)), tok, task, max_length=32)
+    train.train(model, ds, tok, task, train_config.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
+    return task, model, tok, ds
+
+
 @pytest.fixture
 def reload_checkpoint():
     """``reload(model, folder)``: save an (edited) model with a tokenizer matching its vocabulary and load it back

@@ -9,22 +9,17 @@ import json
 import pytest
 import torch
 
-from axformer.encoders import models
 from axformer.search import prune, prune_config
 from axformer.surgery import elements
 from axformer.taskdata import data
-from axformer.taskdata.tasks import get_task
-from axformer.training import train, train_config
 from axformer.utils import ConfigError
 
 
 @pytest.fixture(scope="module")
-def fitted(data_dir):
-    """A tiny BERT fitted on 48 SST-2 rows (its search split here), one head scrambled so the search accepts."""
-    task = get_task("sst2")
-    model, tok = models.load_pretrained(models.TINY, task, seed=0)
-    ds = data.tokenize(data.load_split(task, "train", data_dir).select(range(48)), tok, task, max_length=32)
-    train.train(model, ds, tok, task, train_config.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
+def planted(fitted):
+    """conftest's fitted tiny BERT (its 48 rows the search split) with one head scrambled so the search accepts."""
+    task, model, tok, ds = fitted
+    model = copy.deepcopy(model)
     sa = model.base_model.encoder.layer[1].attention.self
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
@@ -42,8 +37,8 @@ def _plain(x):
     return json.loads(json.dumps(x, default=float))
 
 
-def test_a_killed_search_resumes_to_the_uninterrupted_decisions(fitted, tmp_path):
-    task, model, tok, ds = fitted
+def test_a_killed_search_resumes_to_the_uninterrupted_decisions(planted, tmp_path):
+    task, model, tok, ds = planted
     full_journal = tmp_path / "full.partial.jsonl"
     whole = copy.deepcopy(model)
     a = prune.search(whole, ds, tok, task, _cfg(), journal=full_journal)
@@ -69,8 +64,8 @@ def test_a_killed_search_resumes_to_the_uninterrupted_decisions(fitted, tmp_path
     assert _plain(lb) == _plain(la)
 
 
-def test_a_journal_of_another_search_is_set_aside(fitted, tmp_path, capsys):
-    task, model, tok, ds = fitted
+def test_a_journal_of_another_search_is_set_aside(planted, tmp_path, capsys):
+    task, model, tok, ds = planted
     j = tmp_path / "d.partial.jsonl"
     prune.search(copy.deepcopy(model), ds, tok, task, _cfg(mode="prune"), journal=j)
     res = prune.search(copy.deepcopy(model), ds, tok, task, _cfg(mode="prune", less_important=1.3), journal=j)
@@ -78,8 +73,8 @@ def test_a_journal_of_another_search_is_set_aside(fitted, tmp_path, capsys):
     assert "is from another search" in capsys.readouterr().err
 
 
-def test_a_journal_out_of_step_or_broken_inside_is_refused_with_its_name(fitted, tmp_path):
-    task, model, tok, ds = fitted
+def test_a_journal_out_of_step_or_broken_inside_is_refused_with_its_name(planted, tmp_path):
+    task, model, tok, ds = planted
     j = tmp_path / "d.partial.jsonl"
     prune.search(copy.deepcopy(model), ds, tok, task, _cfg(mode="prune", granularity="blocks"), journal=j)
     lines = j.read_text().splitlines()
@@ -93,12 +88,12 @@ def test_a_journal_out_of_step_or_broken_inside_is_refused_with_its_name(fitted,
         prune.search(copy.deepcopy(model), ds, tok, task, _cfg(mode="prune", granularity="blocks"), journal=j)
 
 
-def test_replayed_hard_attention_candidates_keep_their_timing_and_are_not_timed_again(fitted, data_dir, tmp_path,
+def test_replayed_hard_attention_candidates_keep_their_timing_and_are_not_timed_again(planted, data_dir, tmp_path,
                                                                                        monkeypatch):
     from axformer.measurement import measure
     from axformer.surgery import hard_attention
 
-    task, model, tok, ds = fitted
+    task, model, tok, ds = planted
     timed = []
 
     def fake(models_, inputs, cfg):  # 10 ms x 0.8 per hard-attention layer: every such layer pays

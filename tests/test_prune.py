@@ -15,20 +15,8 @@ from axformer.surgery import elements, hard_attention
 from axformer.encoders import models
 from axformer.search import prune
 from axformer.search import prune_config
-from axformer.training import train
-from axformer.training import train_config
 from axformer.training import batches
 from axformer.taskdata.tasks import get_task
-
-
-@pytest.fixture(scope="module")
-def fitted(data_dir):
-    """A tiny BERT fitted on 48 real SST-2 rows; those rows serve as its search split (test only)."""
-    task = get_task("sst2")
-    model, tok = models.load_pretrained(models.TINY, task, seed=0)
-    ds = data.tokenize(data.load_split(task, "train", data_dir).select(range(48)), tok, task, max_length=32)
-    train.train(model, ds, tok, task, train_config.TrainConfig(epochs=30, batch_size=16, lr=1e-3, progress=False))
-    return task, model, tok, ds
 
 
 def _cfg(**kw):
