@@ -33,7 +33,8 @@ from axformer.reporting import tidy
 from axformer.reporting.figures import frame_styles, plot_accuracy_vs_latency, plot_removal_map, plot_speedup_size_bars
 from axformer.utils import slug
 from axformer.reporting.tables import (all_tasks_table, compute_table, families, search_cost_table, task_order,
-                                       to_latex, to_markdown, variant_sort_key, variant_table)
+                                       timing_summary_text, timing_table, to_latex, to_markdown, variant_sort_key,
+                                       variant_table)
 from axformer.utils import ConfigError, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -399,6 +400,21 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
         to_latex(compute, cmt, caption="Compute per task: minutes of fine-tuning, searches, distillation, peer "
                                        "methods and measurement jobs, each step counted once.")
         produced.setdefault("tables", []).extend([cm, cmt])
+        timing, timing_summary = timing_table(df)
+        if len(timing):  # only where runs carry timing passes (DESIGN §6): the protocol as it ran
+            tm = tables_dir / "timing.md"
+            atomic_write_text(tm, "# Timing protocol: one row per timing group (task, model, seed), from the records\n\n"
+                              + timing_summary_text(timing_summary) + "\n" + to_markdown(timing)
+                              + "\nPass set: the id each pass of the group's time job carries (UTC start + commit). "
+                                "Passes (fewest): the fewest kept passes any figure of the group rests on. Noisy "
+                                "(repeated): passes over the noise thresholds, and how many of them were run again. "
+                                "Foreign CPU / Steal: the worst pass. Pass wall (s): the wall seconds of the group's "
+                                "pass processes, each loading and timing every model of the group. A/A: finetune timed against a second copy of itself, "
+                                "median over passes [interval].\n")
+            tmt = tables_dir / "timing.tex"
+            to_latex(timing, tmt, caption="Timing protocol per group: pass sets, passes per figure, noisy passes, "
+                                          "worst host noise, pass wall seconds and the A/A speedup.")
+            produced.setdefault("tables", []).extend([tm, tmt])
     from axformer import stats
     from axformer.reporting import verdicts
 

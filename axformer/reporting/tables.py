@@ -1,5 +1,6 @@
 """Display tables of the report (DESIGN §4): per-task variant tables, the all-task headline table, the
-search-cost table and the compute table, as DataFrames and as Markdown / LaTeX (booktabs).
+search-cost table, the compute table and the timing-protocol table, as DataFrames and as Markdown / LaTeX
+(booktabs).
 
 They read the run frame :func:`axformer.reporting.report.collect` builds (one row per run, nested record keys joined
 with ``_``, plus ``family`` and ``commands`` from the typed record); variant order and grouping come from the
@@ -403,3 +404,128 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     out["_t"] = out["Task"].map(order.index)
     out = out.sort_values(["_t", "Model"], kind="stable").drop(columns="_t").reset_index(drop=True)
     return out if df["model"].nunique() > 1 else out.drop(columns="Model")
+
+
+# ----------------------------------------------------------------------------------------- timing protocol
+
+
+def latency_passes(row: pd.Series | dict[str, Any], b: int, where: str) -> list[dict[str, Any]] | None:
+    """Every timing pass of a run's latency block at batch ``b`` (superseded noisy passes included), or None
+    for a record without passes (a single interleaved job). ``passes`` reaches the run frame as a JSON string
+    (report._flatten keeps lists as JSON); ConfigError naming ``where`` when it is not a list of passes."""
+    raw = row.get(f"latency_b{b}_passes")
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    try:
+        passes = json.loads(raw) if isinstance(raw, str) else list(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: latency batch {b} 'passes' is not a JSON list ({exc}); "
+                          "re-run its timing.") from exc
+    if not isinstance(passes, list) or not all(isinstance(p, dict) and "speedup" in p for p in passes):
+        raise ConfigError(f"{where}: latency batch {b} 'passes' must be a list of objects with a 'speedup'; "
+                          "re-run its timing.")
+    return passes
+
+
+def _ci_text(value: Any, ci: Any) -> str:
+    """``1.234 [1.200, 1.250]`` from a value and its JSON interval (the value alone without one)."""
+    text = format_number(value)
+    try:
+        lo, hi = json.loads(ci) if isinstance(ci, str) else ci
+        return f"{text} [{format_number(lo)}, {format_number(hi)}]"
+    except (TypeError, ValueError):
+        return text
+
+
+def timing_table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The timing protocol as it ran (DESIGN §6), from the records alone: one row per timing group (task,
+    model, seed) with its pass set(s), the fewest passes any of its figures rests on (against the
+    ``measure.passes`` it was configured with), its noisy passes and how many were repeated, the worst host
+    noise of its passes, the wall seconds of its pass processes, and the A/A reading (``finetune`` against itself) at
+    each batch. Also a summary over the profile: groups, timed runs, runs whose figure rests on fewer passes
+    than configured or on none, distinct pass sets, the A/A range. Empty when no run has timing passes."""
+    batches = measured_batch_sizes(df, "passes")
+    if df.empty or not batches:
+        return pd.DataFrame(columns=["Task", "Seed"]), {}
+    rows, aa_all, short, single, sets_all = [], [], 0, 0, set()
+    timed_all = 0
+    for (task, model, seed), g in df.groupby(["task", "model", "seed"], sort=False):
+        timed = g[g["latency_measured"].eq(True)] if "latency_measured" in g.columns else g.iloc[0:0]
+        if timed.empty:
+            continue
+        timed_all += len(timed)
+        # a pass is one process that times every run of its group at every batch: count it once
+        unique: dict[tuple, dict[str, Any]] = {}
+        fewest = None
+        for _, r in timed.iterrows():
+            want = pd.to_numeric(r.get("measure_passes"), errors="coerce")
+            kept_min = None
+            for b in batches:
+                passes = latency_passes(r, b, str(r.get("run_dir")))
+                if passes is None:
+                    continue
+                kept = sum(p.get("superseded_by") is None for p in passes)
+                kept_min = kept if kept_min is None else min(kept_min, kept)
+                for p in passes:
+                    unique[(p.get("pass_set"), p.get("pass"))] = p
+            if kept_min is None:
+                single += 1
+            elif not pd.isna(want) and kept_min < want:
+                short += 1
+            fewest = kept_min if fewest is None or (kept_min is not None and kept_min < fewest) else fewest
+        hosts = [p.get("host") or {} for p in unique.values()]
+        sets = sorted({str(k[0]) for k in unique if k[0]})
+        sets_all.update(sets)
+        other = [h["other_cpu_frac"] for h in hosts if isinstance(h.get("other_cpu_frac"), (int, float))]
+        steal = [h["steal_frac"] for h in hosts if isinstance(h.get("steal_frac"), (int, float))]
+        wall = [h["wall_s"] for h in hosts if isinstance(h.get("wall_s"), (int, float))]
+        row = {"Task": str(task), "Model": str(model), "Seed": str(seed), "Pass set": ", ".join(sets) or DASH,
+               "Timed runs": str(len(timed)), "Passes (fewest)": DASH if fewest is None else str(fewest),
+               "Noisy (repeated)": f"{sum(bool(p.get('noisy')) for p in unique.values())} "
+                                   f"({sum(p.get('superseded_by') is not None for p in unique.values())})",
+               "Foreign CPU (max)": format_number(max(other), 3) if other else DASH,
+               "Steal (max)": format_number(max(steal), 3) if steal else DASH,
+               "Pass wall (s)": format_number(sum(wall), 0) if wall else DASH,
+               "CPU": next((str(h["cpu_model"]) for h in hosts if h.get("cpu_model")), DASH)}
+        ft = timed[timed["variant"] == "finetune"]
+        for b in batches:
+            sp = num_column(ft, f"latency_b{b}_speedup")
+            ci = ft[f"latency_b{b}_speedup_ci"].iloc[0] if f"latency_b{b}_speedup_ci" in ft.columns and len(ft) else None
+            row[f"A/A b{b}"] = _ci_text(sp.iloc[0], ci) if len(sp) and not pd.isna(sp.iloc[0]) else DASH
+            aa_all.extend(float(v) for v in sp.dropna())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=["Task", "Seed"]), {}
+    order = task_order(out["Task"].unique())
+    out["_t"] = out["Task"].map(order.index)
+    out = out.sort_values(["_t", "Model", "Seed"], kind="stable").drop(columns="_t").reset_index(drop=True)
+    if out["Model"].nunique() == 1:
+        out = out.drop(columns="Model")
+    summary = {"groups": len(out), "timed_runs": timed_all, "runs_without_passes": single,
+               "runs_short_of_passes": short, "pass_sets": sorted(sets_all),
+               "aa_min": min(aa_all) if aa_all else None, "aa_max": max(aa_all) if aa_all else None,
+               "aa_within_3pct": sum(0.97 <= v <= 1.03 for v in aa_all), "aa_readings": len(aa_all)}
+    return out, summary
+
+
+def timing_summary_text(summary: dict[str, Any]) -> str:
+    """The timing table's summary as one Markdown paragraph. Each group's time job stamps its own pass-set id
+    (``ps-<UTC start>-<commit>``), so the ids say when and from which commit the profile was timed."""
+    sets = summary["pass_sets"]
+    stamps = sorted(m.group(1) for s in sets if (m := re.match(r"^ps-(\d{8}T\d{6})-", s)))
+    commits = sorted({s.rsplit("-", 1)[-1] for s in sets if s.count("-") >= 2})
+    when = (f", started {_stamp(stamps[0])} to {_stamp(stamps[-1])} UTC" if stamps else "")
+    aa = (f"A/A speedups (finetune against itself) {format_number(summary['aa_min'])}–"
+          f"{format_number(summary['aa_max'])}, {summary['aa_within_3pct']} of {summary['aa_readings']} readings in "
+          f"[0.97, 1.03]" if summary["aa_readings"] else "no A/A readings")
+    return (f"{summary['groups']} timing groups, {summary['timed_runs']} timed runs: "
+            f"{summary['runs_without_passes']} without timing passes (a single interleaved job), "
+            f"{summary['runs_short_of_passes']} resting on fewer passes than configured; "
+            f"{len(sets)} pass-set id{'s' if len(sets) != 1 else ''} (one per time job) from commit"
+            f"{'s' if len(commits) != 1 else ''} {', '.join(commits) or DASH}{when}; {aa}.\n")
+
+
+def _stamp(s: str) -> str:
+    """``20261206T225906`` -> ``2026-12-06 22:59``."""
+    return f"{s[0:4]}-{s[4:6]}-{s[6:8]} {s[9:11]}:{s[11:13]}"

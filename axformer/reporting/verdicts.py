@@ -17,7 +17,6 @@ predictions.npz (older results) gets an empty interval and the verdict "n/a". Ev
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -136,20 +135,9 @@ def _metric_boot(base: S.Predictions, var: S.Predictions, resamples: int, seed: 
 
 def _passes(row: pd.Series, b: int, where: str) -> list[dict[str, Any]] | None:
     """The timing passes of a run's latency block at batch ``b`` that set its figure (superseded noisy passes
-    left out: their repeat stands in for them), or None for a record without passes. ``passes`` reaches the
-    report's frame as a JSON string (report._flatten keeps lists as JSON)."""
-    raw = row.get(f"latency_b{b}_passes")
-    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
-        return None
-    try:
-        passes = json.loads(raw) if isinstance(raw, str) else list(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: latency batch {b} 'passes' is not a JSON list ({exc}); "
-                          "re-run its timing.") from exc
-    if not isinstance(passes, list) or not all(isinstance(p, dict) and "speedup" in p for p in passes):
-        raise ConfigError(f"{where}: latency batch {b} 'passes' must be a list of objects with a 'speedup'; "
-                          "re-run its timing.")
-    kept = [p for p in passes if p.get("superseded_by") is None]
+    left out: their repeat stands in for them), or None for a record without passes."""
+    passes = R.latency_passes(row, b, where)
+    kept = [p for p in passes or [] if p.get("superseded_by") is None]
     return kept or None
 
 
