@@ -330,6 +330,26 @@ def _in_frame_order(found: list[tuple[str, Run]], df: pd.DataFrame) -> list[tupl
     return [(d, by_dir[d]) for d in df["run_dir"]] if len(df) else []
 
 
+_TIMING_NOTE = ("\nPass set: the id each pass of the group's time job carries (UTC start + commit). Passes (fewest): "
+                "the fewest kept passes any figure of the group rests on. Noisy (repeated): passes over the noise "
+                "thresholds, and how many of them were run again. Foreign CPU / Steal: the worst pass. Pass wall (s): "
+                "the wall seconds of the group's pass processes, each loading and timing every model of the group. "
+                "A/A: finetune timed against a second copy of itself, median over passes [interval].\n")
+
+
+def _write_timing(df: pd.DataFrame, tables_dir: Path) -> list[Path]:
+    """tables/timing.md|tex (the timing protocol as it ran, DESIGN §6), where some run carries timing passes."""
+    timing, summary = timing_table(df)
+    if not len(timing):
+        return []
+    md, tex = tables_dir / "timing.md", tables_dir / "timing.tex"
+    atomic_write_text(md, "# Timing protocol: one row per timing group (task, model, seed), from the records\n\n"
+                      + timing_summary_text(summary) + "\n" + to_markdown(timing) + _TIMING_NOTE)
+    to_latex(timing, tex, caption="Timing protocol per group: pass sets, passes per figure, noisy passes, worst host "
+                                  "noise, pass wall seconds and the A/A speedup.")
+    return [md, tex]
+
+
 def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summary_csv: str | os.PathLike,
            batch_size: int = 32, verdicts_csv: str | os.PathLike | None = None, resamples: int | None = None,
            bootstrap_seed: int | None = None, readme: str | os.PathLike | None = None) -> list[Path]:
@@ -400,21 +420,7 @@ def render(results_dir: str | os.PathLike, figures_dir: str | os.PathLike, summa
         to_latex(compute, cmt, caption="Compute per task: minutes of fine-tuning, searches, distillation, peer "
                                        "methods and measurement jobs, each step counted once.")
         produced.setdefault("tables", []).extend([cm, cmt])
-        timing, timing_summary = timing_table(df)
-        if len(timing):  # only where runs carry timing passes (DESIGN §6): the protocol as it ran
-            tm = tables_dir / "timing.md"
-            atomic_write_text(tm, "# Timing protocol: one row per timing group (task, model, seed), from the records\n\n"
-                              + timing_summary_text(timing_summary) + "\n" + to_markdown(timing)
-                              + "\nPass set: the id each pass of the group's time job carries (UTC start + commit). "
-                                "Passes (fewest): the fewest kept passes any figure of the group rests on. Noisy "
-                                "(repeated): passes over the noise thresholds, and how many of them were run again. "
-                                "Foreign CPU / Steal: the worst pass. Pass wall (s): the wall seconds of the group's "
-                                "pass processes, each loading and timing every model of the group. A/A: finetune timed against a second copy of itself, "
-                                "median over passes [interval].\n")
-            tmt = tables_dir / "timing.tex"
-            to_latex(timing, tmt, caption="Timing protocol per group: pass sets, passes per figure, noisy passes, "
-                                          "worst host noise, pass wall seconds and the A/A speedup.")
-            produced.setdefault("tables", []).extend([tm, tmt])
+        produced.setdefault("tables", []).extend(_write_timing(df, tables_dir))
     from axformer import stats
     from axformer.reporting import verdicts
 

@@ -441,8 +441,8 @@ def timing_table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The timing protocol as it ran (DESIGN §6), from the records alone: one row per timing group (task,
     model, seed) with its pass set(s), the fewest passes any of its figures rests on (against the
     ``measure.passes`` it was configured with), its noisy passes and how many were repeated, the worst host
-    noise of its passes, the wall seconds of its pass processes, and the A/A reading (``finetune`` against itself) at
-    each batch. Also a summary over the profile: groups, timed runs, runs whose figure rests on fewer passes
+    noise of its passes, the wall seconds of its pass processes, and the A/A reading (``finetune`` against
+    itself) at each batch. Also a summary over the profile: groups, timed runs, runs whose figure rests on fewer passes
     than configured or on none, distinct pass sets, the A/A range. Empty when no run has timing passes."""
     batches = measured_batch_sizes(df, "passes")
     if df.empty or not batches:
@@ -456,7 +456,7 @@ def timing_table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         timed_all += len(timed)
         # a pass is one process that times every run of its group at every batch: count it once
         unique: dict[tuple, dict[str, Any]] = {}
-        fewest = None
+        fewest: list[int] = []  # per run with passes: the fewest kept passes over its batches
         for _, r in timed.iterrows():
             want = pd.to_numeric(r.get("measure_passes"), errors="coerce")
             kept_min = None
@@ -470,9 +470,9 @@ def timing_table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
                     unique[(p.get("pass_set"), p.get("pass"))] = p
             if kept_min is None:
                 single += 1
-            elif not pd.isna(want) and kept_min < want:
-                short += 1
-            fewest = kept_min if fewest is None or (kept_min is not None and kept_min < fewest) else fewest
+                continue
+            short += int(not pd.isna(want) and kept_min < want)
+            fewest.append(kept_min)
         hosts = [p.get("host") or {} for p in unique.values()]
         sets = sorted({str(k[0]) for k in unique if k[0]})
         sets_all.update(sets)
@@ -480,7 +480,7 @@ def timing_table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         steal = [h["steal_frac"] for h in hosts if isinstance(h.get("steal_frac"), (int, float))]
         wall = [h["wall_s"] for h in hosts if isinstance(h.get("wall_s"), (int, float))]
         row = {"Task": str(task), "Model": str(model), "Seed": str(seed), "Pass set": ", ".join(sets) or DASH,
-               "Timed runs": str(len(timed)), "Passes (fewest)": DASH if fewest is None else str(fewest),
+               "Timed runs": str(len(timed)), "Passes (fewest)": str(min(fewest)) if fewest else DASH,
                "Noisy (repeated)": f"{sum(bool(p.get('noisy')) for p in unique.values())} "
                                    f"({sum(p.get('superseded_by') is not None for p in unique.values())})",
                "Foreign CPU (max)": format_number(max(other), 3) if other else DASH,
@@ -490,7 +490,8 @@ def timing_table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         ft = timed[timed["variant"] == "finetune"]
         for b in batches:
             sp = num_column(ft, f"latency_b{b}_speedup")
-            ci = ft[f"latency_b{b}_speedup_ci"].iloc[0] if f"latency_b{b}_speedup_ci" in ft.columns and len(ft) else None
+            ci_col = f"latency_b{b}_speedup_ci"
+            ci = ft[ci_col].iloc[0] if ci_col in ft.columns and len(ft) else None
             row[f"A/A b{b}"] = _ci_text(sp.iloc[0], ci) if len(sp) and not pd.isna(sp.iloc[0]) else DASH
             aa_all.extend(float(v) for v in sp.dropna())
         rows.append(row)
