@@ -127,9 +127,31 @@ def test_round_robin_rotates_the_order():
     log: list[str] = []
     models = {n: _Recorder(n, log) for n in ("a", "b", "c")}
     cfg = _cfg(min_iters=3, warmup=0)
-    stats = measure.time_interleaved(models, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}, cfg, rotate=True)
+    stats = measure.time_interleaved(models, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}, cfg, order="rotate")
     assert all(s.n_iters == 3 for s in stats.values())
     assert log == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_shuffled_rounds_vary_each_models_neighbour_and_are_seeded():
+    names = [f"m{i}" for i in range(6)]
+    log: list[str] = []
+    models = {n: _Recorder(n, log) for n in names}
+    rounds: list[list[int]] = []
+    cfg = _cfg(min_iters=200, warmup=0)
+    measure.time_interleaved(models, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}, cfg, order="shuffle",
+                             seed=7, orders_out=rounds)
+    assert len(rounds) == 200 and all(sorted(r) == list(range(6)) for r in rounds)  # each round times every model once
+    assert log == [names[i] for r in rounds for i in r]  # the recorded orders are the orders that ran
+    # inside a round, model 0's predecessor is each of the 5 others about equally often (rotate: always the same)
+    before = [r[r.index(0) - 1] for r in rounds if r.index(0) > 0]
+    counts = np.bincount(before, minlength=6)[1:]
+    assert counts.min() > 0.5 * counts.mean()
+    assert measure.round_orders(6, 200, "shuffle", seed=7) == rounds  # regenerated from the seed
+    assert measure.round_orders(6, 200, "shuffle", seed=8) != rounds
+    rot = measure.round_orders(6, 12, "rotate")
+    assert {r[r.index(0) - 1] for r in rot if r.index(0) > 0} == {5}
+    with pytest.raises(ConfigError, match="round order"):
+        measure.round_orders(3, 2, "random")
 
 
 def test_per_model_inputs():
@@ -142,7 +164,7 @@ def test_per_model_inputs():
 
 @pytest.mark.parametrize("key,value", [("passes", 0), ("passes", 101), ("pass_retries", -1), ("min_seconds", float("nan")),
                                        ("min_seconds", float("inf")), ("noise_max_other_cpu", 1.5),
-                                       ("pass_process", "thread")])
+                                       ("pass_process", "thread"), ("round_order", "random")])
 def test_measure_config_refuses_bad_pass_settings(key, value):
     with pytest.raises(ConfigError, match=f"measure.{key}"):
         _cfg(**{key: value})

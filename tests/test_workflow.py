@@ -296,6 +296,38 @@ def test_bad_config_fails_before_any_job(tmp_path, data_dir, override, key):
 
 
 @pytest.mark.slow
+def test_group_builds_times_and_measures_one_timing_group(tmp_path, data_dir):
+    """`--config group=TASK/MODEL/SEED`: rule all asks for that group's runs only (every variant at that seed,
+    its one time job), without the report; a group naming no run is refused in one line before any job."""
+    extra = tmp_path / "seeds.yaml"
+    extra.write_text(yaml.safe_dump({"seeds_per_variant": {"finetune+headprune": 2}}))
+    res = snakemake(tmp_path / "run", "--configfile", str(CONFIG_DIR / "smoke.yaml"), str(extra), "-n",
+                    "--config", "group=mrpc/tiny-random/1", data_dir=data_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = job_stats(res.stdout)
+    # seed 1 holds finetune (every variant's baseline) and headprune, which matches axformer's size
+    assert stats["time"] == 1 and stats["measure"] == 2 and "report" not in stats, stats
+    assert "/finetune+headprune/seed1/metrics.json" in res.stdout and "/seed0/" not in res.stdout
+
+    bad = snakemake(tmp_path / "bad", "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n",
+                    "--config", "group=mrpc/tiny-random/5", data_dir=data_dir)
+    err = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "config key 'group'" in err and "names no run" in err, err[-2000:]
+    malformed = snakemake(tmp_path / "bad2", "--configfile", str(CONFIG_DIR / "smoke.yaml"), "-n",
+                          "--config", "group=mrpc", data_dir=data_dir)
+    assert malformed.returncode != 0 and "config key 'group'" in malformed.stdout + malformed.stderr
+
+
+def test_timing_check_profile_validates():
+    """The timing-protocol check's profile (scripts/timing_order.py) is a valid profile of the schema."""
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(load_profile("timing_check"))
+    validate(cfg, str(SCHEMA))
+    assert cfg["measure"]["round_order"] == "shuffle" and "finetune" in cfg["variants"]
+
+
+@pytest.mark.slow
 def test_seeds_per_variant(tmp_path, data_dir):
     extra = tmp_path / "seeds.yaml"
     extra.write_text(yaml.safe_dump({"seeds_per_variant": {"finetune+headprune": 2, "majority": 3}}))

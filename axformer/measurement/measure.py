@@ -25,7 +25,7 @@ from torch import nn
 
 from axformer.measurement.cost import (bytes_on_disk, flops_block, is_quantized_module, param_counts,
                                        peak_flops_measured)
-from axformer.measurement.measure_config import MeasureConfig
+from axformer.measurement.measure_config import ROUND_ORDERS, MeasureConfig
 from axformer.utils import ConfigError, env_info, git_commit
 
 __all__ = [
@@ -264,11 +264,31 @@ def _forward_ms_cuda(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float
     return float(start.elapsed_time(end))
 
 
+def round_orders(n: int, rounds: int, policy: str = "fixed", seed: int = 0) -> list[list[int]]:
+    """The model order of each of ``rounds`` rounds over ``n`` models (indices), per ``ROUND_ORDERS`` policy:
+    ``fixed`` 0..n-1 every round; ``rotate`` round r starts at model r (each model's predecessor inside a round
+    is still always the same one); ``shuffle`` a fresh permutation per round from ``seed`` (every model follows
+    every other about equally often, so a neighbour's after-effect -- a runtime's threads still waking, a cache
+    it evicted -- is spread over all models instead of always landing on the same one)."""
+    if policy not in ROUND_ORDERS:
+        raise ConfigError(f"round order must be one of {', '.join(ROUND_ORDERS)} (got {policy!r}).")
+    if policy == "fixed":
+        return [list(range(n)) for _ in range(rounds)]
+    if policy == "rotate":
+        return [[(r + i) % n for i in range(n)] for r in range(rounds)]
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [[int(i) for i in rng.permutation(n)] for _ in range(rounds)]
+
+
 def time_interleaved(
     models: dict[str, nn.Module],
     inputs: dict[str, torch.Tensor] | dict[str, dict[str, torch.Tensor]],
     cfg: MeasureConfig,
-    rotate: bool = False,
+    order: str = "fixed",
+    seed: int = 0,
+    orders_out: list[list[int]] | None = None,
 ) -> dict[str, LatencyStats]:
     """Time several models on the same inputs, alternating A B A B ... each iteration.
 
@@ -276,8 +296,9 @@ def time_interleaved(
     per model continue until every model has ``>= cfg.min_iters`` samples and ``>= cfg.min_seconds`` of
     wall time have passed. CPU uses ``time.perf_counter``; CUDA uses CUDA events around each forward
     followed by ``torch.cuda.synchronize()``. ``inputs`` is one batch for all models or one per model name
-    (models with their own tokenizer; same shapes). ``rotate``: round r starts at the r-th model, so in a
-    timing pass of many models none always runs right after the same neighbour.
+    (models with their own tokenizer; same shapes). ``order``: the order of the models inside each timed round
+    (:func:`round_orders`; ``seed`` for ``shuffle``); ``orders_out``, when given, receives each timed round's
+    order as indices into ``list(models)``.
     """
     if not models:
         raise ConfigError("time_interleaved needs at least one model.")
@@ -291,6 +312,8 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in names}
     from axformer.device import on_device, synchronize, timing_mode
 
+    # drawn ahead in blocks (no RNG work between two timed forwards); a block is extended while rounds go on
+    plan: list[list[int]] = []
     with _num_threads(cfg.threads), torch.inference_mode(), on_device(device), timing_mode():
         for _ in range(cfg.warmup):
             for name in names:
@@ -299,13 +322,16 @@ def time_interleaved(
         t_start = time.perf_counter()
         r = 0
         while True:
-            order = names[r % len(names):] + names[:r % len(names)] if rotate else names
-            for name in order:
-                samples[name].append(timer(models[name], feeds[name]))
+            if r == len(plan):
+                plan = round_orders(len(names), 2 * len(plan) + 64, order, seed)
+            for i in plan[r]:
+                samples[names[i]].append(timer(models[names[i]], feeds[names[i]]))
             r += 1
             done_iters = min(len(v) for v in samples.values()) >= cfg.min_iters
             if done_iters and (time.perf_counter() - t_start) >= cfg.min_seconds:
                 break
+    if orders_out is not None:
+        orders_out.extend(plan[:r])
     return {name: LatencyStats.from_values(v) for name, v in samples.items()}
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from axformer.utils import ConfigError
 
+ROUND_ORDERS = ("shuffle", "rotate", "fixed")  # the order of the models inside a timing round (time_interleaved)
+
 
 @dataclass
 class MeasureConfig:
@@ -41,6 +43,11 @@ class MeasureConfig:
       a noisy pass that cannot be repeated is counted and stays marked ``noisy``).
     - ``noise_max_other_cpu`` 0.10 and ``noise_max_steal`` 0.05: a pass is noisy when other processes used more
       than 10 % of the host's CPU time over its window, or the hypervisor stole more than 5 % (timing.HostWindow).
+    - ``round_order`` shuffle: the order of the models inside each round of a timing pass (``ROUND_ORDERS``):
+      a fresh seeded permutation per round, so no model always runs right after the same neighbour (a runtime's
+      threads waking, or a cache another model evicted, would bias one model's readings every round);
+      ``rotate`` (round r starts at model r, the order before) and ``fixed`` are kept for comparison
+      (scripts/timing_order.py measures them against each other).
     - ``pass_process`` fresh: each pass in a new Python process; ``inline`` runs it in the caller (tests, quick
       looks: not independent, recorded as such).
     """
@@ -59,6 +66,7 @@ class MeasureConfig:
     noise_max_other_cpu: float = 0.10
     noise_max_steal: float = 0.05
     pass_process: str = "fresh"
+    round_order: str = "shuffle"
 
     def __post_init__(self) -> None:
         if self.device == "auto":
@@ -93,6 +101,8 @@ class MeasureConfig:
                 raise ConfigError(f"measure.{name} must be a number in [0, {high}] (got {v!r}).")
         if self.pass_process not in ("fresh", "inline"):
             raise ConfigError(f'measure.pass_process must be "fresh" or "inline" (got {self.pass_process!r}).')
+        if self.round_order not in ROUND_ORDERS:
+            raise ConfigError(f"measure.round_order must be one of {', '.join(ROUND_ORDERS)} (got {self.round_order!r}).")
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f'measure.device must be "cpu" or "cuda" (got {self.device!r}).')
 

@@ -3,8 +3,8 @@
 A speedup read from one interleaved job is not reproducible: the same int8 model read 2.99x in one job and 5.72x
 in another, while the job's own bootstrap interval was 1-4 % wide. So a speedup is measured in ``R`` independent
 *passes*, each a fresh Python process that loads the fine-tuned baseline and every variant of one (task, model,
-seed) and times them round-robin on the same padded batch (finetune once per round, the round's order rotated so
-no model always follows the same one). Inside a pass the figures are today's: median ms, the baseline's median
+seed) and times them round-robin on the same padded batch (finetune once per round, the round's order a fresh
+seeded permutation, ``measure.round_order``, so no model always follows the same one). Inside a pass the figures are today's: median ms, the baseline's median
 from the same rounds, the ratio and its paired-rounds bootstrap interval. Across passes:
 
 - the reported speedup is the median of the counted passes' speedups, its interval a percentile bootstrap over
@@ -219,13 +219,19 @@ def run_pass(spec: Mapping[str, Any]) -> dict[str, Any]:
             toks[f"{entry['variant']}{REF_SEP}{rname}"] = tok
     texts_a, texts_b = spec["texts_a"], spec["texts_b"]
     samples: dict[str, dict[str, list[float]]] = {}
+    orders: dict[str, list[list[int]]] = {}
     with quiet_logger("bitsandbytes") as flt:
         for bs in cfg.batch_sizes:
             inputs = {name: measure.make_inputs(toks[name], texts_a, texts_b, bs, cfg.seq_len) for name in timed}
-            stats = measure.time_interleaved(timed, inputs, cfg, rotate=True)
+            rounds: list[list[int]] = []
+            stats = measure.time_interleaved(timed, inputs, cfg, order=cfg.round_order,
+                                             seed=order_seed(spec.get("pass_index", 0), bs), orders_out=rounds)
             samples[str(bs)] = {name: s.samples_ms for name, s in stats.items()}
+            orders[str(bs)] = rounds
     return {
         "samples": samples,
+        "order_names": list(timed),
+        "orders": orders,
         "dtypes": {name: float_dtypes(m) for name, m in timed.items() if REF_SEP not in name},
         "library_log": ({"logger": "bitsandbytes", "first": flt.first, "silenced": flt.dropped}
                         if flt.first is not None else None),
@@ -243,6 +249,12 @@ def entry_dtype(entry: Mapping[str, Any], default: str) -> str:
 def baseline_key(dtype: str, group_dtype: str) -> str:
     """The name of the baseline an entry of ``dtype`` is paired with: ``BASELINE`` in the group's dtype."""
     return BASELINE if dtype == group_dtype else f"{BASELINE}@{dtype}"
+
+
+def order_seed(pass_index: int, batch_size: int) -> int:
+    """The seed of a pass's round orders at one batch size (``measure.round_order`` shuffle): fixed by the pass's
+    index in its job and the batch size, so a pass set's orders can be regenerated and differ between passes."""
+    return 1_000_003 * int(pass_index) + int(batch_size)
 
 
 def threading_state(timed: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,17 +312,19 @@ def run_passes(spec: Mapping[str, Any], cfg, workdir: str | os.PathLike, pass_se
     """``cfg.passes`` counted passes (fresh processes unless ``cfg.pass_process`` is inline), a noisy one repeated
     while ``cfg.pass_retries`` allow; every pass is returned, superseded ones marked."""
     work = Path(workdir)
-    spec_path = work / "pass_spec.json"
-    spec_path.write_text(json.dumps(spec, allow_nan=False))
     passes: list[dict[str, Any]] = []
     retries = int(cfg.pass_retries)
     counted = 0
     while counted < cfg.passes:
         i = len(passes)
+        pspec = {**spec, "pass_index": i}  # the pass's own round orders (order_seed)
+        spec_path = work / f"pass{i}_spec.json"
+        spec_path.write_text(json.dumps(pspec, allow_nan=False))
         window = HostWindow()
-        res = _one_pass(spec_path, work / f"pass{i}.json", spec, cfg.pass_process == "fresh", log)
+        res = _one_pass(spec_path, work / f"pass{i}.json", pspec, cfg.pass_process == "fresh", log)
         res["host"] = window.close(cfg.threads)
-        res.update({"pass": i, "pass_set": pass_set,
+        res.update({"pass": i, "pass_set": pass_set, "round_order": cfg.round_order,
+                    "order_seeds": {str(bs): order_seed(i, bs) for bs in cfg.batch_sizes},
                     "noisy": is_noisy(res["host"], cfg.noise_max_other_cpu, cfg.noise_max_steal),
                     "superseded_by": None})
         passes.append(res)
@@ -412,8 +426,8 @@ def time_group(plan: Mapping[str, Any], rows_of: Callable[[str, str | None], tup
         "pass_set": pass_set, "git_commit": git_commit(), "created": datetime.now(timezone.utc).isoformat(),
         "measure": asdict(cfg), "baseline": plan["baseline"], "variants": names, "wall_s": time.perf_counter() - t0,
         "variant_dtypes": dtypes, "variant_baselines": bkeys, "slurm": slurm_allocation(),
-        "passes": [{k: p[k] for k in ("pass", "pass_set", "host", "noisy", "superseded_by", "threading", "pid")}
-                   for p in passes],
+        "passes": [{k: p[k] for k in ("pass", "pass_set", "host", "noisy", "superseded_by", "threading", "pid",
+                                      "round_order", "order_seeds", "order_names")} for p in passes],
         "dtypes": passes[-1]["dtypes"], "tf32": passes[-1]["tf32"], "library_log": passes[-1]["library_log"],
         "results": agg,
     }
@@ -424,6 +438,9 @@ def time_group(plan: Mapping[str, Any], rows_of: Callable[[str, str | None], tup
                                                        for p in passes])
         samples[f"b{bs}/pass"] = np.concatenate([np.full(len(p["samples"][str(bs)][BASELINE]), p["pass"], np.int16)
                                                  for p in passes])
+        # each timed round's model order (indices into the pass's order_names), so a neighbour effect can be read
+        samples[f"b{bs}/order"] = np.concatenate([np.asarray(p["orders"][str(bs)], np.int16).reshape(
+            len(p["orders"][str(bs)]), len(p["order_names"])) for p in passes])
     return record, samples
 
 

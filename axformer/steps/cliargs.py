@@ -265,7 +265,7 @@ def approximate_args(p: argparse.ArgumentParser) -> None:
 
 
 MEASURE_FLAGS = ["batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype", "passes",
-                 "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process"]
+                 "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process", "round_order"]
 MEASURE_HELP = {"threads": "torch CPU threads for evaluation and timing (recorded; none: torch's)",
                 "dtype": "float dtype of the baseline and float variants during evaluation and timing",
                 "batch_sizes": "timed batch sizes", "seq_len": "padded timing length",
@@ -275,7 +275,8 @@ MEASURE_HELP = {"threads": "torch CPU threads for evaluation and timing (recorde
                 "pass_retries": "noisy passes a timing job may repeat (bounded)",
                 "noise_max_other_cpu": "a pass is noisy when other processes used more than this share of the CPU",
                 "noise_max_steal": "... or the hypervisor stole more than this share",
-                "pass_process": "fresh: each pass in a new process; inline: in this one (tests, quick looks)"}
+                "pass_process": "fresh: each pass in a new process; inline: in this one (tests, quick looks)",
+                "round_order": "order of the models in each timing round: shuffle (seeded per round), rotate, fixed"}
 QUANTIZE_CHOICES = ("none", "int8", "int8_ort", "int8_ort_static", "int8_ov")
 
 
@@ -283,7 +284,7 @@ QUANTIZE_CHOICES = ("none", "int8", "int8_ort", "int8_ort_static", "int8_ov")
            "metric (dev + search), size, latency vs the baseline, memory and FLOPs of a variant -> metrics.json")
 def measure_args(p: argparse.ArgumentParser) -> None:
     from axformer.device import DTYPES
-    from axformer.measurement.measure_config import MeasureConfig
+    from axformer.measurement.measure_config import ROUND_ORDERS, MeasureConfig
 
     p.add_argument("--task", required=True, help="task name (its declaration comes from the baseline checkpoint)")
     p.add_argument("--seed", type=int, default=0)
@@ -307,7 +308,7 @@ def measure_args(p: argparse.ArgumentParser) -> None:
                    help="CPU: measure the variant's memory in a subprocess of its own (on, default) or record only "
                         "its tensor bytes (off, fast)")
     config_flags(p, MeasureConfig, MEASURE_FLAGS, helps=MEASURE_HELP,
-                 choices={"dtype": DTYPES, "pass_process": ("fresh", "inline")})
+                 choices={"dtype": DTYPES, "pass_process": ("fresh", "inline"), "round_order": ROUND_ORDERS})
     p.add_argument("--data-dir", default=None, help="overrides the data_dir stored in the baseline checkpoint")
     p.add_argument("--timing", default=None, metavar="TIMING.json",
                    help="the timing record of the run's (task, model, seed) group (axformer time): its passes give "

@@ -40,7 +40,7 @@ def timing_plan(wildcards):
     """The `axformer time --plan-json` value (quoted by the rule): ids, checkpoints, entries, measure settings."""
     m = config["measure"]
     keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype", "passes",
-            "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process", "memory_isolation")
+            "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process", "round_order", "memory_isolation")
     return json.dumps({"task": wildcards.task, "model": MODEL_SPECS[wildcards.model], "seed": int(wildcards.seed),
                        "profile": config["profile"], "baseline": baseline_ckpt(wildcards),
                        "data_dir": config["data_dir"], "entries": timing_entries(wildcards),

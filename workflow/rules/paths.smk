@@ -246,7 +246,7 @@ def measure_flags(wildcards=None):
     measure.dtype for that variant (finetune+axformer+fp16, int8 against fp16: DESIGN §6)."""
     m = config["measure"]
     keys = ("device", "batch_sizes", "seq_len", "warmup", "min_iters", "min_seconds", "threads", "dtype", "passes",
-            "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process")
+            "pass_retries", "noise_max_other_cpu", "noise_max_steal", "pass_process", "round_order")
     values = {k: m[k] for k in keys}
     if wildcards is not None:
         values["dtype"] = variant_dtype(wildcards.variant)
@@ -286,7 +286,22 @@ def run_targets(variants=None):
     return out
 
 
+def in_group(path):
+    """Whether a run path belongs to the timing group `group` names (TASK/MODEL/SEED), or every path when unset."""
+    if not config.get("group"):
+        return True
+    task, model, seed = config["group"].split("/")
+    return f"/{task}/{model}/" in path and f"/seed{seed}/" in path
+
+
 def all_targets():
+    """rule all's inputs: every run (+ the report), or only the runs of `group` (no report)."""
+    if config.get("group"):
+        out = [p for p in run_targets() if in_group(p)]
+        if not out:
+            _config_error("group", f"{config['group']!r} names no run of this profile; use TASK/MODEL/SEED with a "
+                          "task of `tasks`, a model of `models` and a seed that some variant runs at.")
+        return out
     out = run_targets()
     if config["report"]:
         out += [f"{RES}/summary.csv", f"{FIGS}/README.md", f"{RES}/verdicts.csv"]
