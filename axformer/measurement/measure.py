@@ -312,7 +312,7 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in names}
     from axformer.device import on_device, synchronize, timing_mode
 
-    # drawn ahead in blocks (no RNG work between two timed forwards); a block is extended while rounds go on
+    # orders drawn ahead in blocks, between rounds (never inside a timed forward); extended while rounds go on
     plan: list[list[int]] = []
     with _num_threads(cfg.threads), torch.inference_mode(), on_device(device), timing_mode():
         for _ in range(cfg.warmup):
