@@ -59,6 +59,20 @@ def test_noisy_pass_is_repeated_and_kept(monkeypatch, tmp_path):
     assert all(p["pass_set"] == "ps-test" for p in agg["passes"])
 
 
+def test_each_pass_has_its_own_recorded_round_orders(monkeypatch, tmp_path):
+    seen = []
+    _patch_passes(monkeypatch, others=[0.0, 0.5, 0.0, 0.0], speedups=[2.0] * 4)
+    one = timing._one_pass
+    monkeypatch.setattr(timing, "_one_pass", lambda sp, op, spec, fresh, log: seen.append(spec) or one(sp, op, spec,
+                                                                                                       fresh, log))
+    passes = timing.run_passes({"x": 1}, _cfg(batch_sizes=[1, 4]), tmp_path, "ps")
+    assert [s["pass_index"] for s in seen] == [0, 1, 2, 3] and all(s["x"] == 1 for s in seen)  # a repeat too
+    seeds = [p["order_seeds"] for p in passes]
+    assert all(p["round_order"] == "shuffle" for p in passes)
+    assert seeds[0] == {"1": timing.order_seed(0, 1), "4": timing.order_seed(0, 4)}
+    assert len({s[b] for s in seeds for b in s}) == 8  # no two (pass, batch size) share a seed
+
+
 def test_repeats_are_bounded(monkeypatch, tmp_path):
     # a host that is always busy: two repeats, then the noisy passes are counted and stay marked
     _patch_passes(monkeypatch, others=[0.9] * 10, speedups=[2.0] * 10)
