@@ -15,7 +15,8 @@ the host hits both alike. It writes, per order: every pass's A/A and speedups, e
 (what a bench row would report), the spread of every variant's speedup over the sets, and -- from the recorded
 round orders -- the neighbour effect: per model, its time after each predecessor relative to its median.
 
-Usage (the group's checkpoints first; ~3 min per set and order on 2 idle cores):
+Usage (the group's checkpoints first, ~1 min; then ~6.5 min per set and order on 2 idle cores: 38 min for
+--sets 3 with two orders, 2026-12-07):
     AXFORMER_DATA=../shared/data snakemake --cores 2 --configfile workflow/config/timing_check.yaml --omit-from time
     AXFORMER_DATA=../shared/data PYTHONPATH=. python scripts/timing_order.py --sets 3
 Keep the host quiet while it runs: every pass records its host noise, and the file says how loaded it was.
