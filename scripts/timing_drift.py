@@ -12,6 +12,8 @@ Nothing is timed again. Per group and batch size it writes:
   and memory;
 - ``slowest_window``: the largest mean relative time over ``--window`` consecutive forwards of a pass;
 - ``forward_sd``: the spread of one forward's relative time (log scale);
+- ``after``: per backend of a forward (torch, ort, ov) and backend of the forward just before it in its round,
+  the geometric mean relative time: whether a runtime leaves something behind for the next model;
 - the A/A (``finetune`` against its own checkpoint) per pass and its median, as the group reports it.
 
 And over all groups: the spread of one pass's A/A (log scale), and -- by drawing R passes at a time from those
@@ -56,6 +58,37 @@ def relative_log_times(npz: Any, names: list[str], bs: int) -> list[np.ndarray]:
         seq = [rel[names[j]][r] if names[j] in rel else np.nan
                for r in np.flatnonzero(passes == p) for j in order[r]]
         out.append(np.array(seq, dtype=float))
+    return out
+
+
+def backend(name: str) -> str:
+    """The runtime a timed entry runs on, from its name: ONNX Runtime (``int8_ort``, ``::ort_fp32``), OpenVINO
+    (``int8_ov``, ``::ov_fp32``) or torch (everything else)."""
+    if "::ort" in name or "int8_ort" in name:
+        return "ort"
+    if "::ov" in name or "int8_ov" in name:
+        return "ov"
+    return "torch"
+
+
+def predecessor_effect(npz: Any, names: list[str], bs: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Geometric mean of a forward's relative time (over its model's pass median) by its backend and its round
+    predecessor's backend, with the count; forwards first in their round are left out."""
+    order, passes = npz[f"b{bs}/order"], npz[f"b{bs}/pass"]
+    acc: dict[tuple[str, str], list[float]] = {}
+    for j, name in enumerate(names):
+        key = f"b{bs}/{name}"
+        if key not in npz:
+            continue
+        ms = npz[key].astype(float)
+        rel = np.log(ms / np.array([np.median(ms[passes == p]) for p in passes]))
+        for r, row in enumerate(order):
+            pos = int(np.flatnonzero(row == j)[0])
+            if pos > 0:
+                acc.setdefault((backend(name), backend(names[int(row[pos - 1])])), []).append(rel[r])
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (mine, prev), v in sorted(acc.items()):
+        out.setdefault(mine, {})[prev] = {"ratio": round(float(np.exp(np.mean(v))), 4), "n": len(v)}
     return out
 
 
@@ -106,6 +139,7 @@ def group_drift(group_dir: Path, window: int) -> dict[str, Any]:
             "lag1_autocorr": [round(lag1_autocorr(s), 3) for s in seqs],
             "slowest_window": [round(slowest_window(s, window), 3) for s in seqs],
             "forward_sd": round(float(np.nanstd(allv)), 4),
+            "after": predecessor_effect(npz, names, int(bs)),
             "aa_per_pass": [round(a, 4) for a in aa],
             "aa_median": round(float(rec["results"][AA][str(bs)]["speedup"]), 4),
         }
@@ -146,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                                         and not BAND[0] <= g["batch"][bs]["aa_median"] <= BAND[1]],
             "lag1_autocorr_median": round(float(np.median(lag)), 3),
             "forward_sd_median": round(float(np.median([r["forward_sd"] for r in rows])), 4),
+            "torch_after_range": {prev: [min(r["after"]["torch"][prev]["ratio"] for r in rows
+                                             if prev in r["after"].get("torch", {})),
+                                         max(r["after"]["torch"][prev]["ratio"] for r in rows
+                                             if prev in r["after"].get("torch", {}))]
+                                  for prev in ("torch", "ort", "ov")
+                                  if any(prev in r["after"].get("torch", {}) for r in rows)},
             "out_of_band_rate": {str(r): round(out_of_band_rate(log_aa, int(r)), 4)
                                  for r in args.passes.split(",") if r},
         }

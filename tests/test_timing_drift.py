@@ -76,6 +76,25 @@ def test_relative_times_follow_the_recorded_order(tmp_path: Path) -> None:
             assert seq[k] == pytest.approx(np.log(ms[0] / np.median(ms)))
 
 
+def test_predecessor_effect_finds_a_runtime_that_slows_its_successor(tmp_path: Path) -> None:
+    d = make_group(tmp_path, drift=False, passes=2, rounds=60)
+    npz = dict(np.load(d / "timing.npz"))
+    order = npz["b1/order"]
+    # every kept (torch) forward right after the ORT reference made 30 % slower, by hand
+    j_ref = NAMES.index("v1::ort_fp32")
+    for name in ("__baseline__", "finetune", "v1"):
+        slowed, j = npz[f"b1/{name}"].astype(float).copy(), NAMES.index(name)
+        for r, row in enumerate(order):
+            pos = int(np.flatnonzero(row == j)[0])
+            if pos > 0 and row[pos - 1] == j_ref:
+                slowed[r] *= 1.3
+        npz[f"b1/{name}"] = slowed
+    eff = td.predecessor_effect(npz, NAMES, 1)
+    assert td.backend("v1::ort_fp32") == "ort" and td.backend("x+int8_ov") == "ov" and td.backend("v1") == "torch"
+    assert eff["torch"]["ort"]["ratio"] > 1.1 > eff["torch"]["torch"]["ratio"]
+    assert eff["torch"]["torch"]["ratio"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_lag1_and_window_by_hand() -> None:
     assert td.lag1_autocorr(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == pytest.approx(1.0)
     assert td.lag1_autocorr(np.array([1.0, -1.0, 1.0, -1.0, 1.0])) == pytest.approx(-1.0)
