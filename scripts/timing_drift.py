@@ -17,8 +17,10 @@ Nothing is timed again. Per group and batch size it writes:
 - the A/A (``finetune`` against its own checkpoint) per pass and its median, as the group reports it.
 
 And over all groups: the spread of one pass's A/A (log scale), and -- by drawing R passes at a time from those
-pooled per-pass readings -- how often a median of R passes falls outside [0.97, 1.03] for the configured R and
-a few larger ones: what the done-when band asks of the number of passes at this host's noise.
+pooled per-pass readings -- how often a median of R passes falls outside [0.97, 1.03] for each R of ``--passes``
+(5, the bench's, and larger): what the done-when band asks of the number of passes at this host's noise. The
+drift figures use every pass the npz keeps (a repeated noisy pass's forwards are real forwards too); the A/A
+figures only the kept passes, as the group reports them.
 
 Usage (seconds; any host, it reads files only):
     PYTHONPATH=. python scripts/timing_drift.py --results results/bench --out results/bench/timing_drift.json
@@ -37,28 +39,29 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 AA = "finetune"  # the variant that is the baseline's own checkpoint
-BASELINE = "__baseline__"
 BAND = (0.97, 1.03)
+
+
+def _relative(npz: Any, names: list[str], bs: int) -> dict[str, np.ndarray]:
+    """Per kept model, log(forward ms / the model's median in the forward's pass), in the npz's round order."""
+    passes = npz[f"b{bs}/pass"]
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        key = f"b{bs}/{name}"
+        if key in npz:
+            ms = npz[key].astype(float)
+            out[name] = np.log(ms / np.array([np.median(ms[passes == p]) for p in passes]))
+    return out
 
 
 def relative_log_times(npz: Any, names: list[str], bs: int) -> list[np.ndarray]:
     """Per pass, log(forward ms / the model's median in that pass) in execution order (NaN where the model's
     times are not kept: a runtime's fp32 reference is timed, so it is a neighbour, but not stored)."""
     order, passes = npz[f"b{bs}/order"], npz[f"b{bs}/pass"]
-    rel: dict[str, np.ndarray] = {}
-    for name in names:
-        key = f"b{bs}/{name}"
-        if key not in npz:
-            continue
-        ms = npz[key].astype(float)
-        med = np.array([np.median(ms[passes == p]) for p in passes])
-        rel[name] = np.log(ms / med)
-    out = []
-    for p in np.unique(passes):
-        seq = [rel[names[j]][r] if names[j] in rel else np.nan
-               for r in np.flatnonzero(passes == p) for j in order[r]]
-        out.append(np.array(seq, dtype=float))
-    return out
+    rel = _relative(npz, names, bs)
+    return [np.array([rel[names[j]][r] if names[j] in rel else np.nan
+                      for r in np.flatnonzero(passes == p) for j in order[r]], dtype=float)
+            for p in np.unique(passes)]
 
 
 def backend(name: str) -> str:
@@ -74,14 +77,10 @@ def backend(name: str) -> str:
 def predecessor_effect(npz: Any, names: list[str], bs: int) -> dict[str, dict[str, dict[str, float]]]:
     """Geometric mean of a forward's relative time (over its model's pass median) by its backend and its round
     predecessor's backend, with the count; forwards first in their round are left out."""
-    order, passes = npz[f"b{bs}/order"], npz[f"b{bs}/pass"]
+    order = npz[f"b{bs}/order"]
     acc: dict[tuple[str, str], list[float]] = {}
-    for j, name in enumerate(names):
-        key = f"b{bs}/{name}"
-        if key not in npz:
-            continue
-        ms = npz[key].astype(float)
-        rel = np.log(ms / np.array([np.median(ms[passes == p]) for p in passes]))
+    for name, rel in _relative(npz, names, bs).items():
+        j = names.index(name)
         for r, row in enumerate(order):
             pos = int(np.flatnonzero(row == j)[0])
             if pos > 0:
@@ -163,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                          "run the profile's `time` rule first.")
     groups: dict[str, Any] = {}
     for d in dirs:
-        rec = json.loads((d / "timing.json").read_text())
-        keys = set(np.load(d / "timing.npz").keys())
-        if not rec.get("passes") or not all(f"b{b}/order" in keys for b in rec["measure"]["batch_sizes"]):
-            continue  # a group timed before the pass protocol: no pass or round-order record to read
-        groups[f"{d.parts[-4]}/{d.parts[-3]}/{d.name.removeprefix('seed')}"] = group_drift(d, args.window)
+        try:
+            rec = json.loads((d / "timing.json").read_text())
+            keys = set(np.load(d / "timing.npz").keys())
+            if not rec.get("passes") or not all(f"b{b}/order" in keys for b in rec["measure"]["batch_sizes"]):
+                continue  # a group timed before the pass protocol: no pass or round-order record to read
+            groups[f"{d.parts[-4]}/{d.parts[-3]}/{d.name.removeprefix('seed')}"] = group_drift(d, args.window)
+        except (OSError, ValueError, KeyError, IndexError) as e:  # JSONDecodeError is a ValueError
+            raise SystemExit(f"timing_drift: {d}/timing.json or timing.npz is not a readable timing group "
+                             f"({type(e).__name__}: {e}); re-run that group's `time` rule or restore the file "
+                             "from git.") from None
     summary: dict[str, Any] = {}
     for bs in sorted({b for g in groups.values() for b in g["batch"]}, key=int):
         rows = [g["batch"][bs] for g in groups.values() if bs in g["batch"]]

@@ -123,3 +123,12 @@ def test_main_writes_the_summary_and_refuses_an_empty_tree(tmp_path: Path) -> No
     with pytest.raises(SystemExit, match="no timing group"):
         td.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_corrupt_group_is_one_clear_error_and_no_file(tmp_path: Path) -> None:
+    d = make_group(tmp_path / "res", drift=False)
+    (d / "timing.json").write_text("{not json")
+    out = tmp_path / "drift.json"
+    with pytest.raises(SystemExit, match="timing.json or timing.npz is not a readable timing group"):
+        td.main(["--results", str(tmp_path / "res"), "--out", str(out)])
+    assert not out.exists()
